@@ -1,0 +1,97 @@
+"""Batched data types shared by every stage (env -> rollout -> policy -> algorithm).
+
+This module imports only torch, so the env package (ManiSkill) and the policy package
+(transformers/peft) can both use it without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Obs:
+    """A batch of N language-conditioned observations.
+
+    images: uint8 ``[N, cams, H, W, 3]``; state: float32 ``[N, D]`` (proprioception);
+    instructions: ``list[str]`` of length N.
+    """
+
+    images: torch.Tensor
+    state: torch.Tensor
+    instructions: list[str]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def index(self, idx: torch.Tensor | list[int] | slice) -> "Obs":
+        """Sub-batch by integer indices, a bool mask or a slice."""
+        if isinstance(idx, slice):
+            return Obs(self.images[idx], self.state[idx], self.instructions[idx])
+        idx_t = torch.as_tensor(idx)
+        if idx_t.dtype == torch.bool:
+            idx_t = idx_t.nonzero(as_tuple=True)[0]
+        ids = idx_t.tolist()
+        return Obs(self.images[idx_t], self.state[idx_t], [self.instructions[i] for i in ids])
+
+    def to(self, device: torch.device | str) -> "Obs":
+        return Obs(self.images.to(device), self.state.to(device), self.instructions)
+
+    @staticmethod
+    def cat(items: list["Obs"]) -> "Obs":
+        return Obs(
+            torch.cat([o.images for o in items]),
+            torch.cat([o.state for o in items]),
+            [s for o in items for s in o.instructions],
+        )
+
+
+@dataclass
+class ChunkStep:
+    """What the vector env returns for one decision (a chunk of k control steps) of N envs.
+
+    Envs whose episode ends inside the chunk ignore the rest of the chunk's actions
+    (their ``rewards`` are 0 after the end) and are auto-reset; ``obs`` then holds the
+    first observation of the new episode, and ``final_obs`` the true last observation
+    of the old one (for bootstrapping truncated episodes).
+    """
+
+    obs: Obs
+    """Observation at the next decision point, ``N`` envs."""
+    rewards: torch.Tensor
+    """float32 ``[N, k]``: per-control-step rewards inside the chunk (0 after episode end)."""
+    terminated: torch.Tensor
+    """bool ``[N]``: the episode ended by the task (success or failure) inside this chunk."""
+    truncated: torch.Tensor
+    """bool ``[N]``: the episode hit its time limit inside this chunk (and did not terminate)."""
+    success: torch.Tensor
+    """bool ``[N]``: the task's success flag at the last executed step of the chunk."""
+    success_once: torch.Tensor
+    """bool ``[N]``: success was reached at any executed step of the chunk."""
+    steps: torch.Tensor
+    """int64 ``[N]``: control steps actually executed in this chunk (k unless the episode ended)."""
+    final_obs: Obs | None = None
+    """Last observation of the episodes that ended (rows of ``done`` envs valid; others copy ``obs``)."""
+    info: dict = field(default_factory=dict)
+    """Extra per-env tensors (e.g. ``elapsed_steps``, ``episode_return``)."""
+
+    @property
+    def done(self) -> torch.Tensor:
+        return self.terminated | self.truncated
+
+
+@dataclass
+class ActOutput:
+    """What a policy returns for one decision of N envs."""
+
+    actions: torch.Tensor
+    """float32 ``[N, k, A]``: continuous actions of the chunk, in the env's action space."""
+    log_probs: torch.Tensor
+    """float32 ``[N]``: log-probability of the whole sampled chunk (sum over tokens / steps)."""
+    values: torch.Tensor | None
+    """float32 ``[N]`` or None (policies without a value head)."""
+    stored: dict[str, torch.Tensor]
+    """Tensors the rollout must keep so ``evaluate`` can recompute log-probs exactly
+    (e.g. action token ids ``[N, k*A]`` or a flow policy's denoising trajectory)."""
