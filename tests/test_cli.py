@@ -1,0 +1,48 @@
+"""The CLI answers fast, lists documented options, and the doctor names the render device."""
+
+import os
+import subprocess
+import sys
+import time
+
+VLARL = [sys.executable, "-m", "vlarl"]
+
+
+def _run(args, env=None, timeout=120):
+    return subprocess.run(VLARL + args, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_help_is_fast_and_lists_commands():
+    t0 = time.perf_counter()
+    out = _run(["--help"])
+    elapsed = time.perf_counter() - t0
+    assert out.returncode == 0
+    for cmd in ("collect", "sft", "train", "eval", "distill", "doctor", "quickstart", "bench"):
+        assert cmd in out.stdout
+    assert elapsed < 2.0, f"vlarl --help took {elapsed:.2f}s"
+
+
+def test_subcommand_help_lists_fields_with_docs():
+    out = _run(["train", "--help"])
+    assert out.returncode == 0
+    assert "--algo.epsilon" in out.stdout and "Lower clip range" in out.stdout
+    assert "--train.num_updates" in out.stdout
+
+
+def test_bad_key_fails_fast_naming_it():
+    t0 = time.perf_counter()
+    out = _run(["train", "--train.learing_rate", "1e-3"])
+    assert out.returncode == 2
+    assert "learing_rate" in out.stderr and "learning_rate" in out.stderr
+    assert time.perf_counter() - t0 < 5.0
+
+
+def test_doctor_names_llvmpipe_and_fails_without_vulkan():
+    ok = _run(["doctor"])
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "render device" in ok.stdout
+    assert "llvmpipe" in ok.stdout or "[GPU]" in ok.stdout
+    broken = _run(["doctor"], env={"VK_ICD_FILENAMES": "/nonexistent/icd.json"})
+    assert broken.returncode == 1
+    assert "no Vulkan render device" in broken.stdout and "scripts/setup.sh" in broken.stdout

@@ -1,0 +1,5 @@
+import sys
+
+from vlarl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,165 @@
+"""`vlarl <command>`: collect, sft, train, eval, distill, bench, quickstart, doctor.
+
+Every command takes ``--config recipe.yaml`` and ``--section.field value`` overrides (one
+style everywhere). Heavy libraries are imported only inside the command that needs them, so
+``vlarl --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+# sections of vlarl.config.Config that each command reads (for --help)
+SECTIONS = {
+    "collect": ["env", "data"],
+    "sft": ["env", "policy", "data", "sft"],
+    "train": ["env", "policy", "algo", "train", "eval"],
+    "eval": ["env", "policy", "eval"],
+    "distill": ["env", "policy", "distill", "eval"],
+    "quickstart": [],
+    "bench": [],
+    "demo": ["env"],
+    "doctor": [],
+}
+HELP = {
+    "collect": "collect scripted-expert demonstrations into a datasets directory",
+    "sft": "supervised fine-tuning of a VLA on demonstrations (the RL starting point)",
+    "train": "RL fine-tuning (PPO / GRPO / RLOO) of a VLA with LoRA, under accelerate",
+    "eval": "evaluate checkpoints on seeded episodes with 95%% CIs, OOD splits, reports",
+    "distill": "distill a (RL-tuned) VLA teacher into a small fast student (BC / DAgger)",
+    "quickstart": "the whole chain: demos -> SFT -> RL -> eval -> distill -> eval, one table",
+    "bench": "throughput / memory benchmark: env, policy, loop (ratios in one run)",
+    "demo": "make a ManiSkill env through vlarl, step it, print what happened",
+    "doctor": "check the install: versions, render device, GPU simulation, wandb",
+}
+
+
+def _options_epilog(sections: list[str]) -> str:
+    if not sections:
+        return ""
+    from vlarl import config as C
+
+    classes = {"env": C.EnvConfig, "policy": C.PolicyConfig, "algo": C.AlgoConfig,
+               "train": C.TrainConfig, "data": C.DataConfig, "sft": C.SFTConfig,
+               "eval": C.EvalConfig, "distill": C.DistillConfig}
+    lines = ["config fields (YAML recipe keys; override any as --section.field VALUE):"]
+    for sec in sections:
+        cls = classes[sec]
+        docs = C.field_docs(cls)
+        default = cls()
+        for name, doc in docs.items():
+            lines.append(f"  --{sec}.{name} (default {getattr(default, name)!r})")
+            lines.extend(textwrap.wrap(doc, 88, initial_indent="      ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlarl", description="RL fine-tuning of vision-language-action policies "
+        "(transformers + peft + accelerate + ManiSkill3).")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for name, help_ in HELP.items():
+        p = sub.add_parser(name, help=help_, description=help_,
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog=_options_epilog(SECTIONS[name]) if full_help else None)
+        if SECTIONS[name]:
+            p.add_argument("--config", help="YAML recipe (see recipes/)", default=None)
+        if name == "eval":
+            p.add_argument("checkpoints", nargs="*", help="checkpoint directories (default: --policy.path)")
+            p.add_argument("--out", help="report directory", default=None)
+        if name == "distill":
+            p.add_argument("--teacher", help="teacher checkpoint directory", default=None)
+            p.add_argument("--student", help="student policy name (default mlp_student)",
+                           default=None)
+        if name == "quickstart":
+            p.add_argument("--smoke", action="store_true", help="tiny version (<= 3 min)")
+            p.add_argument("--run-dir", default=None, help="where stage outputs are cached")
+            p.add_argument("--force", action="store_true", help="recompute every stage")
+        if name == "bench":
+            p.add_argument("parts", nargs="*", default=["env", "policy", "loop"],
+                           help="parts to run: env, policy, loop (default all)")
+            p.add_argument("--json", default=None, help="write the figures to this JSON file")
+            p.add_argument("--quick", action="store_true", help="fewer steps and repeats")
+        if name == "demo":
+            p.add_argument("--steps", type=int, default=20, help="decisions to step")
+    return parser
+
+
+def _load(args, rest: list[str]):
+    from vlarl.config import load_config
+
+    return load_config(getattr(args, "config", None), rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    full_help = any(a in ("-h", "--help") for a in argv[1:])  # subcommand help: list fields
+    parser = build_parser(full_help)
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from vlarl.config import ConfigError
+
+    try:
+        return _dispatch(args, rest, parser)
+    except ConfigError as err:
+        print(f"vlarl {args.command}: config error: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args, rest: list[str], parser) -> int:
+    cmd = args.command
+    if cmd == "doctor":
+        from vlarl.doctor import run_doctor
+
+        return run_doctor()
+    if cmd == "bench":
+        from vlarl.bench import run_bench
+
+        run_bench(args.parts, json_path=args.json, quick=args.quick, extra=rest)
+        return 0
+    if cmd == "quickstart":
+        from vlarl.quickstart import run_quickstart
+
+        run_quickstart(smoke=args.smoke, run_dir=args.run_dir, force=args.force, extra=rest)
+        return 0
+    cfg = _load(args, rest)
+    if cmd == "demo":
+        from vlarl.demo import run_demo
+
+        run_demo(cfg, steps=args.steps)
+    elif cmd == "collect":
+        from vlarl.data import collect_demos
+
+        print(collect_demos(cfg))
+    elif cmd == "sft":
+        from vlarl.sft import run_sft
+
+        print(run_sft(cfg))
+    elif cmd == "train":
+        from vlarl.trainer import train
+
+        print(train(cfg))
+    elif cmd == "eval":
+        from vlarl.eval import run_eval
+
+        ckpts = args.checkpoints or ([cfg.policy.path] if cfg.policy.path else [])
+        if not ckpts:
+            from vlarl.config import ConfigError
+
+            raise ConfigError("no checkpoint given: pass directories or --policy.path")
+        run_eval(ckpts, cfg, args.out or cfg.eval.out)
+    elif cmd == "distill":
+        from vlarl.distill import run_distill
+
+        if args.teacher:
+            cfg.distill.teacher = args.teacher
+        print(run_distill(cfg, student=args.student))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

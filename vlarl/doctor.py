@@ -1,0 +1,94 @@
+"""`vlarl doctor`: what is installed, what renders, what is missing - with a one-line fix each.
+
+Rendering is probed in a subprocess: SAPIEN can abort the process when no Vulkan driver
+exists, and the doctor must still report.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import subprocess
+import sys
+
+SETUP = "bash scripts/setup.sh"
+PACKAGES = ["torch", "transformers", "peft", "trl", "accelerate", "mani_skill", "sapien",
+            "gymnasium", "wandb", "datasets"]
+
+_PROBE = r"""
+import sapien
+s = sapien.render.get_device_summary()
+print(s)
+"""
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return md.version(pkg.replace("_", "-"))
+    except md.PackageNotFoundError:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+
+def render_device(timeout: float = 60.0) -> tuple[str | None, str]:
+    """Name of the first Vulkan device SAPIEN supports (e.g. ``llvmpipe``), and the raw summary."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, "SAPIEN device probe timed out"
+    text = out.stdout + out.stderr
+    name = None
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith(("GPU:", "CPU:")) or "llvmpipe" in line:
+            block = "\n".join(lines[i:i + 3])
+            if "Supported: 1" in block:
+                name = line.split(":", 1)[1].strip() if ":" in line else line.strip()
+                break
+    return name, text.strip()
+
+
+def run_doctor() -> int:
+    problems: list[str] = []
+    rows = [("python", platform.python_version()), ("platform", platform.platform())]
+    for pkg in PACKAGES:
+        v = _version(pkg)
+        rows.append((pkg, v or "MISSING"))
+        if v is None:
+            problems.append(f"{pkg} is not installed: run `{SETUP}`")
+    cuda = False
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        rows.append(("cuda", f"yes ({torch.cuda.get_device_name(0)})" if cuda else "no (CPU only)"))
+    except Exception as err:  # noqa: BLE001 - report, don't crash the doctor
+        rows.append(("cuda", f"torch import failed: {err}"))
+    device, summary = (None, "sapien missing")
+    if _version("sapien"):
+        device, summary = render_device()
+    if device:
+        kind = "software (CPU)" if "llvmpipe" in device.lower() else "GPU"
+        rows.append(("render device", f"{device} [{kind}]"))
+    else:
+        rows.append(("render device", "NONE"))
+        problems.append("no Vulkan render device for SAPIEN: run `" + SETUP + "` (installs Mesa's "
+                        "software Vulkan >= 24.3: on Debian 12 from bookworm-backports)")
+    rows.append(("gpu simulation (physx_cuda)", "possible" if cuda else "no (needs CUDA); using physx_cpu workers"))
+    rows.append(("wandb mode", os.environ.get("WANDB_MODE", "unset (vlarl default: offline)")))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    if problems:
+        print("\nproblems:")
+        for p in problems:
+            print(f"  - {p}")
+        if not device:
+            print("\nSAPIEN said:\n  " + summary.replace("\n", "\n  ")[:2000])
+        return 1
+    print("\nall good")
+    return 0

@@ -1,0 +1,299 @@
+"""Scripted experts: privileged-state state machines that emit ``pd_ee_delta_pose`` actions.
+
+They exist to make demonstrations (SFT warm start, distillation targets) without motion
+planning: ManiSkill's planners need mplib, which segfaults under numpy 2 (see
+/work/shared/FINDINGS.md). Each expert reads the simulator state of a single env
+(``num_envs=1``: ``env`` is the gym env's ``.unwrapped``) and walks through waypoints:
+
+    action[:3]  = clip((target - tcp) / POS_SCALE, -1, 1)   # Panda pos delta limit 0.1 m
+    action[3:6] = rotation back to "gripper down, yaw aligned with the object" / ROT_SCALE
+    action[6]   = +1 open / -1 close
+
+The 0.1 m and 0.1 rad scales are ``pos_lower/upper`` and ``rot_lower/upper`` of
+``arm_pd_ee_delta_pose`` in ``mani_skill/agents/robots/panda/panda.py``; translation and
+rotation are both in the robot root frame, which is world-aligned in the tabletop tasks.
+Holding the orientation actively (instead of a zero rotation delta) matters: contacts
+twist the hand and a zero delta would keep whatever twist it got.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from vlarl.registry import Registry
+
+POS_SCALE = 0.1
+"""Metres per unit of normalised position action (Panda ``pos_upper``)."""
+ROT_SCALE = 0.1
+"""Radians per unit of normalised rotation action (Panda ``rot_upper``)."""
+OPEN, CLOSE = 1.0, -1.0
+"""Normalised gripper commands (Panda: 1 -> 0.04 m open, -1 -> fully closed)."""
+ACTION_DIM = 7
+
+EXPERTS: Registry[type["Expert"]] = Registry("expert")
+
+
+def _pos(actor) -> np.ndarray:
+    """World position ``[3]`` of a ManiSkill actor/link of env 0."""
+    return actor.pose.p[0].detach().cpu().numpy().astype(np.float64)
+
+
+def _rot(actor) -> Rotation:
+    """World orientation of env 0 (ManiSkill stores wxyz quaternions, scipy wants xyzw)."""
+    w, x, y, z = actor.pose.q[0].detach().cpu().numpy().astype(np.float64)
+    return Rotation.from_quat([x, y, z, w])
+
+
+def _yaw(actor) -> float:
+    return float(_rot(actor).as_euler("xyz")[2])
+
+
+class Expert:
+    """A waypoint state machine over privileged state; one instance per env.
+
+    Subclasses implement :meth:`plan`, which returns ``(tcp target, gripper, reached)`` for the
+    current phase; ``reached`` advances to the next phase. ``reset`` must be called at every
+    episode start because the phase and the reference orientation are per-episode.
+    """
+
+    task_id: str = ""
+    """The ManiSkill env id this expert solves (set by :func:`_register`)."""
+    reach_tol: float = 0.01
+    """Metres within which a waypoint counts as reached."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.phase = 0
+        self.phase_steps = 0
+        self._down: Rotation | None = None
+
+    def act(self, env) -> np.ndarray:
+        """float32 ``[7]`` action for the current state of ``env`` (an unwrapped ManiSkill env)."""
+        tcp = env.agent.tcp
+        if self._down is None:
+            # The initial hand orientation points the gripper down; keep it up to yaw.
+            self._down = _rot(tcp)
+        target, gripper, reached = self.plan(env, _pos(tcp))
+        action = np.zeros(ACTION_DIM, dtype=np.float64)
+        action[:3] = np.clip((target - _pos(tcp)) / POS_SCALE, -1.0, 1.0)
+        action[3:6] = self._rot_action(_rot(tcp), self.yaw(env))
+        action[6] = gripper
+        self.phase_steps += 1
+        if reached:
+            self.phase += 1
+            self.phase_steps = 0
+        return action.astype(np.float32)
+
+    def plan(self, env, tcp: np.ndarray) -> tuple[np.ndarray, float, bool]:
+        raise NotImplementedError
+
+    def yaw(self, env) -> float:
+        """Extra world-z rotation of the hand relative to its initial orientation (radians)."""
+        return 0.0
+
+    def _rot_action(self, current: Rotation, yaw: float) -> np.ndarray:
+        # The controller applies q_target = delta * q_current (root-aligned rotation), so the
+        # delta that reaches the reference is ref * current^-1, as a rotation vector. For
+        # small angles the controller's XYZ euler delta equals this rotation vector.
+        assert self._down is not None
+        ref = Rotation.from_euler("z", yaw) * self._down
+        rotvec = (ref * current.inv()).as_rotvec()
+        norm = np.linalg.norm(rotvec) / ROT_SCALE
+        return rotvec / ROT_SCALE / max(norm, 1.0)
+
+    def _near(self, a: np.ndarray, b: np.ndarray, tol: float | None = None) -> bool:
+        return bool(np.linalg.norm(a - b) < (self.reach_tol if tol is None else tol))
+
+
+def _grasp_yaw(env, obj) -> float:
+    """Hand yaw (relative to the start) that puts the fingers on two faces of a cube-like obj.
+
+    A cube is symmetric under 90-degree turns, so the smallest turn is in [-45, 45] degrees.
+    """
+    rel = _yaw(obj) - _yaw(env.agent.tcp) if False else _yaw(obj)
+    return float((rel + np.pi / 4) % (np.pi / 2) - np.pi / 4)
+
+
+def _register(task_id: str):
+    def deco(cls: type[Expert]) -> type[Expert]:
+        cls.task_id = task_id
+        return EXPERTS.register(task_id)(cls)
+
+    return deco
+
+
+class _PickAndPlace(Expert):
+    """Shared pick-and-place: above object -> down -> close -> lift -> carry -> (release).
+
+    Subclasses say which actor to pick (:meth:`obj`) and where its centre must end up
+    (:meth:`place_target`); ``release`` opens the gripper at the end (StackCube, PlaceSphere
+    require the object not to be grasped).
+    """
+
+    hover: float = 0.06
+    """Height above the object to approach from (m), so fingers do not hit it sideways."""
+    close_steps: int = 3
+    """Control steps to hold still while the gripper closes."""
+    release: bool = False
+    place_tol: float = 0.01
+
+    def obj(self, env):
+        raise NotImplementedError
+
+    def place_target(self, env) -> np.ndarray:
+        raise NotImplementedError
+
+    def yaw(self, env) -> float:
+        # Align the fingers with the object until it is held; then keep the yaw of the grasp.
+        if self.phase <= 1:
+            self._held_yaw = _grasp_yaw(env, self.obj(env))
+        return self._held_yaw
+
+    def plan(self, env, tcp):
+        obj = _pos(self.obj(env))
+        above_obj = obj + np.array([0.0, 0.0, self.hover])
+        if self.phase == 0:  # hover above the object, open
+            return above_obj, OPEN, self._near(tcp[:2], obj[:2], 0.01) and tcp[2] > obj[2] + 0.02
+        if self.phase == 1:  # descend onto it
+            return obj, OPEN, self._near(tcp, obj, 0.008) or self.phase_steps > 8
+        if self.phase == 2:  # close
+            return obj, CLOSE, self.phase_steps + 1 >= self.close_steps
+        goal = self.place_target(env)
+        # Carry the grasp point so that the *object* lands on the goal.
+        offset = tcp - obj
+        if self.phase == 3:  # lift clear before moving sideways
+            lift = obj.copy()
+            lift[2] = max(goal[2], obj[2]) + self.lift_clearance()
+            return lift + offset, CLOSE, obj[2] > lift[2] - 0.015
+        if self.phase == 4:  # above the goal
+            above = goal.copy()
+            above[2] = max(goal[2], obj[2] - 0.01) + self.lift_clearance() * 0.5
+            return above + offset, CLOSE, self._near(obj[:2], goal[:2], 0.006)
+        if self.phase == 5:  # down onto the goal
+            done = self._near(obj, goal, self.place_tol)
+            return goal + offset, CLOSE, done and self.release
+        if self.phase == 6:  # open and stay still
+            return tcp, OPEN, self.phase_steps >= 2
+        # back off upwards so the fingers leave the object
+        return tcp + np.array([0.0, 0.0, 0.02]), OPEN, False
+
+    def lift_clearance(self) -> float:
+        return 0.05
+
+    def reset(self) -> None:
+        super().reset()
+        self._held_yaw = 0.0
+
+
+@_register("PickCube-v1")
+class PickCubeExpert(_PickAndPlace):
+    """Pick the red cube and hold it at the green goal (success needs the robot static)."""
+
+    def obj(self, env):
+        return env.cube
+
+    def place_target(self, env):
+        return _pos(env.goal_site)
+
+    def lift_clearance(self) -> float:
+        return 0.0
+
+
+@_register("StackCube-v1")
+class StackCubeExpert(_PickAndPlace):
+    """Pick cubeA, put it on cubeB (2 half sizes higher), release, back off."""
+
+    release = True
+    place_tol = 0.006
+
+    def obj(self, env):
+        return env.cubeA
+
+    def place_target(self, env):
+        return _pos(env.cubeB) + np.array([0.0, 0.0, 0.04])
+
+
+@_register("PlaceSphere-v1")
+class PlaceSphereExpert(_PickAndPlace):
+    """Pick the sphere and release it on the bin floor (centre = bin + radius + floor half)."""
+
+    release = True
+    place_tol = 0.006
+
+    def obj(self, env):
+        return env.obj
+
+    def place_target(self, env):
+        return _pos(env.bin) + np.array([0.0, 0.0, env.radius + env.block_half_size[0]])
+
+    def yaw(self, env) -> float:
+        return 0.0  # a sphere has no faces to align with
+
+
+class _Slide(Expert):
+    """Push (+x) or pull (-x) the cube along the table with a closed gripper.
+
+    ``side`` is where the hand stands relative to the cube along x: -1 behind it (push
+    towards +x), +1 in front of it (pull towards -x).
+    """
+
+    side: float = -1.0
+    gap: float = 0.035
+    """Distance (m) from cube centre to tcp along x while sliding (half size + finger pad)."""
+    height: float = 0.015
+    """tcp height while sliding: low enough to hit the cube, high enough to miss the table."""
+    overshoot: float = 0.03
+    """Slide the cube this far past the goal centre-line (success radius is 0.1 m)."""
+
+    def plan(self, env, tcp):
+        cube = _pos(env.obj)
+        goal = _pos(env.goal_region)
+        start = np.array([cube[0] + self.side * self.gap, cube[1], self.height])
+        if self.phase == 0:  # above the start point, closed gripper
+            above = start + np.array([0.0, 0.0, 0.06])
+            return above, CLOSE, self._near(tcp[:2], above[:2], 0.01)
+        if self.phase == 1:  # lower beside the cube
+            return start, CLOSE, self._near(tcp, start, 0.008) or self.phase_steps > 8
+        end_x = goal[0] - self.side * self.overshoot + self.side * self.gap
+        end = np.array([end_x, cube[1], self.height])
+        done = abs(cube[0] - goal[0]) < 0.03
+        return (tcp if done else end), CLOSE, False
+
+
+@_register("PushCube-v1")
+class PushCubeExpert(_Slide):
+    """Push the cube +x onto the target (goal = cube + 0.2 m in x)."""
+
+    side = -1.0
+
+
+@_register("PullCube-v1")
+class PullCubeExpert(_Slide):
+    """Pull the cube -x onto the target (goal = cube - 0.2 m in x)."""
+
+    side = 1.0
+
+
+def resolve_task(task_id: str, base_task: dict[str, str] | None = None) -> str:
+    """Map a task id (possibly an OOD variant) to the id of the expert that solves it.
+
+    Exact ids win; then ``base_task[task_id]``; then the longest registered id whose name
+    stem (before ``-v``) starts ``task_id``, so variants named like ``PickCube-v1-colors`` or
+    ``PickCubeOOD-v1`` resolve to ``PickCube-v1``.
+    """
+    if task_id in EXPERTS:
+        return task_id
+    if base_task and task_id in base_task:
+        return resolve_task(base_task[task_id])
+    stems = [n for n in EXPERTS.names() if task_id.startswith(n.split("-v")[0])]
+    if stems:
+        return max(stems, key=len)
+    raise ValueError(f"no scripted expert for task {task_id!r}; known tasks: {EXPERTS.names()}")
+
+
+def get_expert(task_id: str, base_task: dict[str, str] | None = None) -> Expert:
+    """A fresh expert for ``task_id`` (see :func:`resolve_task`); unknown -> ValueError."""
+    return EXPERTS.get(resolve_task(task_id, base_task))()
