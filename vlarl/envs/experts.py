@@ -95,25 +95,26 @@ class Expert:
         return 0.0
 
     def _rot_action(self, current: Rotation, yaw: float) -> np.ndarray:
-        # The controller applies q_target = delta * q_current (root-aligned rotation), so the
-        # delta that reaches the reference is ref * current^-1, as a rotation vector. For
-        # small angles the controller's XYZ euler delta equals this rotation vector.
+        # Measured (not what the controller source suggests): a rotation action r turns the
+        # hand by about -0.39 * r * ROT_SCALE per step as a *world-frame* rotation vector, for
+        # each of x, y, z. So to turn by ``ref * current^-1`` we command its negative.
         assert self._down is not None
         ref = Rotation.from_euler("z", yaw) * self._down
-        rotvec = (ref * current.inv()).as_rotvec()
-        norm = np.linalg.norm(rotvec) / ROT_SCALE
-        return rotvec / ROT_SCALE / max(norm, 1.0)
+        rotvec = -(ref * current.inv()).as_rotvec() / ROT_SCALE
+        return rotvec / max(float(np.linalg.norm(rotvec)), 1.0)
 
     def _near(self, a: np.ndarray, b: np.ndarray, tol: float | None = None) -> bool:
         return bool(np.linalg.norm(a - b) < (self.reach_tol if tol is None else tol))
 
 
-def _grasp_yaw(env, obj) -> float:
-    """Hand yaw (relative to the start) that puts the fingers on two faces of a cube-like obj.
+def _grasp_yaw(reference: Rotation, obj) -> float:
+    """Hand yaw (relative to ``reference``) that puts the fingers on two faces of a cube.
 
-    A cube is symmetric under 90-degree turns, so the smallest turn is in [-45, 45] degrees.
+    The fingers close along the hand's y axis; a cube is symmetric under 90-degree turns
+    about z, so the smallest turn lies in [-45, 45] degrees.
     """
-    rel = _yaw(obj) - _yaw(env.agent.tcp) if False else _yaw(obj)
+    finger = reference.apply([0.0, 1.0, 0.0])
+    rel = _yaw(obj) - np.arctan2(finger[1], finger[0])
     return float((rel + np.pi / 4) % (np.pi / 2) - np.pi / 4)
 
 
@@ -149,7 +150,7 @@ class _PickAndPlace(Expert):
     def yaw(self, env) -> float:
         # Align the fingers with the object until it is held; then keep the yaw of the grasp.
         if self.phase <= 1:
-            self._held_yaw = _grasp_yaw(env, self.obj(env))
+            self._held_yaw = _grasp_yaw(self._down, self.obj(env))
         return self._held_yaw
 
     def plan(self, env, tcp):
@@ -166,11 +167,11 @@ class _PickAndPlace(Expert):
         offset = tcp - obj
         if self.phase == 3:  # lift clear before moving sideways
             lift = obj.copy()
-            lift[2] = max(goal[2], obj[2]) + self.lift_clearance()
+            lift[2] = goal[2] + self.lift_clearance()
             return lift + offset, CLOSE, obj[2] > lift[2] - 0.015
         if self.phase == 4:  # above the goal
             above = goal.copy()
-            above[2] = max(goal[2], obj[2] - 0.01) + self.lift_clearance() * 0.5
+            above[2] = goal[2] + self.lift_clearance() * 0.5
             return above + offset, CLOSE, self._near(obj[:2], goal[:2], 0.006)
         if self.phase == 5:  # down onto the goal
             done = self._near(obj, goal, self.place_tol)

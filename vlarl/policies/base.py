@@ -35,6 +35,10 @@ class Policy(nn.Module):
         """Re-score stored chunks: ``(log_probs [N], entropy [N], values [N] | None)``, with grad."""
         raise NotImplementedError
 
+    def forward(self, obs: Obs, stored: dict[str, torch.Tensor]):
+        """``forward`` is ``evaluate``, so a DDP-wrapped policy syncs gradients of the update."""
+        return self.evaluate(obs, stored)
+
     def value(self, obs: Obs) -> torch.Tensor | None:
         """Value estimates ``[N]`` (None without a value head)."""
         return None

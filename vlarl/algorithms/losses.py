@@ -1,0 +1,81 @@
+"""Policy-gradient losses as pure functions of tensors (no model, no optimizer).
+
+Every sample is one action chunk: its log-probability is the sum over the chunk's tokens
+or denoising steps (``ActOutput.log_probs``), so ratios and KLs here are per chunk.
+Each function returns ``(loss, metrics)`` with metrics as detached 0-d tensors, so a caller
+can average them over minibatches without a device sync per call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``x`` over entries where ``mask`` is True (all entries without a mask)."""
+    if mask is None:
+        return x.mean()
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+                epsilon: float, epsilon_high: float | None = None,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate, ``mean(max(-A r, -A clip(r, 1 - eps, 1 + eps_high)))``.
+
+    Args:
+        log_probs: float ``[B]`` log pi(a|s) under the current policy (with grad).
+        old_log_probs: float ``[B]`` log-probs recorded at rollout time.
+        advantages: float ``[B]``.
+        epsilon: lower clip; epsilon_high: upper clip ("clip-higher", DAPO), None = epsilon.
+        mask: optional bool ``[B]`` of entries to average over.
+
+    Metrics: ``clipfrac`` (share of samples whose gradient the clip removed), ``ratio_mean``,
+    ``approx_kl`` (k3 estimate of KL(old || new), Schulman 2020, "Approximating KL").
+    """
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    log_ratio = log_probs - old_log_probs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((clipped > unclipped).float(), mask)
+        approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
+        ratio_mean = masked_mean(ratio, mask)
+    return loss, {"clipfrac": clipfrac, "approx_kl": approx_kl, "ratio_mean": ratio_mean}
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               cliprange_value: float, mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss ``0.5 * mean(max((v - R)^2, (v_old + clip(v - v_old) - R)^2))``.
+
+    The clip keeps the critic near the values the advantages were computed with (as TRL's
+    PPOTrainer and CleanRL's ``clip_vloss``). Shapes: all float ``[B]``.
+    Metrics: ``value_clipfrac`` (share of samples where the clipped term was larger).
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value,
+                                              cliprange_value)
+    err = (values - returns) ** 2
+    err_clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
+    with torch.no_grad():
+        frac = masked_mean((err_clipped > err).float(), mask)
+    return loss, {"value_clipfrac": frac}
+
+
+def kl_to_reference(log_probs: torch.Tensor, ref_log_probs: torch.Tensor,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    """k3 estimate of KL(pi || pi_ref), ``exp(ref - lp) - (ref - lp) - 1`` (>= 0), as TRL.
+
+    Shapes: float ``[B]`` each; returns a 0-d tensor with grad through ``log_probs``.
+    """
+    diff = ref_log_probs - log_probs
+    return masked_mean(torch.exp(diff) - diff - 1.0, mask)
+
+
+def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean entropy ``[B] -> 0-d``; the total loss subtracts ``ent_coef *`` this."""
+    return masked_mean(entropy, mask)

@@ -1,0 +1,529 @@
+"""Crash-safe checkpoints and the plumbing of exact resume.
+
+A checkpoint is a directory ``<ckpt_root>/update_{update:06d}`` holding
+``<name>.safetensors`` (tensors), ``<name>.pt`` (``torch.save``'d objects: optimizer /
+scheduler state, RNG states), ``meta.json`` and, written LAST, ``manifest.json`` with the
+sha256 and size of every other file. It is built in ``<ckpt_root>/.tmp-*``, every file and
+the directory are fsync'ed, then one ``rename`` publishes it; older checkpoints are pruned
+only after that. So a crash at any instant leaves either the old set of checkpoints or the
+old set plus a complete new one, never a half-written ``update_*`` that resume could pick.
+Bit rot / truncation is caught by the manifest checksums (verified before anything is
+deserialised) and :meth:`CheckpointManager.latest_good` falls back to the previous one.
+
+Every byte goes through :func:`_write_bytes` and every publish through :func:`_rename`,
+so tests can inject a crash at the i-th write (see ``tests/test_checkpoint.py``).
+
+The rest of what exact resume needs lives here too: RNG capture/restore, the
+resume-compatibility check, the run-directory guard and the resumable metrics.jsonl logger.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from vlarl.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+META = "meta.json"
+FORMAT_VERSION = 1
+_UPDATE_RE = re.compile(r"^update_(\d{6,})$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or is not intact; the message names the file."""
+
+
+# ----------------------------------------------------------------------------- low-level I/O
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file and fsync it: the ONLY way this module writes a file."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _rename(src: Path, dst: Path) -> None:
+    """Atomically publish ``src`` as ``dst`` (same filesystem); the only rename used."""
+    os.rename(src, dst)
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync a directory so the names inside it (new files, renames) survive a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    """Commit of the vlarl source tree (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def provenance() -> dict[str, Any]:
+    """Versions stored in every checkpoint's meta so a resume can say what changed."""
+    from vlarl import __version__
+
+    return {"vlarl_version": __version__, "git_commit": _git_commit(),
+            "torch_version": torch.__version__}
+
+
+# ----------------------------------------------------------------------------- checkpoint
+
+@dataclass
+class Checkpoint:
+    """A loaded, checksum-verified checkpoint."""
+
+    update: int
+    tensors: dict[str, dict[str, torch.Tensor]]
+    objects: dict[str, Any]
+    meta: dict[str, Any]
+    path: Path = field(default_factory=Path)
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not _NAME_RE.match(name) or name in ("meta", "manifest"):
+        raise CheckpointError(f"{kind} name {name!r} is not allowed: use letters, digits, "
+                              f"'_', '.', '-' and not 'meta' / 'manifest'")
+
+
+def _tensor_bytes(name: str, tensors: Mapping[str, torch.Tensor]) -> bytes:
+    """safetensors bytes; tensors sharing storage (tied weights) are cloned, since
+    safetensors refuses shared storage."""
+    seen: set[int] = set()
+    flat: dict[str, torch.Tensor] = {}
+    for key, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"tensors[{name!r}][{key!r}] is a {type(t).__name__}, not a tensor")
+        t = t.detach().cpu()
+        ptr = t.untyped_storage().data_ptr()
+        flat[key] = t.clone().contiguous() if ptr in seen else t.contiguous()
+        seen.add(ptr)
+    return st_save(flat)
+
+
+def _object_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def verify(path: str | Path) -> dict[str, bytes]:
+    """Check ``path``'s manifest (sha256 + size of every file); return the verified bytes.
+
+    Raises :class:`CheckpointError` naming the first missing / truncated / corrupt file.
+    Returning the bytes that were hashed avoids reading a file twice (and a race between
+    check and use).
+    """
+    path = Path(path)
+    mpath = path / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_bytes())
+        files = manifest["files"]
+    except FileNotFoundError:
+        raise CheckpointError(f"{mpath}: missing (checkpoint incomplete)") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{mpath}: unreadable manifest ({err})") from None
+    out: dict[str, bytes] = {}
+    for rel, entry in files.items():
+        fpath = path / rel
+        try:
+            data = fpath.read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"{fpath}: listed in the manifest but missing") from None
+        if len(data) != entry["size"]:
+            raise CheckpointError(f"{fpath}: size {len(data)} != {entry['size']} in the manifest "
+                                  "(truncated or overwritten)")
+        if _sha256(data) != entry["sha256"]:
+            raise CheckpointError(f"{fpath}: sha256 mismatch with the manifest (corrupt file)")
+        out[rel] = data
+    return out
+
+
+def load(path: str | Path, *, weights_only: bool = True) -> Checkpoint:
+    """Verify, then deserialise a checkpoint directory.
+
+    ``weights_only=True`` loads objects with torch's safe unpickler (state dicts, tensors,
+    plain Python); pass False only for checkpoints you trust that hold arbitrary objects.
+    """
+    path = Path(path)
+    data = verify(path)
+    manifest = json.loads((path / MANIFEST).read_bytes())
+    tensors = {name: st_load(data[f"{name}.safetensors"]) for name in manifest["tensors"]}
+    objects: dict[str, Any] = {}
+    for name in manifest["objects"]:
+        try:
+            objects[name] = torch.load(io.BytesIO(data[f"{name}.pt"]), map_location="cpu",
+                                       weights_only=weights_only)
+        except Exception as err:  # noqa: BLE001 - re-raised with the file name
+            raise CheckpointError(f"{path / (name + '.pt')}: cannot unpickle ({err}); if you "
+                                  "trust it, load(..., weights_only=False)") from err
+    meta = json.loads(data[META])
+    return Checkpoint(int(manifest["update"]), tensors, objects, meta, path)
+
+
+class CheckpointManager:
+    """Atomic save, pruning and verified discovery of ``update_*`` checkpoints in ``ckpt_root``.
+
+    Call :meth:`save` on the main process only (other ranks wait at a barrier).
+    """
+
+    def __init__(self, ckpt_root: str | Path, keep_last: int = 2,
+                 min_free_factor: float = 1.1):
+        if keep_last < 1:
+            raise ConfigError(f"keep_last={keep_last} must be >= 1")
+        self.root = Path(ckpt_root)
+        self.keep_last = keep_last
+        self.min_free_factor = min_free_factor
+        """Refuse to start a save unless free disk >= factor * checkpoint size."""
+
+    # -- discovery
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """Published ``update_*`` directories, oldest first (``.tmp-*`` never included)."""
+        if not self.root.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.root.iterdir()
+                 if p.is_dir() and (m := _UPDATE_RE.match(p.name))]
+        return sorted(found)
+
+    def latest_good(self) -> Path | None:
+        """Newest checkpoint whose manifest verifies; corrupt ones are skipped with a warning."""
+        for _, path in reversed(self.checkpoints()):
+            try:
+                verify(path)
+            except CheckpointError as err:
+                log.warning("skipping corrupt checkpoint: %s", err)
+                continue
+            return path
+        return None
+
+    def clean_stale(self) -> list[Path]:
+        """Delete ``.tmp-*`` / ``.trash-*`` leftovers of interrupted saves."""
+        removed = []
+        if self.root.is_dir():
+            for p in self.root.iterdir():
+                if p.name.startswith((".tmp-", ".trash-")):
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p)
+        return removed
+
+    # -- save
+    def save(self, update: int, *, tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+             objects: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None,
+             extra_dirs: Mapping[str, Callable[[Path], None]] | None = None) -> Path:
+        """Write ``update_{update:06d}`` atomically, then prune beyond ``keep_last``.
+
+        ``extra_dirs`` maps a sub-directory name to a writer, e.g.
+        ``{"policy": policy.save_pretrained}``; its files are fsync'ed and checksummed too.
+        """
+        if not isinstance(update, int) or update < 0:
+            raise CheckpointError(f"update={update!r} must be an int >= 0")
+        # Serialise everything in memory first: a bad value fails before any disk write.
+        payload: dict[str, bytes] = {}
+        for name, tdict in (tensors or {}).items():
+            _check_name("tensors", name)
+            payload[f"{name}.safetensors"] = _tensor_bytes(name, tdict)
+        for name, obj in (objects or {}).items():
+            _check_name("objects", name)
+            payload[f"{name}.pt"] = _object_bytes(obj)
+        full_meta = {**provenance(), **dict(meta or {}), "update": update}
+        try:
+            payload[META] = json.dumps(full_meta, indent=2, sort_keys=True).encode()
+        except TypeError as err:
+            raise CheckpointError(f"meta is not JSON-serialisable: {err}") from None
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.clean_stale()
+        self._check_space(sum(len(b) for b in payload.values()))
+
+        tmp = self.root / f".tmp-{update:06d}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        files: dict[str, dict[str, Any]] = {}
+        for rel, data in payload.items():
+            _write_bytes(tmp / rel, data)
+            files[rel] = {"sha256": _sha256(data), "size": len(data)}
+        for sub, writer in (extra_dirs or {}).items():
+            _check_name("extra_dirs", sub)
+            files.update(self._capture_dir(tmp, sub, writer))
+        manifest = {"format": FORMAT_VERSION, "update": update, "created": time.time(),
+                    "tensors": sorted((tensors or {}).keys()),
+                    "objects": sorted((objects or {}).keys()), "files": files}
+        _fsync_dir(tmp)
+        _write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2).encode())
+        _fsync_dir(tmp)
+
+        final = self.root / f"update_{update:06d}"
+        if final.exists():  # re-saving an update (e.g. after resuming past a corrupt one)
+            _rename(final, self.root / f".trash-{final.name}-{uuid.uuid4().hex[:8]}")
+        _rename(tmp, final)
+        _fsync_dir(self.root)
+        self._prune(update)
+        return final
+
+    def _capture_dir(self, tmp: Path, sub: str, writer: Callable[[Path], None]
+                     ) -> dict[str, dict[str, Any]]:
+        """Run a third-party directory writer inside the temp dir, then fsync + hash its files."""
+        target = tmp / sub
+        target.mkdir()
+        writer(target)
+        files = {}
+        for p in sorted(target.rglob("*")):
+            if p.is_file():
+                data = p.read_bytes()
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+                files[p.relative_to(tmp).as_posix()] = {"sha256": _sha256(data), "size": len(data)}
+            elif p.is_dir():
+                _fsync_dir(p)
+        _fsync_dir(target)
+        return files
+
+    def _check_space(self, nbytes: int) -> None:
+        free = shutil.disk_usage(self.root).free
+        need = int(nbytes * self.min_free_factor)
+        if free < need:
+            raise CheckpointError(f"{self.root}: only {free / 2**20:.1f} MiB free, a checkpoint "
+                                  f"needs {need / 2**20:.1f} MiB; free space or lower keep_last")
+
+    def _prune(self, current: int) -> None:
+        """Keep the newest ``keep_last`` checkpoints <= ``current``. Newer numbers (from a
+        timeline abandoned by resuming an older checkpoint) are left for a human to judge."""
+        older = [p for u, p in self.checkpoints() if u <= current]
+        for path in older[:-self.keep_last]:
+            shutil.rmtree(path, ignore_errors=True)
+        self.clean_stale()
+
+
+# ----------------------------------------------------------------------------- RNG
+
+def capture_rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """States of python ``random``, numpy's global RNG, torch CPU, every CUDA device and the
+    named ``torch.Generator`` objects. Only tensors and plain Python inside, so it loads with
+    ``torch.load(weights_only=True)``."""
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "generators": {name: g.get_state() for name, g in (generators or {}).items()},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any],
+                      generators: Mapping[str, torch.Generator] | None = None) -> None:
+    """Inverse of :func:`capture_rng_state`; the generator names must match the saved ones."""
+    random.setstate(_to_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    saved, given = set(state.get("generators", {})), set(generators or {})
+    if saved != given:
+        raise CheckpointError(f"generator names differ: saved {sorted(saved)}, "
+                              f"given {sorted(given)}")
+    for name, g in (generators or {}).items():
+        g.set_state(state["generators"][name])
+
+
+def _to_tuple(x: Any) -> Any:
+    """random.setstate needs tuples; a JSON / pickle round trip may give lists."""
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# ----------------------------------------------------------------------------- resume guard
+
+STRICT_FIELDS = ("world_size", "num_envs")
+"""Changing these breaks exact resume: per-rank RNG / env streams no longer line up and the
+batch size changes; refused unless ``allow_changed=True``."""
+
+
+def _lookup(meta: Mapping[str, Any], dotted: str) -> Any:
+    cur: Any = meta
+    for part in dotted.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return _MISSING
+        cur = cur[part]
+    return cur
+
+
+_MISSING = object()
+
+
+def check_resume_compat(saved_meta: Mapping[str, Any], current_meta: Mapping[str, Any],
+                        fields: Iterable[str] = ("world_size", "num_envs",
+                                                 "gradient_accumulation_steps", "rollout_steps",
+                                                 "vlarl_version", "git_commit"),
+                        strict: Iterable[str] = STRICT_FIELDS,
+                        allow_changed: bool = False) -> list[str]:
+    """Compare run settings of a checkpoint with the current run (dotted keys allowed).
+
+    A changed ``strict`` field raises :class:`ConfigError` naming it (unless
+    ``allow_changed``); any other change, or a field missing on one side, is returned as a
+    warning string so the trainer can log it.
+    """
+    strict = set(strict)
+    warnings: list[str] = []
+    for key in fields:
+        old, new = _lookup(saved_meta, key), _lookup(current_meta, key)
+        if old is _MISSING or new is _MISSING:
+            side = "checkpoint" if old is _MISSING else "current run"
+            warnings.append(f"{key}: not recorded in the {side}; cannot check it")
+            continue
+        if old == new:
+            continue
+        msg = f"{key} changed: checkpoint has {old!r}, current run has {new!r}"
+        if key in strict and not allow_changed:
+            raise ConfigError(f"{msg}. Exact resume needs the same {key}; restore it, or "
+                              "resume anyway with allow_changed=True (not bit-exact).")
+        warnings.append(msg)
+    return warnings
+
+
+# ----------------------------------------------------------------------------- run directory
+
+class RunDirError(ConfigError):
+    """The output directory cannot be used as asked (flags, permissions, disk space)."""
+
+
+def prepare_run_dir(path: str | Path, resume: bool, overwrite: bool,
+                    min_free_bytes: int = 1 << 30) -> Path:
+    """Create / check the run directory before any training work starts.
+
+    An existing non-empty directory needs ``train.resume`` (continue it) or
+    ``train.overwrite`` (delete it first): silently mixing two runs' checkpoints and metrics
+    is the failure this prevents. Unwritable paths and a nearly full disk fail here, in
+    seconds, rather than at the first checkpoint hours later.
+    """
+    path = Path(path).expanduser()
+    if resume and overwrite:
+        raise RunDirError("train.resume and train.overwrite are both set; choose one")
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"output_dir {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not (resume or overwrite):
+        raise RunDirError(f"output_dir {path} is not empty; pass --train.resume true to continue "
+                          "it or --train.overwrite true to delete it")
+    if overwrite and path.is_dir():
+        resolved = path.resolve()
+        if resolved in (Path("/").resolve(), Path.home().resolve(), Path.cwd().resolve()):
+            raise RunDirError(f"refusing to overwrite {resolved} (root, home or working directory)")
+        shutil.rmtree(resolved)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        _write_bytes(probe, b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise RunDirError(f"output_dir {path} is not writable ({err.strerror or err}); choose "
+                          "another --train.output_dir") from None
+    free = shutil.disk_usage(path).free
+    if free < min_free_bytes:
+        raise RunDirError(f"output_dir {path}: only {free / 2**30:.2f} GiB free, need at least "
+                          f"{min_free_bytes / 2**30:.2f} GiB for checkpoints")
+    return path
+
+
+# ----------------------------------------------------------------------------- metrics log
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+class MetricsLogger:
+    """Append-only ``metrics.jsonl``: one ``{"step": s, ...}`` line per log call, flushed and
+    fsync'ed so a crash loses at most the line being written.
+
+    With ``resume_step=u`` lines with ``step > u`` (logged after checkpoint ``u`` by the
+    crashed run, and about to be logged again) and a torn last line are dropped first, so
+    steps have no duplicates or gaps after resume. Log a step BEFORE saving its checkpoint.
+    """
+
+    def __init__(self, path: str | Path, resume_step: int | None = None):
+        self.path = Path(path)
+        self.last_step: int | None = None
+        if resume_step is not None and self.path.exists():
+            self._truncate_after(resume_step)
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def _truncate_after(self, step: int) -> None:
+        kept: list[str] = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # torn line of a crash
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+                kept.append(line)
+                self.last_step = rec["step"]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        _write_bytes(tmp, "".join(line + "\n" for line in kept).encode())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Write one line; ``step`` must increase strictly (a repeat means a resume bug)."""
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise TypeError(f"step={step!r} must be an int")
+        if self.last_step is not None and step <= self.last_step:
+            raise ValueError(f"step={step} must be > last logged step {self.last_step}")
+        rec = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._f.write(json.dumps(rec) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.last_step = step
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,321 @@
+"""Scripted-expert demonstrations: collection, the on-disk format, and SFT samples.
+
+Data flow: ``make_env`` (N worker envs) -> ``expert_actions()`` at every control step ->
+one row per control step in a Hugging Face ``datasets`` parquet file + ``meta/info.json``
+(LeRobot-like) -> :class:`ChunkDataset` turns rows into ``(Obs, actions [k, A])`` samples.
+The format is described in ``docs/dataset.md``.
+
+Only ``vlarl.envs`` touches ManiSkill; this module sees the :class:`VecEnv` interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from vlarl.config import Config, DataConfig
+from vlarl.types import Obs
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+"""Bumped when the on-disk layout changes (part of the cache key, so old caches are not reused)."""
+DATA_FILE = "data/train-00000-of-00001.parquet"
+INFO_FILE = "meta/info.json"
+# Env fields that change what is recorded. num_envs/backend/render_every_step/seed do not:
+# every episode is seeded individually from data.seed.
+_ENV_KEY_FIELDS = ("task", "split", "image_size", "control_mode", "reward_mode",
+                   "max_episode_steps", "terminate_on_success")
+
+
+class DatasetError(ValueError):
+    """A missing, empty or corrupted demonstrations dataset; the message names the file."""
+
+
+# ----------------------------------------------------------------------------- paths / cache
+
+def cache_root() -> Path:
+    """``$VLARL_CACHE`` or ``~/.cache/vlarl``: where datasets are cached by config hash."""
+    return Path(os.environ.get("VLARL_CACHE", "~/.cache/vlarl")).expanduser()
+
+
+def dataset_key(cfg: Config) -> str:
+    """Hash of everything that determines the recorded data (env + data config + format)."""
+    payload = {
+        "format": FORMAT_VERSION,
+        "env": {k: getattr(cfg.env, k) for k in _ENV_KEY_FIELDS},
+        "data": {"num_episodes": cfg.data.num_episodes, "seed": cfg.data.seed},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dataset_path(cfg: Config) -> Path:
+    """Where ``collect_demos`` writes: ``data.dataset_dir`` if the user set it, else
+    ``<cache_root>/datasets/<dataset_key>`` (the default ``dataset_dir`` means "use the cache")."""
+    if cfg.data.dataset_dir != DataConfig().dataset_dir:
+        return Path(cfg.data.dataset_dir).expanduser()
+    return cache_root() / "datasets" / dataset_key(cfg)
+
+
+def is_complete(path: str | Path) -> bool:
+    """A dataset directory is complete once its ``meta/info.json`` exists (written last)."""
+    return (Path(path) / INFO_FILE).is_file()
+
+
+# ----------------------------------------------------------------------------- collection
+
+def _features(image_size: int, cams: int, state_dim: int, action_dim: int):
+    from datasets import Features, Image, List, Value
+
+    feats: dict[str, Any] = {
+        "episode_index": Value("int64"), "frame_index": Value("int64"),
+        "timestamp": Value("float32"), "seed": Value("int64"),
+        "image": Image(),
+        "state": List(Value("float32"), length=state_dim),
+        "action": List(Value("float32"), length=action_dim),
+        "instruction": Value("string"), "task": Value("string"),
+        "reward": Value("float32"), "success": Value("bool"), "done": Value("bool"),
+    }
+    for c in range(1, cams):  # extra cameras, if the env has them
+        feats[f"image_{c}"] = Image()
+    return Features(feats)
+
+
+def collect_demos(cfg: Config, force: bool = False) -> Path:
+    """Record ``cfg.data.num_episodes`` successful scripted-expert episodes; return the dir.
+
+    ``cfg.data.num_workers`` envs step in lockstep with chunks of one action (every control
+    step is a possible decision start, so every step's image is stored). Failed episodes
+    are dropped and counted. Episode seeds are ``cfg.data.seed, +1, ...`` (disjoint from
+    the eval seeds). An existing complete dataset at the target path is reused unless
+    ``force``; the data are written to a temporary directory and renamed when complete.
+    """
+    from tqdm.auto import tqdm
+
+    from vlarl.envs import make_env
+
+    out = dataset_path(cfg)
+    if is_complete(out) and not force:
+        log.info("reusing demonstrations at %s", out)
+        return out
+    if out.exists() and not force:
+        raise DatasetError(f"{out} exists but has no {INFO_FILE} (incomplete or foreign); "
+                           "delete it or collect with force=True")
+    n, target = cfg.data.num_workers, cfg.data.num_episodes
+    max_attempts = 4 * target + n  # stop even if the expert is much worse than expected
+    env_cfg = dataclasses.replace(cfg.env, num_envs=n)
+    rows: dict[str, list] = {}
+    ep_seed = [cfg.data.seed + i for i in range(n)]
+    pending = [cfg.data.seed + n + i for i in range(n)]  # seed env i uses at its next reset
+    next_seed = cfg.data.seed + 2 * n
+    buffers: list[list[dict]] = [[] for _ in range(n)]
+    kept = ended = 0
+    lengths: list[int] = []
+    t0 = time.perf_counter()
+    with make_env(env_cfg) as env, tqdm(total=target, desc="expert demos", unit="ep") as bar:
+        fps = float(getattr(env, "control_freq", 20))
+        obs = env.reset(ep_seed)
+        while kept < target and ended < max_attempts:
+            actions = env.expert_actions().float()
+            step = env.step_chunk(actions[:, None, :], reset_seeds=list(pending))
+            for i in range(n):
+                buffers[i].append(_frame(obs, i, actions[i], step, env.task))
+                if not bool(step.done[i]):
+                    continue
+                ended += 1
+                if any(f["success"] for f in buffers[i]) and kept < target:
+                    _append_episode(rows, buffers[i], kept, ep_seed[i], fps)
+                    lengths.append(len(buffers[i]))
+                    kept += 1
+                    bar.update(1)
+                bar.set_postfix(expert_success=f"{kept / ended:.2f}")
+                buffers[i] = []
+                ep_seed[i], pending[i], next_seed = pending[i], next_seed, next_seed + 1
+            obs = step.obs
+        cams, h = obs.images.shape[1], obs.images.shape[2]
+        state_dim, action_dim = int(obs.state.shape[1]), int(actions.shape[1])
+    if kept == 0:
+        raise DatasetError(f"the expert solved 0 of {ended} episodes of {cfg.env.task!r}; "
+                           "nothing to write")
+    if kept < target:
+        log.warning("only %d of %d requested episodes succeeded in %d attempts", kept, target, ended)
+    wall = time.perf_counter() - t0
+    stats = {"episodes_attempted": ended, "episodes_failed": ended - kept,
+             "expert_success_rate": kept / ended, "mean_episode_length": float(np.mean(lengths)),
+             "wall_time_s": round(wall, 2), "frames_per_s": round(sum(lengths) / wall, 2)}
+    features = _features(h, cams, state_dim, action_dim)
+    info = _info(cfg, features, kept, sum(lengths), cams, h, state_dim, action_dim, fps, stats)
+    _write(out, rows, features, info)
+    log.info("wrote %d episodes (%d frames, expert success %.2f) to %s",
+             kept, info["total_frames"], stats["expert_success_rate"], out)
+    return out
+
+
+def _frame(obs: Obs, i: int, action: torch.Tensor, step, task: str) -> dict:
+    """One control step of env i: the observation *before* the action, and its outcome."""
+    imgs = obs.images[i].cpu().numpy()
+    return {"images": list(imgs), "state": obs.state[i].cpu().numpy().astype(np.float32),
+            "action": action.cpu().numpy().astype(np.float32),
+            "instruction": obs.instructions[i], "task": task,
+            "reward": float(step.rewards[i, 0]), "success": bool(step.success_once[i]),
+            "done": bool(step.done[i])}
+
+
+def _append_episode(rows: dict[str, list], frames: list[dict], ep: int, seed: int,
+                    fps: float) -> None:
+    for t, f in enumerate(frames):
+        rec = {"episode_index": ep, "frame_index": t, "timestamp": t / fps, "seed": seed,
+               **{k: v for k, v in f.items() if k != "images"}}
+        for c, img in enumerate(f["images"]):
+            rec["image" if c == 0 else f"image_{c}"] = img
+        for k, v in rec.items():
+            rows.setdefault(k, []).append(v)
+
+
+def _info(cfg: Config, features, episodes: int, frames: int, cams: int, size: int,
+          state_dim: int, action_dim: int, fps: float, stats: dict) -> dict:
+    return {
+        "format": "vlarl-demos", "format_version": FORMAT_VERSION, "key": dataset_key(cfg),
+        "task": cfg.env.task, "split": cfg.env.split, "control_mode": cfg.env.control_mode,
+        "fps": fps, "total_episodes": episodes, "total_frames": frames,
+        "action_dim": action_dim, "state_dim": state_dim, "num_cameras": cams,
+        "image_size": size, "data_files": [DATA_FILE],
+        "features": features.to_dict(),
+        "env_config": dataclasses.asdict(cfg.env), "data_config": dataclasses.asdict(cfg.data),
+        "collection": stats,
+    }
+
+
+def _write(out: Path, rows: dict[str, list], features, info: dict) -> None:
+    """Write into ``<out>.tmp-<pid>`` and rename: a reader never sees a half-written dataset."""
+    from datasets import Dataset
+
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "meta").mkdir(parents=True)
+    (tmp / "data").mkdir()
+    Dataset.from_dict(rows, features=features).to_parquet(str(tmp / DATA_FILE))
+    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def read_info(path: str | Path) -> dict:
+    """``meta/info.json`` of a dataset directory; DatasetError naming the file if unusable."""
+    f = Path(path).expanduser() / INFO_FILE
+    if not f.is_file():
+        raise DatasetError(f"not a vlarl dataset: {f} is missing (collect with `vlarl collect`)")
+    try:
+        info = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"corrupted dataset metadata {f}: {err}") from None
+    for k in ("data_files", "total_frames", "action_dim"):
+        if k not in info:
+            raise DatasetError(f"corrupted dataset metadata {f}: key {k!r} is missing")
+    return info
+
+
+def load_demos(path: str | Path):
+    """Load a dataset directory as one ``datasets.Dataset`` (rows = control steps)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    root = Path(path).expanduser()
+    info = read_info(root)
+    tables = []
+    for rel in info["data_files"]:
+        f = root / rel
+        try:
+            tables.append(pq.read_table(f))
+        except (OSError, pa.ArrowException) as err:
+            raise DatasetError(f"corrupted or missing dataset file {f}: {err}") from None
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    if table.num_rows == 0:
+        raise DatasetError(f"empty dataset: {root / info['data_files'][0]} has no rows")
+    if table.num_rows != info["total_frames"]:
+        raise DatasetError(f"{root / INFO_FILE} says total_frames={info['total_frames']} but "
+                           f"the data files hold {table.num_rows} rows")
+    return Dataset(InMemoryTable(table))
+
+
+# ----------------------------------------------------------------------------- SFT samples
+
+PadMode = Literal["hold", "repeat"]
+
+
+class ChunkDataset(torch.utils.data.Dataset):
+    """Sample t of an episode -> observation t and the expert actions ``t .. t+k-1``.
+
+    Past the episode's last step the chunk is padded (``pad``):
+
+    * ``"hold"``: zeros in every dimension except the gripper (last dim), which repeats
+      its last value: "stay still, keep the grasp" under delta controllers
+      (``pd_ee_delta_pose`` / ``pd_ee_delta_pos`` / ``pd_joint_delta_pos``);
+    * ``"repeat"``: repeat the last action: right for absolute-position controllers.
+    """
+
+    def __init__(self, ds, chunk_size: int, pad: PadMode = "hold"):
+        if pad not in ("hold", "repeat"):
+            raise ValueError(f"pad={pad!r} is not allowed; choose one of ['hold', 'repeat']")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size} must be >= 1")
+        cols = ds.with_format("numpy").select_columns(
+            ["episode_index", "frame_index", "action"])[:]
+        ep, frame = cols["episode_index"], cols["frame_index"]
+        starts = np.r_[True, ep[1:] != ep[:-1]]
+        if not np.array_equal(frame, _counter(starts)):
+            raise DatasetError("rows must be grouped by episode and ordered by frame_index")
+        ends = np.r_[np.flatnonzero(starts)[1:], len(ep)]  # exclusive end of each episode
+        self.last = np.repeat(ends - 1, np.diff(np.r_[np.flatnonzero(starts), len(ep)]))
+        self.actions = torch.from_numpy(np.asarray(cols["action"], dtype=np.float32))
+        self.chunk_size, self.pad = chunk_size, pad
+        self.image_cols = sorted(c for c in ds.column_names if c == "image" or
+                                 c.startswith("image_"))
+        self.rows = ds.with_format("numpy", columns=self.image_cols + ["state", "instruction"])
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def action_chunk(self, i: int) -> torch.Tensor:
+        """float32 ``[k, A]``: the actions of steps ``i .. i+k-1``, padded past the end."""
+        t = np.arange(i, i + self.chunk_size)
+        chunk = self.actions[np.minimum(t, self.last[i])].clone()
+        if self.pad == "hold":
+            chunk[torch.from_numpy(t > self.last[i]), :-1] = 0.0
+        return chunk
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        r = self.rows[int(i)]
+        return {"images": torch.from_numpy(np.stack([r[c] for c in self.image_cols])),
+                "state": torch.as_tensor(r["state"], dtype=torch.float32),
+                "instruction": str(r["instruction"]), "actions": self.action_chunk(int(i))}
+
+
+def _counter(starts: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... restarting at every True of ``starts`` (the expected frame_index)."""
+    idx = np.arange(len(starts))
+    return idx - np.maximum.accumulate(np.where(starts, idx, 0))
+
+
+def collate_chunks(items: list[dict[str, Any]]) -> tuple[Obs, torch.Tensor]:
+    """Stack ``ChunkDataset`` items into ``(Obs [B], actions float32 [B, k, A])``."""
+    obs = Obs(images=torch.stack([it["images"] for it in items]),
+              state=torch.stack([it["state"] for it in items]),
+              instructions=[it["instruction"] for it in items])
+    return obs, torch.stack([it["actions"] for it in items])

@@ -1,0 +1,272 @@
+"""Plumbing shared by the VLA policies (token_vla, flow_vla): value head, LoRA, save/load.
+
+Stable API (``flow_vla`` reuses it):
+
+* :class:`ValueHead` - PPO critic on pooled backbone features; :func:`masked_mean` pools them.
+* :func:`apply_lora` - wrap a transformers model with peft LoRA (base frozen) or, for full
+  fine-tuning, leave every weight trainable. :func:`count_parameters` for the report.
+* Checkpoint directory layout written by :func:`save_checkpoint` and read by
+  :func:`load_checkpoint`::
+
+      <dir>/vlarl_policy.json   {"policy": name, "config": PolicyConfig fields, "format": 1}
+      <dir>/base/               model.save_pretrained + processor.save_pretrained
+      <dir>/adapter/            peft adapter (safetensors), only with LoRA
+      <dir>/heads.safetensors   value head and other small heads ("<head>.<param>")
+
+  Loading reports missing / unexpected keys and refuses any (a silent partial load would
+  train a random head or adapter).
+* :func:`resolve_pretrained` - a local directory or a hub id; fails fast when offline.
+* :func:`torch_dtype` - ``"float32"`` / ``"bfloat16"`` to a torch dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from vlarl.config import ConfigError, PolicyConfig, _set
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+POLICY_FILE = "vlarl_policy.json"
+BASE_DIR = "base"
+ADAPTER_DIR = "adapter"
+HEADS_FILE = "heads.safetensors"
+FORMAT_VERSION = 1
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """Map ``PolicyConfig.dtype`` to a torch dtype."""
+    if name not in _DTYPES:
+        raise ConfigError(f"policy.dtype={name!r} is not allowed; choose one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+# ----------------------------------------------------------------------------- heads
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden [N, L, H]`` over positions where ``mask [N, L]`` is 1 -> ``[N, H]``."""
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class ValueHead(nn.Module):
+    """State-value critic ``V(s)`` on pooled backbone features: ``[N, H] -> [N]``.
+
+    A small MLP in fp32 (the backbone may be bf16). The last layer starts at zero so the
+    initial values are exactly 0 and the first PPO updates are not dominated by a random critic.
+    """
+
+    def __init__(self, hidden_size: int, width: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden_size, width), nn.Tanh(), nn.Linear(width, 1))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features.float()).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+def lora_config(cfg: PolicyConfig):
+    """peft ``LoraConfig`` from the policy config (``all-linear`` or a comma-separated list)."""
+    from peft import LoraConfig
+
+    targets: str | list[str] = cfg.lora_target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+        if not targets:
+            raise ConfigError(f"policy.lora_target_modules={cfg.lora_target_modules!r} is empty; "
+                              "use 'all-linear' or module names like 'q_proj,v_proj'")
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, bias="none")
+
+
+def apply_lora(model: "PreTrainedModel", cfg: PolicyConfig) -> nn.Module:
+    """LoRA-wrap ``model`` (peft freezes the base) or, if ``cfg.use_lora`` is False, unfreeze all.
+
+    With LoRA the reference policy is the same module with adapters disabled (TRL's
+    ``disable_adapter()``), so no second copy of the model is ever held.
+    """
+    if not cfg.use_lora:
+        model.requires_grad_(True)
+        return model
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(cfg))
+
+
+def is_peft(model: nn.Module) -> bool:
+    """True if ``model`` is a peft wrapper (has adapters that can be disabled)."""
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in module.parameters())
+    return trainable, total
+
+
+def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict of the frozen base of a (maybe) peft-wrapped model, in the base's own key names.
+
+    peft injects ``<layer>.base_layer`` and ``lora_*`` sub-modules; stripping them gives a
+    checkpoint that plain ``from_pretrained`` loads with zero missing / unexpected keys.
+    """
+    base = model.get_base_model() if is_peft(model) else model
+    out = {}
+    for k, v in base.state_dict().items():
+        if "lora_" in k:
+            continue
+        out[k.replace(".base_layer.", ".")] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def write_policy_json(path: str | Path, name: str, cfg: PolicyConfig, **extra: Any) -> None:
+    """Write ``vlarl_policy.json``: policy name, PolicyConfig fields, format version, extras."""
+    data = {"policy": name, "format": FORMAT_VERSION, "config": dataclasses.asdict(cfg), **extra}
+    Path(path, POLICY_FILE).write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def read_policy_json(path: str | Path, **overrides: Any) -> tuple[str, PolicyConfig, dict]:
+    """Read ``vlarl_policy.json`` -> ``(policy name, PolicyConfig with overrides, raw dict)``.
+
+    Overrides use PolicyConfig field names (``temperature=0.5``); unknown names raise
+    :class:`ConfigError` listing the allowed ones.
+    """
+    f = Path(path, POLICY_FILE)
+    if not f.is_file():
+        raise FileNotFoundError(f"{path} is not a vlarl policy directory: {POLICY_FILE} not found")
+    data = json.loads(f.read_text())
+    cfg = PolicyConfig()
+    for key, value in {**data.get("config", {}), **overrides}.items():
+        _set(cfg, key, value, "policy.")
+    return data["policy"], cfg, data
+
+
+def save_heads(path: str | Path, heads: dict[str, nn.Module]) -> None:
+    """Save small heads (``{"value_head": module}``) into one safetensors file."""
+    from safetensors.torch import save_file
+
+    tensors = {f"{name}.{k}": v.detach().contiguous().cpu()
+               for name, mod in heads.items() for k, v in mod.state_dict().items()}
+    save_file(tensors, str(Path(path, HEADS_FILE)))
+
+
+def load_heads(path: str | Path, heads: dict[str, nn.Module]) -> None:
+    """Load heads saved by :func:`save_heads`; any missing or unexpected key is an error."""
+    from safetensors.torch import load_file
+
+    f = Path(path, HEADS_FILE)
+    tensors = load_file(str(f)) if f.is_file() else {}
+    expected = {f"{n}.{k}" for n, m in heads.items() for k in m.state_dict()}
+    missing, unexpected = sorted(expected - tensors.keys()), sorted(tensors.keys() - expected)
+    if missing or unexpected:
+        raise RuntimeError(f"{f}: missing keys {missing}, unexpected keys {unexpected}")
+    for name, mod in heads.items():
+        prefix = name + "."
+        mod.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+
+
+def save_checkpoint(path: str | Path, name: str, cfg: PolicyConfig, model: nn.Module,
+                    processor: Any, heads: dict[str, nn.Module], **extra: Any) -> None:
+    """Write the checkpoint directory described in the module docstring."""
+    path = Path(path)
+    (path / BASE_DIR).mkdir(parents=True, exist_ok=True)
+    base = model.get_base_model() if is_peft(model) else model
+    base.save_pretrained(str(path / BASE_DIR), state_dict=base_state_dict(model))
+    if processor is not None:
+        processor.save_pretrained(str(path / BASE_DIR))
+    if is_peft(model):
+        model.save_pretrained(str(path / ADAPTER_DIR), safe_serialization=True)
+    save_heads(path, heads)
+    write_policy_json(path, name, dataclasses.replace(cfg, use_lora=is_peft(model)), **extra)
+
+
+def load_base(path: str | Path, cfg: PolicyConfig, auto_class: str = "AutoModelForImageTextToText"):
+    """Load ``(model, processor)`` from a local dir or hub id through the Auto classes.
+
+    Raises if the weights file does not match the architecture (missing/unexpected keys).
+    """
+    import transformers
+
+    src = resolve_pretrained(path)
+    model, info = getattr(transformers, auto_class).from_pretrained(
+        src, dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code,
+        output_loading_info=True)
+    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
+    if bad:
+        raise RuntimeError(f"loading {src}: {bad}")
+    processor = transformers.AutoProcessor.from_pretrained(src, trust_remote_code=cfg.trust_remote_code)
+    return model, processor
+
+
+def load_adapter(model: "PreTrainedModel", path: str | Path) -> nn.Module:
+    """Wrap ``model`` with the saved peft adapter at ``<path>/adapter`` (trainable).
+
+    Uses ``set_peft_model_state_dict`` directly so the missing / unexpected adapter keys can
+    be checked: any of them is an error.
+    """
+    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    adir = Path(path, ADAPTER_DIR)
+    pcfg = PeftConfig.from_pretrained(str(adir))
+    pcfg.inference_mode = False
+    peft_model = get_peft_model(model, pcfg)
+    weights = load_file(str(adir / "adapter_model.safetensors"))
+    res = set_peft_model_state_dict(peft_model, weights)
+    missing = [k for k in res.missing_keys if "lora_" in k]
+    if missing or res.unexpected_keys:
+        raise RuntimeError(f"{adir}: missing adapter keys {missing}, "
+                           f"unexpected keys {list(res.unexpected_keys)}")
+    return peft_model
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_pretrained(path: str | Path) -> str:
+    """A local checkpoint directory, or a hub id found in the local HF cache.
+
+    Never hangs offline: a hub id is looked up with ``local_files_only`` first; if it is not
+    cached and ``HF_HUB_OFFLINE`` is set (or the download fails) the error says so plainly.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return str(p)
+    s = str(path)
+    if not _HUB_ID.match(s) or s.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"policy path {s!r} is not an existing directory (nor a hub id "
+                                "like 'org/model')")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(s, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        pass
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        raise FileNotFoundError(f"{s!r} is neither a local directory nor in the Hugging Face cache, "
+                                "and HF_HUB_OFFLINE is set: download it on a networked machine "
+                                "or pass a local checkpoint directory") from None
+    try:
+        return snapshot_download(s, etag_timeout=10)
+    except Exception as err:  # noqa: BLE001 - any network/auth failure gets the same advice
+        raise FileNotFoundError(f"could not fetch {s!r} from the Hugging Face hub ({type(err).__name__}:"
+                                f" {err}); pass a local checkpoint directory or set HF_HUB_OFFLINE=1"
+                                ) from None

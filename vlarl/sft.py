@@ -1,0 +1,197 @@
+"""Supervised warm-start of a VLA on scripted-expert demonstrations (behaviour cloning).
+
+RL from a random VLA never sees a success on PickCube; SFT on expert chunks gives the
+RL stage a policy that succeeds sometimes (the target is 20-80 %), as in SimpleVLA-RL /
+RL4VLA. The loop is a plain accelerate loop: ``Accelerator`` for devices, mixed
+precision and gradient accumulation, ``transformers.get_scheduler`` for the LR schedule,
+and ``policy.sft_loss(obs, actions [B, k, A])`` as the loss, so every policy family
+(token, flow, student) trains the same way. The result is ``policy.save_pretrained(out)``:
+the RL trainer and ``vlarl eval`` load it like any downloaded checkpoint.
+
+accelerate/transformers are imported lazily inside the functions (the lead may move the
+loop into ``vlarl/trainer.py``, the designated accelerate importer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlarl.config import Config
+from vlarl.data import ChunkDataset, collate_chunks, collect_demos, load_demos, read_info
+from vlarl.types import Obs
+
+log = logging.getLogger(__name__)
+
+DONE_FILE = "sft_done.json"
+"""Marker written last into a finished SFT checkpoint: its config key and final stats."""
+METRICS_FILE = "metrics.jsonl"
+
+
+class _SFTLoss(nn.Module):
+    """Routes ``sft_loss`` through ``forward`` so accelerate's DDP wrapper and autocast see it
+    (calling a custom method on a DDP-wrapped model would skip the gradient all-reduce)."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: Obs, actions: torch.Tensor) -> torch.Tensor:
+        return self.policy.sft_loss(obs, actions)
+
+
+def sft_key(cfg: Config, data_key: str, max_steps: int | None, grad_accum: int) -> str:
+    """Hash of data + policy + sft config: equal keys mean an equal checkpoint (cache hit)."""
+    sft = {k: v for k, v in dataclasses.asdict(cfg.sft).items() if k != "output_dir"}
+    payload = {"data": data_key, "policy": dataclasses.asdict(cfg.policy), "sft": sft,
+               "mixed_precision": cfg.train.mixed_precision, "max_grad_norm": cfg.algo.max_grad_norm,
+               "max_steps": max_steps, "grad_accum": grad_accum}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_action_dim(data_dim: int, policy_dim: int, where: str) -> None:
+    """Demonstrations must have the policy's action dimension (no silent slicing)."""
+    if data_dim != policy_dim:
+        raise ValueError(f"demonstrations at {where} have action_dim={data_dim} but the policy "
+                         f"has action_dim={policy_dim}; set --policy.action_dim {data_dim} or "
+                         "collect demos with a matching --env.control_mode")
+
+
+def pad_mode(control_mode: str) -> str:
+    """Chunk padding past an episode's end: "hold" (zero deltas) for delta controllers."""
+    return "hold" if "delta" in control_mode else "repeat"
+
+
+def run_sft(cfg: Config, force: bool = False, *, max_steps: int | None = None,
+            gradient_accumulation_steps: int = 1) -> Path:
+    """Collect (or reuse) demos, fine-tune ``build_policy(cfg.policy)``, save; return the dir.
+
+    ``cfg.sft.full_finetune`` trains every weight, else LoRA adapters only. The same data +
+    policy + sft config reuses a finished checkpoint in ``cfg.sft.output_dir`` unless
+    ``force``; a different config retrains and replaces it (atomically, on completion).
+    ``max_steps`` caps the optimizer steps (tests / smoke runs).
+    """
+    from vlarl.policies import build_policy
+
+    out = Path(cfg.sft.output_dir).expanduser()
+    data_dir = collect_demos(cfg)
+    info = read_info(data_dir)
+    key = sft_key(cfg, info.get("key", str(data_dir)), max_steps, gradient_accumulation_steps)
+    marker = out / DONE_FILE
+    if marker.is_file() and not force:
+        done = json.loads(marker.read_text())
+        if done.get("key") == key:
+            log.info("reusing SFT checkpoint %s (loss %.4f)", out, done.get("final_loss", float("nan")))
+            return out
+        log.warning("%s holds an SFT run of another config; retraining", out)
+    check_action_dim(info["action_dim"], cfg.policy.action_dim, str(data_dir))
+
+    policy = build_policy(dataclasses.replace(cfg.policy, use_lora=not cfg.sft.full_finetune))
+    check_action_dim(info["action_dim"], policy.action_dim, str(data_dir))
+    chunks = ChunkDataset(load_demos(data_dir), policy.chunk_size, pad=pad_mode(info["control_mode"]))
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    stats = fit_sft(policy, chunks, cfg, max_steps=max_steps,
+                    gradient_accumulation_steps=gradient_accumulation_steps,
+                    metrics_path=tmp / METRICS_FILE)
+    policy.save_pretrained(tmp)
+    (tmp / DONE_FILE).write_text(json.dumps({"key": key, "dataset": str(data_dir), **stats}, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    log.info("SFT checkpoint %s: loss %.4f -> %.4f in %.1f s", out, stats["first_loss"],
+             stats["final_loss"], stats["wall_time_s"])
+    return out
+
+
+def fit_sft(policy: nn.Module, chunks: ChunkDataset, cfg: Config, *, max_steps: int | None = None,
+            gradient_accumulation_steps: int = 1, metrics_path: str | Path | None = None
+            ) -> dict[str, Any]:
+    """Train ``policy`` in place with ``sft_loss`` on ``chunks``; return summary stats.
+
+    One optimizer step = ``gradient_accumulation_steps`` micro-batches of
+    ``cfg.sft.batch_size`` chunks. Steps = ``max_steps`` or
+    ``ceil(num_epochs * ceil(len(loader) / grad_accum))``. Every step's loss, learning rate
+    and gradient norm go to ``metrics_path`` (JSON lines).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    s = cfg.sft
+    set_seed(s.seed)
+    acc = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps,
+                      mixed_precision=cfg.train.mixed_precision)
+    loader = torch.utils.data.DataLoader(
+        chunks, batch_size=s.batch_size, shuffle=True, collate_fn=collate_chunks,
+        generator=torch.Generator().manual_seed(s.seed))
+    params = policy.policy_parameters()  # the actor only: SFT has no value target
+    if not params:
+        raise ValueError(f"{type(policy).__name__} has no trainable actor parameters "
+                         "(check policy.use_lora / sft.full_finetune)")
+    optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=cfg.train.weight_decay)
+    steps_per_epoch = math.ceil(len(loader) / gradient_accumulation_steps)
+    total = max_steps or max(1, math.ceil(s.num_epochs * steps_per_epoch))
+    # a prepared scheduler advances num_processes times per optimizer step (accelerate docs)
+    scheduler = get_scheduler(s.lr_scheduler_type, optimizer,
+                              num_warmup_steps=round(s.warmup_ratio * total) * acc.num_processes,
+                              num_training_steps=total * acc.num_processes)
+    model, optimizer, loader, scheduler = acc.prepare(_SFTLoss(policy), optimizer, loader, scheduler)
+    model.train()
+    metrics = open(metrics_path, "w") if metrics_path and acc.is_main_process else None
+    losses: list[float] = []
+    step, epoch, micro_losses = 0, 0, []
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, desc="sft", unit="step", disable=not acc.is_main_process)
+    try:
+        while step < total:
+            for obs, actions in loader:
+                with acc.accumulate(model):
+                    loss = model(obs, actions)
+                    acc.backward(loss)
+                    micro_losses.append(loss.detach().float().item())
+                    grad_norm = acc.clip_grad_norm_(params, cfg.algo.max_grad_norm) \
+                        if acc.sync_gradients else None
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                if not acc.sync_gradients:
+                    continue
+                step += 1
+                losses.append(sum(micro_losses) / len(micro_losses))
+                micro_losses = []
+                row = {"step": step, "epoch": epoch, "loss": losses[-1],
+                       "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                       "time_s": round(time.perf_counter() - t0, 3)}
+                if metrics:
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if step >= total:
+                    break
+            epoch += 1
+    finally:
+        bar.close()
+        if metrics:
+            metrics.close()
+    acc.wait_for_everyone()
+    policy.eval()
+    return {"steps": step, "epochs": epoch, "first_loss": losses[0], "final_loss": losses[-1],
+            "wall_time_s": round(time.perf_counter() - t0, 2), "samples": len(chunks),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

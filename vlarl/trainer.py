@@ -1,0 +1,335 @@
+"""RL fine-tuning loop under accelerate: collect -> process -> update -> log -> checkpoint -> eval.
+
+This is the only module that imports accelerate. One process = one env batch; with
+``accelerate launch --num_processes P`` each rank owns ``env.num_envs`` envs with its own
+seeds, and DDP averages the gradients of the update. The loop itself is ten named calls
+(see :func:`train`); everything it calls is tested on its own.
+
+Exact resume: every update starts from envs reset with seeds that are a pure function of
+(train.seed, update, rank, env, episode), and the checkpoint holds trainable tensors,
+optimizer, scheduler, every rank's RNG states and the counters. So a run resumed after
+update u replays update u+1 bit for bit (CPU). See docs/guarantees.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlarl.config import Config, ConfigError, save_config, to_dict
+
+RANK_SEED_STRIDE = 1_000_003  # keeps ranks' seed streams disjoint
+
+
+@dataclass
+class _Run:
+    """Everything the loop needs, built once by :func:`setup` (and by tests)."""
+
+    cfg: Config
+    accelerator: Any
+    policy: Any            # the Policy module (unwrapped)
+    trainable: Any         # what the algorithm sees: DDP-aware view of the policy
+    optimizer: Any
+    scheduler: Any
+    algo: Any
+    env: Any
+    buffer: Any
+    ckpt: Any
+    metrics: Any
+    tracker: Any
+    run_dir: Path
+    start_update: int = 0
+    env_steps: int = 0
+    generator: torch.Generator | None = None
+
+
+class _DDPView:
+    """The policy as the algorithm sees it: ``evaluate`` goes through the DDP wrapper's
+    ``forward`` (so gradients are all-reduced); everything else reaches the module."""
+
+    def __init__(self, wrapped: torch.nn.Module, module: torch.nn.Module):
+        self._wrapped, self._module = wrapped, module
+
+    def evaluate(self, obs, stored):
+        return self._wrapped(obs, stored)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+def _build_policy(cfg: Config):
+    from vlarl.policies import build_policy
+
+    return build_policy(cfg.policy)
+
+
+def setup(cfg: Config, *, make_env_fn=None) -> _Run:
+    """Validate, create the run dir, the accelerator, env, policy, optimizer; resume if asked."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    from transformers import get_scheduler
+
+    from vlarl.algorithms import ALGORITHMS
+    from vlarl.checkpoint import CheckpointManager, MetricsLogger, prepare_run_dir
+    from vlarl.rollout import RolloutBuffer
+    from vlarl.tracking import WandbTracker
+
+    cfg.validate()
+    t = cfg.train
+    run_dir = Path(t.output_dir).expanduser()
+    accelerator = Accelerator(
+        mixed_precision=t.mixed_precision,
+        cpu=not torch.cuda.is_available(),
+        # critic warm-up updates leave the actor's parameters unused
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    if accelerator.is_main_process:
+        prepare_run_dir(run_dir, resume=t.resume, overwrite=t.overwrite)
+    accelerator.wait_for_everyone()
+    algo = ALGORITHMS.get(cfg.algo.name)(cfg.algo)  # unknown name -> lists the known ones
+    _seed_everything(t.seed + accelerator.process_index * RANK_SEED_STRIDE)
+
+    policy = _build_policy(cfg)
+    _check_action_space(cfg, policy)
+    value_lr = t.value_learning_rate or t.learning_rate
+    groups = [{"params": policy.policy_parameters(), "lr": t.learning_rate}]
+    if policy.value_parameters():
+        groups.append({"params": policy.value_parameters(), "lr": value_lr})
+    optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
+    # one scheduler step per update, stepped by us (not by accelerate, which would step it
+    # num_processes times and make the schedule depend on the world size)
+    scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=t.warmup_steps,
+                              num_training_steps=t.num_updates)
+    wrapped, optimizer = accelerator.prepare(policy, optimizer)
+    trainable = _DDPView(wrapped, policy) if wrapped is not policy else policy
+
+    make_env_fn = make_env_fn or _make_env
+    env = make_env_fn(cfg.env)
+    buffer = RolloutBuffer(cfg.train.rollout_steps, env.num_envs)
+    ckpt = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last)
+    run = _Run(cfg=cfg, accelerator=accelerator, policy=policy, trainable=trainable,
+               optimizer=optimizer, scheduler=scheduler, algo=algo, env=env, buffer=buffer,
+               ckpt=ckpt, metrics=None, tracker=None, run_dir=run_dir)
+    run.generator = torch.Generator().manual_seed(t.seed * 7919 + accelerator.process_index)
+    wandb_id = None
+    if t.resume:
+        wandb_id = _resume(run)
+    if accelerator.is_main_process:
+        save_config(cfg, run_dir / "config.yaml")
+    run.metrics = MetricsLogger(run_dir / "metrics.jsonl", resume_step=run.start_update
+                                if t.resume else None) if accelerator.is_main_process else None
+    run.tracker = WandbTracker(accelerator.is_main_process and t.report_to == "wandb",
+                               t.wandb_mode, t.wandb_project, str(run_dir), to_dict(cfg),
+                               run_id=wandb_id)
+    return run
+
+
+def _make_env(env_cfg):
+    from vlarl.envs import make_env
+
+    return make_env(env_cfg)
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _check_action_space(cfg: Config, policy) -> None:
+    if policy.action_dim != cfg.policy.action_dim:
+        raise ConfigError(f"policy.action_dim={cfg.policy.action_dim} but the loaded policy "
+                          f"emits {policy.action_dim}-D actions")
+
+
+def _update_context(run: _Run):
+    from vlarl.algorithms import UpdateContext
+
+    acc = run.accelerator
+
+    def clip(params, max_norm):
+        return float(acc.clip_grad_norm_(params, max_norm))
+
+    def any_rank(flag: bool) -> bool:
+        t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
+        return bool(acc.reduce(t, reduction="sum").item() > 0)
+
+    wrapped = getattr(run.trainable, "_wrapped", None)
+    return UpdateContext(
+        backward=acc.backward,
+        clip_grad_norm=clip,
+        no_sync=(lambda: acc.no_sync(wrapped)) if wrapped is not None else nullcontext,
+        all_ranks_any=any_rank,
+    )
+
+
+def train(cfg: Config, *, make_env_fn=None, stop_after: int | None = None) -> Path:
+    """Run (or resume) RL fine-tuning; returns the run directory.
+
+    ``stop_after`` ends the loop after that many updates of this call (tests use it to
+    simulate an interruption at an update boundary).
+    """
+    from vlarl.preemption import PreemptionHandler
+    from vlarl.rollout import collect
+
+    run = setup(cfg, make_env_fn=make_env_fn)
+    t, acc = cfg.train, run.accelerator
+    ctx = _update_context(run)
+    mode = "episodic" if cfg.algo.name in ("grpo", "rloo") else "continuous"
+    group = cfg.algo.num_generations if mode == "episodic" else 1
+    progress = _progress(acc, run.start_update, t.num_updates)
+    done_this_call = 0
+    try:
+        with PreemptionHandler() as preempt:
+            for update in range(run.start_update, t.num_updates):
+                t0 = time.perf_counter()
+                stats = collect(run.env, run.policy, run.buffer, base_seed=_rank_seed(run),
+                                update=update, mode=mode, group_size=group)
+                metrics = run.algo.process(run.buffer, run.policy)
+                metrics.update(run.algo.update(run.trainable, run.optimizer, run.buffer, ctx,
+                                               update, run.generator))
+                run.scheduler.step()
+                run.env_steps += _global_steps(acc, stats["env_steps"])
+                metrics.update(_prefix("rollout/", stats))
+                metrics.update({"train/lr": run.scheduler.get_last_lr()[0],
+                                "train/env_steps": run.env_steps,
+                                "time/update_s": time.perf_counter() - t0})
+                if t.eval_every and (update + 1) % t.eval_every == 0:
+                    metrics.update(_prefix("eval/", evaluate_during_training(run)))
+                _log(run, update + 1, metrics, progress)
+                done_this_call += 1
+                last = update + 1 == t.num_updates
+                stop = preempt.requested or (stop_after is not None and done_this_call >= stop_after)
+                if last or stop or (update + 1) % t.save_every == 0:
+                    save(run, update + 1)
+                if stop:
+                    break
+    finally:
+        if progress is not None:
+            progress.close()
+        run.tracker.finish()
+        run.env.close()
+    return run.run_dir
+
+
+def _rank_seed(run: _Run) -> int:
+    return run.cfg.train.seed + run.accelerator.process_index * RANK_SEED_STRIDE
+
+
+def _global_steps(acc, steps: int) -> int:
+    t = torch.tensor([float(steps)], device=acc.device)
+    return int(acc.reduce(t, reduction="sum").item())
+
+
+def _prefix(p: str, d: dict) -> dict:
+    return {p + k: v for k, v in d.items() if isinstance(v, (int, float))}
+
+
+def _progress(acc, start: int, total: int):
+    if not acc.is_main_process:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="updates", unit="upd", dynamic_ncols=True)
+
+
+def _log(run: _Run, step: int, metrics: dict, progress) -> None:
+    if run.metrics is not None:
+        run.metrics.log({"update": step, **metrics})
+    run.tracker.log(metrics, step=step)
+    if progress is not None:
+        dt = metrics.get("time/update_s", 0.0)
+        sps = metrics.get("rollout/env_steps", 0) * run.accelerator.num_processes / max(dt, 1e-9)
+        progress.set_postfix(steps=run.env_steps, sps=f"{sps:.0f}",
+                             success=f"{metrics.get('rollout/success_rate', float('nan')):.2f}")
+        progress.update(1)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _trainable_tensors(policy) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in policy.named_parameters() if p.requires_grad}
+
+
+def _meta(run: _Run, update: int) -> dict:
+    from vlarl import __version__
+
+    return {"update": update, "env_steps": run.env_steps,
+            "world_size": run.accelerator.num_processes, "num_envs": run.cfg.env.num_envs,
+            "gradient_accumulation_steps": run.cfg.algo.gradient_accumulation_steps,
+            "rollout_steps": run.cfg.train.rollout_steps, "config": to_dict(run.cfg),
+            "wandb_id": run.tracker.run_id if run.tracker else None, "vlarl_version": __version__}
+
+
+def save(run: _Run, update: int) -> None:
+    """Checkpoint at an update boundary: rank 0 writes; every rank's RNG state is gathered."""
+    from accelerate.utils import gather_object
+
+    from vlarl.checkpoint import capture_rng_state
+
+    rng = gather_object([capture_rng_state({"update_generator": run.generator})])
+    if run.accelerator.is_main_process:
+        run.ckpt.save(
+            update,
+            tensors={"trainable": _trainable_tensors(run.policy)},
+            objects={"optimizer": run.optimizer.state_dict(),
+                     "scheduler": run.scheduler.state_dict(), "rng": rng},
+            meta=_meta(run, update),
+        )
+    run.accelerator.wait_for_everyone()
+
+
+def _resume(run: _Run) -> str | None:
+    from vlarl.checkpoint import check_resume_compat, restore_rng_state
+
+    ck = run.ckpt.latest_good()
+    if ck is None:
+        return None
+    current = _meta(run, 0)
+    check_resume_compat(ck.meta, current)
+    named = dict(run.policy.named_parameters())
+    with torch.no_grad():
+        for name, tensor in ck.tensors["trainable"].items():
+            if name not in named:
+                raise ConfigError(f"checkpoint tensor {name!r} is not a parameter of this policy")
+            named[name].copy_(tensor)
+    run.optimizer.load_state_dict(ck.objects["optimizer"])
+    run.scheduler.load_state_dict(ck.objects["scheduler"])
+    restore_rng_state(ck.objects["rng"][run.accelerator.process_index],
+                      {"update_generator": run.generator})
+    run.start_update = int(ck.meta["update"])
+    run.env_steps = int(ck.meta["env_steps"])
+    return ck.meta.get("wandb_id")
+
+
+# ----------------------------------------------------------------------------- eval
+
+def evaluate_during_training(run: _Run) -> dict:
+    """Success on a small fixed seed set (the same seeds at every evaluation)."""
+    from vlarl.eval import evaluate_policy
+    from vlarl.stats import wilson_interval
+
+    cfg = run.cfg
+    if not run.accelerator.is_main_process:
+        return {}
+    seeds = [cfg.eval.seed + i for i in range(cfg.train.eval_episodes)]
+    env_cfg = dataclasses.replace(cfg.env, split="train")
+    env = _make_env(env_cfg)
+    try:
+        records = evaluate_policy(run.policy, env, seeds, deterministic=cfg.eval.deterministic)
+    finally:
+        env.close()
+    k = sum(int(r["success_once"]) for r in records)
+    lo, hi = wilson_interval(k, len(records))
+    return {"success_rate": k / len(records), "success_ci_low": lo, "success_ci_high": hi,
+            "n": len(records)}
