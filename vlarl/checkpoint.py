@@ -31,9 +31,10 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +53,11 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written or is not intact; the message names the file."""
+    """A checkpoint cannot be written or read; the message names the file."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint is incomplete or fails its checksums (resume skips it)."""
 
 
 # ----------------------------------------------------------------------------- low-level I/O
@@ -88,7 +93,7 @@ def _git_commit() -> str | None:
     """Commit of the vlarl source tree (None outside a git checkout)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
+                             capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -142,57 +147,67 @@ def _object_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def verify(path: str | Path) -> dict[str, bytes]:
-    """Check ``path``'s manifest (sha256 + size of every file); return the verified bytes.
-
-    Raises :class:`CheckpointError` naming the first missing / truncated / corrupt file.
-    Returning the bytes that were hashed avoids reading a file twice (and a race between
-    check and use).
-    """
-    path = Path(path)
+def _verified(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """(manifest, verified bytes of every listed file); raises CheckpointError naming a file."""
     mpath = path / MANIFEST
     try:
         manifest = json.loads(mpath.read_bytes())
-        files = manifest["files"]
+        files = {rel: (int(e["size"]), str(e["sha256"])) for rel, e in manifest["files"].items()}
+        int(manifest["update"])
+        if not (isinstance(manifest["tensors"], list) and isinstance(manifest["objects"], list)):
+            raise TypeError("'tensors' and 'objects' must be lists")
     except FileNotFoundError:
-        raise CheckpointError(f"{mpath}: missing (checkpoint incomplete)") from None
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{mpath}: unreadable manifest ({err})") from None
+        raise CorruptCheckpointError(f"{mpath}: missing (checkpoint incomplete)") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CorruptCheckpointError(f"{mpath}: unreadable manifest ({err!r})") from None
     out: dict[str, bytes] = {}
-    for rel, entry in files.items():
+    for rel, (size, sha) in files.items():
         fpath = path / rel
         try:
             data = fpath.read_bytes()
         except FileNotFoundError:
-            raise CheckpointError(f"{fpath}: listed in the manifest but missing") from None
-        if len(data) != entry["size"]:
-            raise CheckpointError(f"{fpath}: size {len(data)} != {entry['size']} in the manifest "
+            raise CorruptCheckpointError(f"{fpath}: listed in the manifest but missing") from None
+        if len(data) != size:
+            raise CorruptCheckpointError(f"{fpath}: size {len(data)} != {size} in the manifest "
                                   "(truncated or overwritten)")
-        if _sha256(data) != entry["sha256"]:
-            raise CheckpointError(f"{fpath}: sha256 mismatch with the manifest (corrupt file)")
+        if _sha256(data) != sha:
+            raise CorruptCheckpointError(f"{fpath}: sha256 mismatch with the manifest (corrupt file)")
         out[rel] = data
-    return out
+    return manifest, out
+
+
+def verify(path: str | Path) -> None:
+    """Check ``path``'s manifest (sha256 + size of every file) without deserialising.
+
+    Raises :class:`CheckpointError` naming the first missing / truncated / corrupt file.
+    """
+    _verified(Path(path))
 
 
 def load(path: str | Path, *, weights_only: bool = True) -> Checkpoint:
-    """Verify, then deserialise a checkpoint directory.
+    """Verify, then deserialise a checkpoint directory (from the very bytes that were hashed).
 
     ``weights_only=True`` loads objects with torch's safe unpickler (state dicts, tensors,
     plain Python); pass False only for checkpoints you trust that hold arbitrary objects.
     """
     path = Path(path)
-    data = verify(path)
-    manifest = json.loads((path / MANIFEST).read_bytes())
-    tensors = {name: st_load(data[f"{name}.safetensors"]) for name in manifest["tensors"]}
+    manifest, data = _verified(path)
+    try:
+        tensors = {name: st_load(data[f"{name}.safetensors"]) for name in manifest["tensors"]}
+        meta = json.loads(data[META])
+    except KeyError as err:
+        raise CorruptCheckpointError(f"{path}: {err} is named in the manifest but not "
+                                     "listed")  from None
     objects: dict[str, Any] = {}
     for name in manifest["objects"]:
         try:
             objects[name] = torch.load(io.BytesIO(data[f"{name}.pt"]), map_location="cpu",
                                        weights_only=weights_only)
-        except Exception as err:  # noqa: BLE001 - re-raised with the file name
-            raise CheckpointError(f"{path / (name + '.pt')}: cannot unpickle ({err}); if you "
+        except Exception as err:  # re-raised with the file name
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [repr(err)]
+            why = next((ln for ln in lines if "Unsupported global" in ln), lines[0])
+            raise CheckpointError(f"{path / (name + '.pt')}: cannot unpickle ({why}); if you "
                                   "trust it, load(..., weights_only=False)") from err
-    meta = json.loads(data[META])
     return Checkpoint(int(manifest["update"]), tensors, objects, meta, path)
 
 
@@ -220,15 +235,28 @@ class CheckpointManager:
                  if p.is_dir() and (m := _UPDATE_RE.match(p.name))]
         return sorted(found)
 
-    def latest_good(self) -> Path | None:
+    def latest_good_path(self) -> Path | None:
         """Newest checkpoint whose manifest verifies; corrupt ones are skipped with a warning."""
         for _, path in reversed(self.checkpoints()):
             try:
                 verify(path)
-            except CheckpointError as err:
+            except CorruptCheckpointError as err:
                 log.warning("skipping corrupt checkpoint: %s", err)
                 continue
             return path
+        return None
+
+    def latest_good(self, *, weights_only: bool = True) -> Checkpoint | None:
+        """Load the newest intact checkpoint (the resume entry point), hashing each file once.
+
+        Incomplete / corrupt ones are skipped with a warning naming the file; an intact one
+        that cannot be unpickled raises (it must not be silently replaced by an older one).
+        """
+        for _, path in reversed(self.checkpoints()):
+            try:
+                return load(path, weights_only=weights_only)
+            except CorruptCheckpointError as err:
+                log.warning("skipping corrupt checkpoint: %s", err)
         return None
 
     def clean_stale(self) -> list[Path]:
@@ -404,6 +432,7 @@ def check_resume_compat(saved_meta: Mapping[str, Any], current_meta: Mapping[str
     warning string so the trainer can log it.
     """
     strict = set(strict)
+    current_meta = {**provenance(), **current_meta}  # this run's versions are known here
     warnings: list[str] = []
     for key in fields:
         old, new = _lookup(saved_meta, key), _lookup(current_meta, key)
@@ -477,20 +506,22 @@ def _jsonable(v: Any) -> Any:
 
 
 class MetricsLogger:
-    """Append-only ``metrics.jsonl``: one ``{"step": s, ...}`` line per log call, flushed and
+    """Append-only ``metrics.jsonl``: one JSON object per :meth:`log` call, flushed and
     fsync'ed so a crash loses at most the line being written.
 
-    With ``resume_step=u`` lines with ``step > u`` (logged after checkpoint ``u`` by the
-    crashed run, and about to be logged again) and a torn last line are dropped first, so
-    steps have no duplicates or gaps after resume. Log a step BEFORE saving its checkpoint.
+    Each line carries its step under ``step_key`` (the trainer's ``update``). With
+    ``resume_step=u``, lines with step > u (logged by the crashed run after checkpoint u,
+    about to be logged again) and a torn last line are dropped first, so steps have no
+    duplicates or gaps after resume. Log a step BEFORE saving its checkpoint.
     """
 
-    def __init__(self, path: str | Path, resume_step: int | None = None):
+    def __init__(self, path: str | Path, resume_step: int | None = None, step_key: str = "update"):
         self.path = Path(path)
+        self.step_key = step_key
         self.last_step: int | None = None
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - lives with the logger
 
     def _truncate_after(self, step: int) -> None:
         kept: list[str] = []
@@ -499,30 +530,35 @@ class MetricsLogger:
                 rec = json.loads(line)
             except ValueError:
                 continue  # torn line of a crash
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            s = rec.get(self.step_key) if isinstance(rec, dict) else None
+            if isinstance(s, int) and s <= step:
                 kept.append(line)
-                self.last_step = rec["step"]
+                self.last_step = s
         tmp = self.path.with_name(self.path.name + ".tmp")
         _write_bytes(tmp, "".join(line + "\n" for line in kept).encode())
         os.replace(tmp, self.path)
         _fsync_dir(self.path.parent)
 
-    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Write one line; ``step`` must increase strictly (a repeat means a resume bug)."""
-        if not isinstance(step, int) or isinstance(step, bool):
-            raise TypeError(f"step={step!r} must be an int")
-        if self.last_step is not None and step <= self.last_step:
-            raise ValueError(f"step={step} must be > last logged step {self.last_step}")
-        rec = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+    def log(self, record: Mapping[str, Any], step: int | None = None) -> None:
+        """Write one line: ``record`` plus ``step`` under ``step_key`` (or the step already in
+        ``record``). Steps must increase strictly: a repeat means a resume bug."""
+        rec = {k: _jsonable(v) for k, v in record.items()}
+        if step is not None:
+            rec = {self.step_key: step, **rec}
+        s = rec.get(self.step_key)
+        if not isinstance(s, int) or isinstance(s, bool):
+            raise TypeError(f"{self.step_key}={s!r} must be an int (pass step= or put it in the record)")
+        if self.last_step is not None and s <= self.last_step:
+            raise ValueError(f"{self.step_key}={s} must be > last logged step {self.last_step}")
         self._f.write(json.dumps(rec) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
-        self.last_step = step
+        self.last_step = s
 
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "MetricsLogger":
+    def __enter__(self) -> MetricsLogger:  # noqa: PYI034 - py3.10 target has no typing.Self
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -113,7 +113,8 @@ def collect_demos(cfg: Config, force: bool = False) -> Path:
                            "delete it or collect with force=True")
     n, target = cfg.data.num_workers, cfg.data.num_episodes
     max_attempts = 4 * target + n  # stop even if the expert is much worse than expected
-    env_cfg = dataclasses.replace(cfg.env, num_envs=n)
+    # the experts read one simulator each: a worker process per env (cpu), or this process
+    env_cfg = dataclasses.replace(cfg.env, num_envs=n, backend="inline" if n == 1 else "cpu")
     rows: dict[str, list] = {}
     ep_seed = [cfg.data.seed + i for i in range(n)]
     pending = [cfg.data.seed + n + i for i in range(n)]  # seed env i uses at its next reset
@@ -125,6 +126,7 @@ def collect_demos(cfg: Config, force: bool = False) -> Path:
     with make_env(env_cfg) as env, tqdm(total=target, desc="expert demos", unit="ep") as bar:
         fps = float(getattr(env, "control_freq", 20))
         obs = env.reset(ep_seed)
+        t_env = time.perf_counter()  # env start-up (~6 s per RGB env) is not collection speed
         while kept < target and ended < max_attempts:
             actions = env.expert_actions().float()
             step = env.step_chunk(actions[:, None, :], reset_seeds=list(pending))
@@ -152,7 +154,8 @@ def collect_demos(cfg: Config, force: bool = False) -> Path:
     wall = time.perf_counter() - t0
     stats = {"episodes_attempted": ended, "episodes_failed": ended - kept,
              "expert_success_rate": kept / ended, "mean_episode_length": float(np.mean(lengths)),
-             "wall_time_s": round(wall, 2), "frames_per_s": round(sum(lengths) / wall, 2)}
+             "wall_time_s": round(wall, 2),
+             "frames_per_s": round(sum(lengths) / (time.perf_counter() - t_env), 2)}
     features = _features(h, cams, state_dim, action_dim)
     info = _info(cfg, features, kept, sum(lengths), cams, h, state_dim, action_dim, fps, stats)
     _write(out, rows, features, info)

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import Any, Callable, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class PreemptionHandler:
         self._old: dict[signal.Signals, _Handler] = {}
         self._received: list[signal.Signals] = []
 
-    def __enter__(self) -> "PreemptionHandler":
+    def __enter__(self) -> PreemptionHandler:  # noqa: PYI034 - py3.10 target has no Self
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("PreemptionHandler must be entered in the main thread "
                                f"(current: {threading.current_thread().name!r})")

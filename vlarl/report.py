@@ -15,8 +15,8 @@ slow to import and only the plot needs it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from vlarl.stats import wilson_interval
 
@@ -194,3 +194,55 @@ def write_video(frames, path: str | Path, fps: int = 4) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     imageio.mimwrite(path, frames, fps=fps, macro_block_size=16)
     return path
+
+
+# ----------------------------------------------------------------------------- provenance
+
+def vlarl_version() -> str:
+    from vlarl import __version__
+
+    return __version__
+
+
+def git_commit() -> str | None:
+    """Commit of the vlarl source tree (``+dirty`` if it has local changes); None outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        # --no-optional-locks: a report must never take git's index lock (read-only).
+        dirty = subprocess.run(["git", "--no-optional-locks", "-C", str(root), "status",
+                                "--porcelain", "--", "vlarl"], capture_output=True, text=True,
+                               timeout=10, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def checkpoint_sha256(path: str | Path, exclude: str | Path | None = None) -> dict:
+    """``{"path", "sha256", "files": {relpath: sha256}}`` of a checkpoint file or directory.
+
+    The combined hash covers the sorted ``relpath:hash`` lines, so renaming a file changes
+    it too. ``exclude`` (e.g. a report directory inside the checkpoint) is skipped, so
+    writing an evaluation into ``<checkpoint>/eval`` does not change the checkpoint's hash.
+    """
+    import hashlib
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint path {str(path)!r} does not exist")
+    skip = Path(exclude).resolve() if exclude is not None else None
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    out: dict[str, str] = {}
+    for f in files:
+        if skip is not None and f.resolve().is_relative_to(skip):
+            continue
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        out[f.name if p.is_file() else f.relative_to(p).as_posix()] = h.hexdigest()
+    total = hashlib.sha256("\n".join(f"{k}:{v}" for k, v in out.items()).encode()).hexdigest()
+    return {"path": str(path), "sha256": total, "files": out}

@@ -21,8 +21,9 @@ and executed ``steps`` are kept, so a per-step discount could be applied later.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 
@@ -58,13 +59,15 @@ class RolloutBuffer:
     are filled in place by the algorithm's ``process``.
     """
 
-    def __init__(self, num_steps: int, num_envs: int, chunk_size: int,
+    def __init__(self, num_steps: int, num_envs: int, chunk_size: int | None = None,
                  device: torch.device | str = "cpu"):
-        if num_steps < 1 or num_envs < 1 or chunk_size < 1:
+        if num_steps < 1 or num_envs < 1 or (chunk_size is not None and chunk_size < 1):
             raise ValueError(f"num_steps={num_steps}, num_envs={num_envs}, chunk_size="
                              f"{chunk_size} must all be >= 1")
-        T, N, k = num_steps, num_envs, chunk_size
-        self.num_steps, self.num_envs, self.chunk_size = T, N, k
+        T, N = num_steps, num_envs
+        self.num_steps, self.num_envs = T, N
+        self.chunk_size = chunk_size
+        """k; None takes it from the first chunk the env returns."""
         self.device = torch.device(device)
 
         def zeros(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -78,7 +81,7 @@ class RolloutBuffer:
         self.values = zeros(T, N)
         self.rewards = zeros(T, N)
         """Chunk reward: sum of the per-step rewards of the chunk."""
-        self.step_rewards = zeros(T, N, k)
+        self.step_rewards: torch.Tensor | None = None  # float32 [T, N, k]
         self.steps = zeros(T, N, dtype=torch.long)
         self.terminated = zeros(T, N, dtype=torch.bool)
         self.truncated = zeros(T, N, dtype=torch.bool)
@@ -90,6 +93,8 @@ class RolloutBuffer:
         self.last_values = zeros(N)
         self.advantages = zeros(T, N)
         self.returns = zeros(T, N)
+        self.train_mask: torch.Tensor | None = None
+        """bool [T, N] of the entries to train on, set by ``process`` (None: ``valid``)."""
         self.episodes: list[Episode] = []
         self.num_filled = 0
         """Decisions written by the last ``collect`` (< T when an episodic rollout stopped early)."""
@@ -117,8 +122,12 @@ class RolloutBuffer:
         if act_values is not None:
             self.values[t] = act_values
         k = step.rewards.shape[1]
+        if self.chunk_size is None:
+            self.chunk_size = k
         if k != self.chunk_size:
             raise ValueError(f"env returned chunks of {k} rewards; buffer chunk_size={self.chunk_size}")
+        if self.step_rewards is None:
+            self.step_rewards = torch.zeros(self.num_steps, self.num_envs, k, device=self.device)
         self.step_rewards[t] = step.rewards
         self.rewards[t] = step.rewards.sum(dim=1)
         self.steps[t] = step.steps
@@ -139,7 +148,7 @@ class RolloutBuffer:
 
 @torch.no_grad()
 def collect(env: VecEnv, policy: Policy, buffer: RolloutBuffer, *, base_seed: int,
-            update_idx: int, mode: Literal["continuous", "episodic"] = "continuous",
+            update: int, mode: Literal["continuous", "episodic"] = "continuous",
             group_size: int = 1, deterministic: bool = False,
             generator: torch.Generator | None = None) -> dict[str, float]:
     """Run one update's rollout of ``buffer.num_steps`` decisions into ``buffer``.
@@ -161,24 +170,25 @@ def collect(env: VecEnv, policy: Policy, buffer: RolloutBuffer, *, base_seed: in
     was_training = policy.training
     policy.eval()
     try:
-        return _collect(env, policy, buffer, base_seed, update_idx, mode, group_size,
+        return _collect(env, policy, buffer, base_seed, update, mode, group_size,
                         deterministic, generator)
     finally:
         policy.train(was_training)
 
 
 def _collect(env: VecEnv, policy: Policy, buffer: RolloutBuffer, base_seed: int,
-             update_idx: int, mode: str, group_size: int, deterministic: bool,
+             update: int, mode: str, group_size: int, deterministic: bool,
              generator: torch.Generator | None) -> dict[str, float]:
     N, dev = env.num_envs, buffer.device
     seed_slot = [i // group_size for i in range(N)]
     episode_idx = [0] * N
-    obs = env.reset([episode_seed(base_seed, update_idx, seed_slot[i], 0) for i in range(N)])
+    obs = env.reset([episode_seed(base_seed, update, seed_slot[i], 0) for i in range(N)])
     buffer.valid.zero_()
     buffer.bootstrap_values.zero_()
     buffer.values.zero_()
     buffer.last_values.zero_()
     buffer.episodes = []
+    buffer.train_mask = None
     ep_return = torch.zeros(N)
     ep_length = torch.zeros(N, dtype=torch.long)
     ep_success = torch.zeros(N, dtype=torch.bool)
@@ -186,7 +196,7 @@ def _collect(env: VecEnv, policy: Policy, buffer: RolloutBuffer, base_seed: int,
     t = 0
     for t in range(buffer.num_steps):
         out = policy.act(obs, deterministic=deterministic, generator=generator)
-        reset_seeds = [episode_seed(base_seed, update_idx, seed_slot[i], episode_idx[i] + 1)
+        reset_seeds = [episode_seed(base_seed, update, seed_slot[i], episode_idx[i] + 1)
                        for i in range(N)]
         step = env.step_chunk(out.actions, reset_seeds)
         valid = active.clone()
@@ -254,11 +264,11 @@ class Batch:
     def __len__(self) -> int:
         return int(self.index.numel())
 
-    def split(self, parts: int) -> list["Batch"]:
+    def split(self, parts: int) -> list[Batch]:
         """``parts`` near-equal micro-batches (gradient accumulation)."""
         return [self.select(ids) for ids in torch.arange(len(self)).tensor_split(parts)]
 
-    def select(self, rows: torch.Tensor) -> "Batch":
+    def select(self, rows: torch.Tensor) -> Batch:
         return Batch(self.obs.index(rows), {k: v[rows] for k, v in self.stored.items()},
                      self.log_probs[rows], self.values[rows], self.advantages[rows],
                      self.returns[rows], self.index[rows], {k: v[rows] for k, v in self.extra.items()})

@@ -14,6 +14,7 @@ loop into ``vlarl/trainer.py``, the designated accelerate importer).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -152,12 +153,14 @@ def fit_sft(policy: nn.Module, chunks: ChunkDataset, cfg: Config, *, max_steps: 
                               num_training_steps=total * acc.num_processes)
     model, optimizer, loader, scheduler = acc.prepare(_SFTLoss(policy), optimizer, loader, scheduler)
     model.train()
-    metrics = open(metrics_path, "w") if metrics_path and acc.is_main_process else None
     losses: list[float] = []
     step, epoch, micro_losses = 0, 0, []
     t0 = time.perf_counter()
-    bar = tqdm(total=total, desc="sft", unit="step", disable=not acc.is_main_process)
-    try:
+    with contextlib.ExitStack() as stack:
+        metrics = (stack.enter_context(open(metrics_path, "w"))
+                   if metrics_path and acc.is_main_process else None)
+        bar = stack.enter_context(tqdm(total=total, desc="sft", unit="step",
+                                       disable=not acc.is_main_process))
         while step < total:
             for obs, actions in loader:
                 with acc.accumulate(model):
@@ -186,10 +189,6 @@ def fit_sft(policy: nn.Module, chunks: ChunkDataset, cfg: Config, *, max_steps: 
                 if step >= total:
                     break
             epoch += 1
-    finally:
-        bar.close()
-        if metrics:
-            metrics.close()
     acc.wait_for_everyone()
     policy.eval()
     return {"steps": step, "epochs": epoch, "first_loss": losses[0], "final_loss": losses[-1],

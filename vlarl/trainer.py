@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +199,7 @@ def train(cfg: Config, *, make_env_fn=None, stop_after: int | None = None) -> Pa
                 metrics = run.algo.process(run.buffer, run.policy)
                 metrics.update(run.algo.update(run.trainable, run.optimizer, run.buffer, ctx,
                                                update, run.generator))
+                metrics = _prefix("algo/", metrics)
                 run.scheduler.step()
                 run.env_steps += _global_steps(acc, stats["env_steps"])
                 metrics.update(_prefix("rollout/", stats))
@@ -209,11 +211,13 @@ def train(cfg: Config, *, make_env_fn=None, stop_after: int | None = None) -> Pa
                 _log(run, update + 1, metrics, progress)
                 done_this_call += 1
                 last = update + 1 == t.num_updates
-                stop = preempt.requested or (stop_after is not None and done_this_call >= stop_after)
+                stop = preempt.requested_on_any(acc) or (stop_after is not None and done_this_call >= stop_after)
                 if last or stop or (update + 1) % t.save_every == 0:
                     save(run, update + 1)
                 if stop:
                     break
+            else:
+                export_policy(run)
     finally:
         if progress is not None:
             progress.close()
@@ -283,7 +287,8 @@ def save(run: _Run, update: int) -> None:
             update,
             tensors={"trainable": _trainable_tensors(run.policy)},
             objects={"optimizer": run.optimizer.state_dict(),
-                     "scheduler": run.scheduler.state_dict(), "rng": rng},
+                     "scheduler": run.scheduler.state_dict(), "rng": rng,
+                     "algo": run.algo.state_dict()},
             meta=_meta(run, update),
         )
     run.accelerator.wait_for_everyone()
@@ -296,7 +301,8 @@ def _resume(run: _Run) -> str | None:
     if ck is None:
         return None
     current = _meta(run, 0)
-    check_resume_compat(ck.meta, current)
+    for warning in check_resume_compat(ck.meta, current):  # refuses world_size / num_envs changes
+        warnings.warn(warning)
     named = dict(run.policy.named_parameters())
     with torch.no_grad():
         for name, tensor in ck.tensors["trainable"].items():
@@ -305,11 +311,30 @@ def _resume(run: _Run) -> str | None:
             named[name].copy_(tensor)
     run.optimizer.load_state_dict(ck.objects["optimizer"])
     run.scheduler.load_state_dict(ck.objects["scheduler"])
+    run.algo.load_state_dict(ck.objects["algo"])
     restore_rng_state(ck.objects["rng"][run.accelerator.process_index],
                       {"update_generator": run.generator})
     run.start_update = int(ck.meta["update"])
     run.env_steps = int(ck.meta["env_steps"])
     return ck.meta.get("wandb_id")
+
+
+def export_policy(run: _Run) -> Path | None:
+    """Write the final policy as a ``from_pretrained`` directory ``<run>/policy`` (what
+    ``vlarl eval`` and ``vlarl distill --teacher`` take). Written to a temp dir, then renamed."""
+    import shutil
+
+    if not run.accelerator.is_main_process:
+        run.accelerator.wait_for_everyone()
+        return None
+    out = run.run_dir / "policy"
+    tmp = run.run_dir / ".policy.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    run.policy.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    run.accelerator.wait_for_everyone()
+    return out
 
 
 # ----------------------------------------------------------------------------- eval

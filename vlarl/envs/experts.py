@@ -10,10 +10,15 @@ planning: ManiSkill's planners need mplib, which segfaults under numpy 2 (see
     action[6]   = +1 open / -1 close
 
 The 0.1 m and 0.1 rad scales are ``pos_lower/upper`` and ``rot_lower/upper`` of
-``arm_pd_ee_delta_pose`` in ``mani_skill/agents/robots/panda/panda.py``; translation and
-rotation are both in the robot root frame, which is world-aligned in the tabletop tasks.
-Holding the orientation actively (instead of a zero rotation delta) matters: contacts
-twist the hand and a zero delta would keep whatever twist it got.
+``arm_pd_ee_delta_pose`` in ``mani_skill/agents/robots/panda/panda.py``; translation is in
+the robot root frame, which is world-aligned in the tabletop tasks (rotation: see
+``Expert._rot_action``). Holding the orientation actively (instead of a zero rotation
+delta) matters: contacts twist the hand and a zero delta would keep whatever twist it got;
+turning the fingers to the cube's faces makes grasps of yawed cubes reliable.
+
+Measured with ``max_episode_steps=50`` (every task's default), ``physx_cpu``, 100 seeds
+(0-99) each: PickCube 100/100 (mean 25.8 steps), PushCube 100/100 (13.1), PullCube
+100/100 (13.3), StackCube 100/100 (33.6), PlaceSphere 100/100 (33.1).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ OPEN, CLOSE = 1.0, -1.0
 """Normalised gripper commands (Panda: 1 -> 0.04 m open, -1 -> fully closed)."""
 ACTION_DIM = 7
 
-EXPERTS: Registry[type["Expert"]] = Registry("expert")
+EXPERTS: Registry[type[Expert]] = Registry("expert")
 
 
 def _pos(actor) -> np.ndarray:
@@ -69,17 +74,34 @@ class Expert:
         self.phase = 0
         self.phase_steps = 0
         self._down: Rotation | None = None
+        self.rot_err = 0.0
+        """Radians between the hand and its reference orientation (set by ``act``)."""
+        self._last_elapsed = 0
+
+    def restart(self) -> None:
+        """Go back to phase 0 (e.g. after a missed grasp); the orientation reference stays."""
+        self.phase, self.phase_steps = 0, -1
 
     def act(self, env) -> np.ndarray:
-        """float32 ``[7]`` action for the current state of ``env`` (an unwrapped ManiSkill env)."""
+        """float32 ``[7]`` action for the current state of ``env`` (an unwrapped ManiSkill env).
+
+        Querying without executing the action (DAgger-style relabelling) is fine: every
+        phase change is decided from the state. A reset the caller forgot to pass on is
+        noticed from ``env.elapsed_steps`` going down.
+        """
+        elapsed = int(env.elapsed_steps[0])
+        if elapsed < self._last_elapsed:
+            self.reset()
+        self._last_elapsed = elapsed
         tcp = env.agent.tcp
         if self._down is None:
             # The initial hand orientation points the gripper down; keep it up to yaw.
             self._down = _rot(tcp)
+        rot_action = self._rot_action(_rot(tcp), self.yaw(env))
         target, gripper, reached = self.plan(env, _pos(tcp))
         action = np.zeros(ACTION_DIM, dtype=np.float64)
         action[:3] = np.clip((target - _pos(tcp)) / POS_SCALE, -1.0, 1.0)
-        action[3:6] = self._rot_action(_rot(tcp), self.yaw(env))
+        action[3:6] = rot_action
         action[6] = gripper
         self.phase_steps += 1
         if reached:
@@ -101,6 +123,7 @@ class Expert:
         assert self._down is not None
         ref = Rotation.from_euler("z", yaw) * self._down
         rotvec = -(ref * current.inv()).as_rotvec() / ROT_SCALE
+        self.rot_err = float(np.linalg.norm(rotvec)) * ROT_SCALE
         return rotvec / max(float(np.linalg.norm(rotvec)), 1.0)
 
     def _near(self, a: np.ndarray, b: np.ndarray, tol: float | None = None) -> bool:
@@ -153,18 +176,46 @@ class _PickAndPlace(Expert):
             self._held_yaw = _grasp_yaw(self._down, self.obj(env))
         return self._held_yaw
 
+    def obstacles(self, env) -> list:
+        """Actors an open finger could land on next to the object (StackCube: cubeB)."""
+        return []
+
+    def grasp_point(self, env, obj: np.ndarray) -> np.ndarray:
+        """The object centre, shifted along the finger axis away from a nearby obstacle.
+
+        The open Panda hand is 8 cm wide and a cube 4 cm, so the hand may sit up to 2 cm
+        off-centre along the finger axis and still close on the cube; 1.5 cm of that keeps
+        a finger off a neighbour that would otherwise stop the descent.
+        """
+        assert self._down is not None
+        finger = (Rotation.from_euler("z", self._held_yaw) * self._down).apply([0.0, 1.0, 0.0])
+        finger[2] = 0.0
+        finger /= np.linalg.norm(finger)
+        for other in self.obstacles(env):
+            rel = _pos(other) - obj
+            along = float(rel @ finger)
+            across = float(np.linalg.norm(rel[:2] - along * finger[:2]))
+            if across < 0.045 and abs(along) < 0.09:
+                return obj - np.sign(along) * 0.015 * finger
+        return obj
+
     def plan(self, env, tcp):
         obj = _pos(self.obj(env))
-        above_obj = obj + np.array([0.0, 0.0, self.hover])
-        if self.phase == 0:  # hover above the object, open
-            return above_obj, OPEN, self._near(tcp[:2], obj[:2], 0.01) and tcp[2] > obj[2] + 0.02
-        if self.phase == 1:  # descend onto it
-            return obj, OPEN, self._near(tcp, obj, 0.008) or self.phase_steps > 8
+        grasp = self.grasp_point(env, obj)
+        above_obj = grasp + np.array([0.0, 0.0, self.hover])
+        if self.phase == 0:  # hover above the object, open, fingers turning to its faces
+            aligned = self.rot_err < 0.35
+            return above_obj, OPEN, aligned and self._near(tcp[:2], grasp[:2], 0.01)
+        if self.phase == 1:  # descend onto it (the turn finishes on the way down)
+            return grasp, OPEN, self._near(tcp, grasp, 0.008) or self.phase_steps > 8
         if self.phase == 2:  # close
-            return obj, CLOSE, self.phase_steps + 1 >= self.close_steps
+            return grasp, CLOSE, self.phase_steps + 1 >= self.close_steps
         goal = self.place_target(env)
         # Carry the grasp point so that the *object* lands on the goal.
         offset = tcp - obj
+        if tcp[2] - obj[2] > 0.03:  # missed or dropped it: the object is below the fingers
+            self.restart()
+            return above_obj, OPEN, False
         if self.phase == 3:  # lift clear before moving sideways
             lift = obj.copy()
             lift[2] = goal[2] + self.lift_clearance()
@@ -216,6 +267,9 @@ class StackCubeExpert(_PickAndPlace):
     def place_target(self, env):
         return _pos(env.cubeB) + np.array([0.0, 0.0, 0.04])
 
+    def obstacles(self, env) -> list:
+        return [env.cubeB]
+
 
 @_register("PlaceSphere-v1")
 class PlaceSphereExpert(_PickAndPlace):
@@ -244,8 +298,8 @@ class _Slide(Expert):
     side: float = -1.0
     gap: float = 0.035
     """Distance (m) from cube centre to tcp along x while sliding (half size + finger pad)."""
-    height: float = 0.015
-    """tcp height while sliding: low enough to hit the cube, high enough to miss the table."""
+    height: float = 0.02
+    """tcp height while sliding: the cube's centre height, so the closed fingers hit its face."""
     overshoot: float = 0.03
     """Slide the cube this far past the goal centre-line (success radius is 0.1 m)."""
 

@@ -99,12 +99,13 @@ VARIANTS: dict[str, tuple[type, str]] = {
 def variant_env_id(task_id: str, variant: str | None) -> str:
     """The ManiSkill id to ``gym.make`` for ``task_id`` under ``variant``; registers the
     subclass with ManiSkill on first call (in this process)."""
+    import mani_skill.envs  # noqa: F401  (registers the original tasks with gymnasium)
+
     spec = get_task(task_id)
     if variant is None:
         return task_id
     if variant not in VARIANTS:
         raise ValueError(f"unknown scene variant {variant!r}; allowed: {sorted(VARIANTS)}")
-    import mani_skill.envs  # noqa: F401  (registers the original tasks)
     from mani_skill.utils.registration import REGISTERED_ENVS, register_env
 
     mixin, word = VARIANTS[variant]

@@ -8,7 +8,8 @@ Stable API (``flow_vla`` reuses it):
 * Checkpoint directory layout written by :func:`save_checkpoint` and read by
   :func:`load_checkpoint`::
 
-      <dir>/vlarl_policy.json   {"policy": name, "config": PolicyConfig fields, "format": 1}
+      <dir>/vlarl_policy.json   {"policy": name, "config": PolicyConfig fields, "format": 1,
+                                 "heads": [saved head names], ...extras}
       <dir>/base/               model.save_pretrained + processor.save_pretrained
       <dir>/adapter/            peft adapter (safetensors), only with LoRA
       <dir>/heads.safetensors   value head and other small heads ("<head>.<param>")
@@ -56,8 +57,10 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``hidden [N, L, H]`` over positions where ``mask [N, L]`` is 1 -> ``[N, H]``."""
-    m = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+    m = mask.bool().unsqueeze(-1)
+    # where() rather than a product: padded rows may hold NaN (fully masked attention).
+    total = torch.where(m, hidden, torch.zeros((), dtype=hidden.dtype, device=hidden.device)).sum(1)
+    return total / m.sum(1).clamp_min(1).to(hidden.dtype)
 
 
 class ValueHead(nn.Module):
@@ -93,7 +96,7 @@ def lora_config(cfg: PolicyConfig):
                       target_modules=targets, bias="none")
 
 
-def apply_lora(model: "PreTrainedModel", cfg: PolicyConfig) -> nn.Module:
+def apply_lora(model: PreTrainedModel, cfg: PolicyConfig) -> nn.Module:
     """LoRA-wrap ``model`` (peft freezes the base) or, if ``cfg.use_lora`` is False, unfreeze all.
 
     With LoRA the reference policy is the same module with adapters disabled (TRL's
@@ -167,19 +170,24 @@ def save_heads(path: str | Path, heads: dict[str, nn.Module]) -> None:
     save_file(tensors, str(Path(path, HEADS_FILE)))
 
 
-def load_heads(path: str | Path, heads: dict[str, nn.Module]) -> None:
-    """Load heads saved by :func:`save_heads`; any missing or unexpected key is an error."""
+def load_heads(path: str | Path, heads: dict[str, nn.Module], skip: tuple[str, ...] = ()) -> None:
+    """Load heads saved by :func:`save_heads`; any missing or unexpected key is an error.
+
+    ``skip``: saved heads deliberately not loaded (e.g. a value head the new config drops).
+    """
     from safetensors.torch import load_file
 
     f = Path(path, HEADS_FILE)
     tensors = load_file(str(f)) if f.is_file() else {}
+    tensors = {k: v for k, v in tensors.items() if k.split(".", 1)[0] not in skip}
     expected = {f"{n}.{k}" for n, m in heads.items() for k in m.state_dict()}
     missing, unexpected = sorted(expected - tensors.keys()), sorted(tensors.keys() - expected)
     if missing or unexpected:
         raise RuntimeError(f"{f}: missing keys {missing}, unexpected keys {unexpected}")
     for name, mod in heads.items():
         prefix = name + "."
-        mod.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        mod.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
+                             if k.startswith(prefix)})
 
 
 def save_checkpoint(path: str | Path, name: str, cfg: PolicyConfig, model: nn.Module,
@@ -194,7 +202,8 @@ def save_checkpoint(path: str | Path, name: str, cfg: PolicyConfig, model: nn.Mo
     if is_peft(model):
         model.save_pretrained(str(path / ADAPTER_DIR), safe_serialization=True)
     save_heads(path, heads)
-    write_policy_json(path, name, dataclasses.replace(cfg, use_lora=is_peft(model)), **extra)
+    write_policy_json(path, name, dataclasses.replace(cfg, use_lora=is_peft(model)),
+                      heads=sorted(heads), **extra)
 
 
 def load_base(path: str | Path, cfg: PolicyConfig, auto_class: str = "AutoModelForImageTextToText"):
@@ -211,11 +220,12 @@ def load_base(path: str | Path, cfg: PolicyConfig, auto_class: str = "AutoModelF
     bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
     if bad:
         raise RuntimeError(f"loading {src}: {bad}")
-    processor = transformers.AutoProcessor.from_pretrained(src, trust_remote_code=cfg.trust_remote_code)
+    processor = transformers.AutoProcessor.from_pretrained(
+        src, trust_remote_code=cfg.trust_remote_code)
     return model, processor
 
 
-def load_adapter(model: "PreTrainedModel", path: str | Path) -> nn.Module:
+def load_adapter(model: PreTrainedModel, path: str | Path) -> nn.Module:
     """Wrap ``model`` with the saved peft adapter at ``<path>/adapter`` (trainable).
 
     Uses ``set_peft_model_state_dict`` directly so the missing / unexpected adapter keys can
@@ -261,12 +271,14 @@ def resolve_pretrained(path: str | Path) -> str:
     except (LocalEntryNotFoundError, OSError, ValueError):
         pass
     if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-        raise FileNotFoundError(f"{s!r} is neither a local directory nor in the Hugging Face cache, "
+        raise FileNotFoundError(f"{s!r} is neither a local directory nor in the Hugging Face "
+                                "cache, "
                                 "and HF_HUB_OFFLINE is set: download it on a networked machine "
                                 "or pass a local checkpoint directory") from None
     try:
         return snapshot_download(s, etag_timeout=10)
     except Exception as err:  # noqa: BLE001 - any network/auth failure gets the same advice
-        raise FileNotFoundError(f"could not fetch {s!r} from the Hugging Face hub ({type(err).__name__}:"
-                                f" {err}); pass a local checkpoint directory or set HF_HUB_OFFLINE=1"
+        raise FileNotFoundError(f"could not fetch {s!r} from the Hugging Face hub "
+                                f"({type(err).__name__}: {err}); pass a local checkpoint "
+                                "directory or set HF_HUB_OFFLINE=1"
                                 ) from None

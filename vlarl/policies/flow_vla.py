@@ -17,100 +17,139 @@ Data flow per decision: ``Obs`` -> ``PI0Processor`` (tokens, pixels) -> prefix p
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
+import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlarl.config import PolicyConfig
-from vlarl.policies import flow_math
+from vlarl.config import ConfigError, PolicyConfig, _set
+from vlarl.policies import POLICIES, flow_math
 from vlarl.policies.base import Policy
+from vlarl.policies.common import (
+    ADAPTER_DIR,
+    BASE_DIR,
+    POLICY_FILE,
+    ValueHead,
+    apply_lora,
+    is_peft,
+    load_base,
+    load_heads,
+    masked_mean,
+    read_policy_json,
+    save_checkpoint,
+)
+from vlarl.policies.tiny import SEED, cached_build
+from vlarl.policies.tokenizer import build_tokenizer
 from vlarl.types import ActOutput, Obs
 
 if TYPE_CHECKING:
     from transformers import PI0ForConditionalGeneration, PI0Processor
 
-try:  # the registry lives in the package __init__ (written in parallel); see report
-    from vlarl.policies import POLICIES
-except ImportError:  # pragma: no cover - only while the package __init__ is missing
-    from vlarl.registry import Registry
-
-    POLICIES = Registry("policy")
-
-POLICY_FILE = "vlarl_policy.json"
+IMAGE_SIZE = 64
+"""Input resolution of the tiny SigLIP (ManiSkill cameras render 64x64 by default)."""
+PATCH_SIZE = 16
+"""16 px patches: 16 image tokens per camera keep the tiny prefix short."""
+PI0_CLASS = "PI0ForConditionalGeneration"
+"""transformers class ``load_base`` loads pi0 checkpoints with."""
+MAX_DIM = 32
+"""pi0's ``max_state_dim`` / ``max_action_dim`` (real checkpoints use 32 too)."""
 
 
 # ----------------------------------------------------------------------------- tiny model
 
 def tiny_pi0_config(vocab_size: int, image_token_id: int, chunk_size: int = 4,
-                    num_inference_steps: int = 4, image_size: int = 64, width: int = 128,
-                    layers: int = 2, max_dim: int = 32) -> Any:
-    """A ~1.3 M-parameter ``PI0Config``: 2-layer 128-wide SigLIP, Gemma VLM and Gemma expert.
+                    num_inference_steps: int = 4, width: int = 128, layers: int = 2) -> Any:
+    """A ~1.4 M-parameter ``PI0Config``: 2-layer 128-wide SigLIP, Gemma VLM and Gemma expert.
 
     The VLM and the action expert must share layer count, KV heads and head_dim because the
     expert attends to the VLM's per-layer KV cache.
     """
     from transformers import PI0Config
 
-    gemma = dict(model_type="gemma", hidden_size=width, num_hidden_layers=layers,
-                 intermediate_size=2 * width, num_attention_heads=2, num_key_value_heads=1,
-                 head_dim=width // 2)
+    gemma = {"model_type": "gemma", "hidden_size": width, "num_hidden_layers": layers,
+             "intermediate_size": 2 * width, "num_attention_heads": 2, "num_key_value_heads": 1,
+             "head_dim": width // 2}
+    vision = {"model_type": "siglip_vision_model", "hidden_size": width,
+              "intermediate_size": 2 * width, "num_hidden_layers": layers,
+              "num_attention_heads": 2, "patch_size": PATCH_SIZE, "image_size": IMAGE_SIZE,
+              "vision_use_head": False}
     return PI0Config(
-        vlm_config=dict(
-            model_type="paligemma", text_config=dict(gemma, vocab_size=vocab_size),
-            vision_config=dict(model_type="siglip_vision_model", hidden_size=width,
-                               intermediate_size=2 * width, num_hidden_layers=layers,
-                               num_attention_heads=2, patch_size=16, image_size=image_size,
-                               vision_use_head=False),
-            projection_dim=width, image_token_id=image_token_id, vocab_size=vocab_size),
+        vlm_config={"model_type": "paligemma", "text_config": {**gemma, "vocab_size": vocab_size},
+                    "vision_config": vision, "projection_dim": width,
+                    "image_token_id": image_token_id, "vocab_size": vocab_size},
         dit_config=gemma, chunk_size=chunk_size, num_inference_steps=num_inference_steps,
-        max_state_dim=max_dim, max_action_dim=max_dim)
+        max_state_dim=MAX_DIM, max_action_dim=MAX_DIM)
 
 
-def build_tiny_pi0(save_dir: str | Path, chunk_size: int = 4, num_inference_steps: int = 4,
-                   image_size: int = 64, seed: int = 0) -> Path:
-    """Build a random-weight tiny pi0 + ``PI0Processor`` offline and ``save_pretrained`` both.
+def _build_tiny_pi0(out_dir: Path, chunk_size: int, num_inference_steps: int) -> None:
+    """Random-weight tiny pi0 + ``PI0Processor``, written with ``save_pretrained``.
 
-    Loading the result goes through the same ``from_pretrained`` code as a real checkpoint.
-    The image processor is SigLIP's PIL one: pi0's own needs torchvision, absent here.
+    The image processor is SigLIP's PIL one: pi0's own (``PI0ImageProcessor``) needs
+    torchvision, which is not a dependency.
     """
     from transformers import PI0ForConditionalGeneration, PI0Processor
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-    from vlarl.policies.tokenizer import build_tokenizer
-
-    image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
-    image_processor.image_seq_length = (image_size // 16) ** 2  # one token per 16x16 patch
+    image_processor = SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    image_processor.image_seq_length = (IMAGE_SIZE // PATCH_SIZE) ** 2
     processor = PI0Processor(image_processor=image_processor, tokenizer=build_tokenizer(),
-                             max_state_dim=32, chunk_size=chunk_size)
+                             max_state_dim=MAX_DIM, chunk_size=chunk_size)
     cfg = tiny_pi0_config(len(processor.tokenizer), processor.image_token_id, chunk_size,
-                          num_inference_steps, image_size)
-    torch.manual_seed(seed)
-    model = PI0ForConditionalGeneration(cfg)
-    save_dir = Path(save_dir)
-    model.save_pretrained(save_dir)
-    processor.save_pretrained(save_dir)
-    return save_dir
+                          num_inference_steps)
+    torch.manual_seed(SEED)
+    PI0ForConditionalGeneration(cfg).save_pretrained(str(out_dir))
+    processor.save_pretrained(str(out_dir))
+
+
+def tiny_pi0_checkpoint(chunk_size: int = 4, num_inference_steps: int = 4) -> str:
+    """Directory of the cached tiny pi0 (built on first use, same on every machine)."""
+    import transformers
+
+    key = {"name": "pi0", "chunk": chunk_size, "steps": num_inference_steps, "seed": SEED,
+           "image": IMAGE_SIZE, "patch": PATCH_SIZE, "width": 128, "layers": 2,
+           "transformers": transformers.__version__, "v": 1}
+    return cached_build("pi0", key, lambda d: _build_tiny_pi0(d, chunk_size, num_inference_steps))
 
 
 # ----------------------------------------------------------------------------- policy
 
-def _value_head(hidden: int) -> nn.Module:
-    head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
-    nn.init.zeros_(head[-1].weight)  # start at V = 0: no random critic bias at update 1
-    nn.init.zeros_(head[-1].bias)
-    return head
+def _load_adapter(model: PI0ForConditionalGeneration, path: str | Path) -> nn.Module:
+    """Wrap ``model`` with the peft adapter saved at ``<path>/adapter``, refusing any key mismatch.
+
+    Not :func:`vlarl.policies.common.load_adapter`: peft 0.21's ``set_peft_model_state_dict``
+    re-applies transformers' pi0 checkpoint renaming (``state_proj`` ->
+    ``embed_action_time.state_proj``) to keys that already carry the new names, doubling the
+    prefix. Here the saved keys only get the adapter name inserted, which is all peft saved away.
+    """
+    from peft import PeftConfig, get_peft_model
+    from safetensors.torch import load_file
+
+    adir = Path(path, ADAPTER_DIR)
+    pcfg = PeftConfig.from_pretrained(str(adir))
+    pcfg.inference_mode = False
+    peft_model = get_peft_model(model, pcfg)
+    weights = {re.sub(r"\.(lora_[AB])\.", r".\1.default.", k): v
+               for k, v in load_file(str(adir / "adapter_model.safetensors")).items()}
+    res = peft_model.load_state_dict(weights, strict=False)
+    missing = [k for k in res.missing_keys if "lora_" in k]
+    if missing or res.unexpected_keys:
+        raise RuntimeError(f"{adir}: missing adapter keys {missing}, "
+                           f"unexpected keys {list(res.unexpected_keys)}")
+    return peft_model
 
 
 @POLICIES.register("flow_vla")
 class FlowVLAPolicy(Policy):
     """pi0 + LoRA (peft) + value head, sampled with noise injection for a tractable log-prob."""
 
-    def __init__(self, model: "PI0ForConditionalGeneration", processor: "PI0Processor",
-                 cfg: PolicyConfig, value_head: nn.Module | None = None):
+    def __init__(self, model: PI0ForConditionalGeneration, processor: PI0Processor,
+                 cfg: PolicyConfig, value_head: ValueHead | None = None):
+        """``model`` is a plain pi0 (LoRA is applied here per ``cfg``) or an already peft-wrapped one."""
         super().__init__()
         mc = model.config
         if cfg.chunk_size > mc.chunk_size:
@@ -122,105 +161,68 @@ class FlowVLAPolicy(Policy):
         self.cfg = cfg
         self.chunk_size, self.action_dim = cfg.chunk_size, cfg.action_dim
         self.processor = processor
-        if cfg.use_lora:
-            from peft import LoraConfig, PeftModel, get_peft_model
-
-            if not isinstance(model, PeftModel):
-                targets = cfg.lora_target_modules
-                model = get_peft_model(model, LoraConfig(
-                    r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                    target_modules=targets if targets == "all-linear" else targets.split(",")))
-        else:
-            for p in model.parameters():
-                p.requires_grad_(True)
-        self.model = model
+        self.model = model if is_peft(model) else apply_lora(model, cfg)
         hidden = mc.vlm_config.text_config.hidden_size
-        self.value_head = (value_head or _value_head(hidden)) if cfg.value_head else None
+        self.value_head = (value_head or ValueHead(hidden)) if cfg.value_head else None
         self.register_buffer("_mask", flow_math.action_mask(
             mc.chunk_size, mc.max_action_dim, cfg.chunk_size, cfg.action_dim), persistent=False)
 
     # -- construction / persistence ---------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg: PolicyConfig, cache_dir: str | Path | None = None) -> "FlowVLAPolicy":
-        """``cfg.path`` (a pi0 checkpoint or a saved policy) or a freshly built tiny pi0."""
-        if cfg.path is not None:
-            return cls.from_pretrained(cfg.path, cfg=cfg)
-        from vlarl.policies.tokenizer import cache_root
-
-        root = Path(cache_dir) if cache_dir else cache_root() / "tiny_pi0"
-        tiny = root / f"k{cfg.chunk_size}-s{cfg.num_inference_steps}"
-        if not (tiny / "config.json").is_file():
-            build_tiny_pi0(tiny, cfg.chunk_size, cfg.num_inference_steps)
-        return cls._from_base(tiny, cfg)
+    def from_config(cls, cfg: PolicyConfig) -> FlowVLAPolicy:
+        """Build from ``cfg.path`` (a saved policy, a pi0 checkpoint dir or hub id) or the tiny pi0."""
+        if cfg.path is not None and Path(cfg.path, POLICY_FILE).is_file():
+            fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "path"}
+            return cls.from_pretrained(cfg.path, **fields)
+        if cfg.path is None and cfg.tiny != "pi0":
+            raise ConfigError(f"policy.tiny={cfg.tiny!r} is not allowed for flow_vla; choose one of ['pi0']")
+        src = cfg.path or tiny_pi0_checkpoint(cfg.chunk_size, cfg.num_inference_steps)
+        model, processor = load_base(src, cfg, auto_class=PI0_CLASS)
+        return cls(model.requires_grad_(False), processor, cfg)
 
     @classmethod
-    def _from_base(cls, base: Path, cfg: PolicyConfig) -> "FlowVLAPolicy":
-        from transformers import PI0ForConditionalGeneration, PI0Processor
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> FlowVLAPolicy:
+        """Load a ``save_pretrained`` directory; a plain pi0 checkpoint / hub id is a base model.
 
-        dtype = getattr(torch, cfg.dtype)
-        model = PI0ForConditionalGeneration.from_pretrained(str(base), dtype=dtype)
+        ``overrides`` are PolicyConfig fields. As for ``token_vla``: ``use_lora=False`` on a
+        LoRA checkpoint merges the adapter; ``use_lora=True`` without one adds fresh adapters.
+        """
+        if not Path(path, POLICY_FILE).is_file():
+            cfg = PolicyConfig(name="flow_vla", tiny="pi0")
+            for k, v in overrides.items():
+                _set(cfg, k, v, "policy.")
+            cfg.path = str(path)
+            return cls.from_config(cfg)
+        name, cfg, meta = read_policy_json(path, **overrides)
+        if name != "flow_vla":
+            raise ValueError(f"{path} holds a {name!r} policy, not 'flow_vla'")
+        model, processor = load_base(Path(path, BASE_DIR), cfg, auto_class=PI0_CLASS)
         model.requires_grad_(False)
-        return cls(model, PI0Processor.from_pretrained(str(base)), cfg)
+        if Path(path, ADAPTER_DIR).is_dir():
+            model = _load_adapter(model, path)
+            if not cfg.use_lora:
+                model = model.merge_and_unload().requires_grad_(True)
+        policy = cls(model, processor, cfg)
+        saved = set(meta.get("heads", []))
+        heads = {n: getattr(policy, n) for n in saved if getattr(policy, n, None) is not None}
+        load_heads(path, heads, skip=tuple(saved - heads.keys()))
+        return policy
 
     def save_pretrained(self, path: str | Path) -> None:
-        """``base/`` (pi0 + processor), ``adapter/`` (peft), ``value_head.pt``, ``vlarl_policy.json``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.pi0.save_pretrained(path / "base") if not self.cfg.use_lora else \
-            self.model.get_base_model().save_pretrained(path / "base", state_dict=self._base_state())
-        self.processor.save_pretrained(path / "base")
-        if self.cfg.use_lora:
-            self.model.save_pretrained(path / "adapter")
-        if self.value_head is not None:
-            torch.save(self.value_head.state_dict(), path / "value_head.pt")
-        (path / POLICY_FILE).write_text(json.dumps({"name": "flow_vla", **vars(self.cfg)}, indent=2))
-
-    def _base_state(self) -> dict[str, torch.Tensor]:
-        """Base weights without LoRA tensors and with peft's ``base_layer.`` infix removed."""
-        out = {}
-        for k, v in self.model.get_base_model().state_dict().items():
-            if "lora_" in k:
-                continue
-            out[k.replace(".base_layer.", ".")] = v
-        return out
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, cfg: PolicyConfig | None = None,
-                        **overrides) -> "FlowVLAPolicy":
-        """Load a saved policy directory, or wrap a plain pi0 checkpoint directory."""
-        path = Path(path)
-        if (path / POLICY_FILE).is_file():
-            saved = json.loads((path / POLICY_FILE).read_text())
-            saved.pop("name", None)
-            cfg = cfg or PolicyConfig(**saved)
-        cfg = cfg or PolicyConfig(name="flow_vla")
-        for k, v in overrides.items():
-            setattr(cfg, k, v)
-        if not (path / POLICY_FILE).is_file():
-            return cls._from_base(path, cfg)
-        policy = cls._from_base(path / "base", PolicyConfig(**{**vars(cfg), "use_lora": False}))
-        model = policy.model
-        model.requires_grad_(False)
-        if cfg.use_lora:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(path / "adapter"), is_trainable=True)
-        head = None
-        if cfg.value_head and (path / "value_head.pt").is_file():
-            head = _value_head(model.config.vlm_config.text_config.hidden_size)
-            head.load_state_dict(torch.load(path / "value_head.pt", weights_only=True))
-        return cls(model, policy.processor, cfg, value_head=head)
+        """The shared layout of :func:`vlarl.policies.common.save_checkpoint` (base, adapter, heads)."""
+        heads = {"value_head": self.value_head} if self.value_head is not None else {}
+        save_checkpoint(path, "flow_vla", self.cfg, self.model, self.processor, heads)
 
     # -- model access ------------------------------------------------------------------------
     @property
-    def pi0(self) -> "PI0ForConditionalGeneration":
+    def pi0(self) -> PI0ForConditionalGeneration:
         """The pi0 module (LoRA layers injected in place, so calls go through the adapters)."""
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return self.model.get_base_model() if is_peft(self.model) else self.model
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
         """Adapters disabled: the frozen base pi0 is the reference policy (TRL's convention)."""
-        if hasattr(self.model, "disable_adapter"):
+        if is_peft(self.model):
             with self.model.disable_adapter():
                 yield
         else:
@@ -253,9 +255,7 @@ class FlowVLAPolicy(Policy):
         am = inp["attention_mask"]
         out = pi0.model.vlm(inputs_embeds=embeds, attention_mask=am, position_ids=am.cumsum(-1) - 1,
                             token_type_ids=torch.zeros_like(embeds)[:, :, 0], use_cache=True)
-        w = am.unsqueeze(-1).to(out.last_hidden_state.dtype)
-        pooled = (out.last_hidden_state * w).sum(1) / w.sum(1).clamp_min(1.0)
-        return out.past_key_values, pooled
+        return out.past_key_values, masked_mean(out.last_hidden_state, am)
 
     def _velocity(self, inp: dict[str, torch.Tensor], cache: Any, x: torch.Tensor,
                   t: float) -> torch.Tensor:
@@ -269,7 +269,7 @@ class FlowVLAPolicy(Policy):
         return v.float()
 
     def _values(self, pooled: torch.Tensor) -> torch.Tensor | None:
-        return None if self.value_head is None else self.value_head(pooled.float()).squeeze(-1)
+        return None if self.value_head is None else self.value_head(pooled)
 
     # -- the policy protocol -----------------------------------------------------------------
     def act(self, obs: Obs, deterministic: bool = False,
@@ -322,7 +322,7 @@ class FlowVLAPolicy(Policy):
     def sft_loss(self, obs: Obs, actions: torch.Tensor) -> torch.Tensor:
         """pi0's own flow-matching loss (MSE of the velocity) on demonstration chunks ``[N, k, A]``."""
         mc = self.pi0.config
-        n, k, a = actions.shape
+        _, k, a = actions.shape
         if k > mc.chunk_size or a > mc.max_action_dim:
             raise ValueError(f"actions shape {tuple(actions.shape)}: need k <= {mc.chunk_size} "
                              f"and A <= {mc.max_action_dim}")

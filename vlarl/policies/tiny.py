@@ -22,8 +22,9 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -39,15 +40,17 @@ SEED = 0
 
 def tiny_vision_config() -> dict[str, Any]:
     """2-layer, 64-wide SigLIP vision tower on 64x64 images."""
-    return dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, vision_use_head=False)
+    return {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+                "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE, "vision_use_head": False}
 
 
 def tiny_text_config(vocab_size: int, pad_token_id: int = 0) -> dict[str, Any]:
     """2-layer, 128-wide Gemma decoder."""
-    return dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=1, head_dim=32,
-                vocab_size=vocab_size, pad_token_id=pad_token_id, max_position_embeddings=1024)
+    return {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 32,
+                "vocab_size": vocab_size, "pad_token_id": pad_token_id,
+                "max_position_embeddings": 1024}
 
 
 def add_action_tokens(tokenizer, bins: int) -> int:

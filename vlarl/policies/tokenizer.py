@@ -72,7 +72,7 @@ def _corpus() -> list[str]:
 
 
 def _fingerprint() -> str:
-    spec = {"corpus": _corpus(), "special": SPECIAL_TOKENS, "vocab": VOCAB_SIZE, "v": 1}
+    spec = {"corpus": _corpus(), "special": SPECIAL_TOKENS, "vocab": VOCAB_SIZE, "v": 2}
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
 
 
@@ -88,9 +88,9 @@ def _train(out_dir: Path) -> None:
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Metaspace(), pre_tokenizers.Digits(individual_digits=True)])
     tok.decoder = decoders.Metaspace()
+    alphabet = list("abcdefghijklmnopqrstuvwxyz0123456789\n.,?!:;-+()/=")
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS),
-                                  show_progress=False,
-                                  initial_alphabet=list("abcdefghijklmnopqrstuvwxyz0123456789"))
+                                  show_progress=False, initial_alphabet=alphabet)
     tok.train_from_iterator(_corpus(), trainer=trainer)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
@@ -99,7 +99,7 @@ def _train(out_dir: Path) -> None:
     hf.save_pretrained(str(out_dir))
 
 
-def build_tokenizer(save_dir: str | Path | None = None) -> "PreTrainedTokenizerFast":
+def build_tokenizer(save_dir: str | Path | None = None) -> PreTrainedTokenizerFast:
     """Return the offline instruction tokenizer (trained once, then loaded from the cache).
 
     Deterministic: the same corpus and settings give byte-identical ``tokenizer.json``.

@@ -1,0 +1,13 @@
+"""Test-wide settings: one intra-op thread per process (set before torch starts, and inherited by
+subprocesses and env workers) so timings are stable on 2 cores and runs compared bit for bit use
+the same kernels."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

@@ -1,0 +1,207 @@
+"""The env layer against real ManiSkill envs (CPU, software rendering).
+
+Env creation costs ~6 s, so envs are module-scoped fixtures shared by the tests:
+``inline`` (1 env in-process, normalized dense reward, 6-step episodes) and ``vec``
+(2 worker processes, sparse reward, 50-step episodes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+from vlarl.config import EnvConfig
+from vlarl.envs import SPLITS, TASKS, check_env, instruction, make_env
+from vlarl.envs.vector import WorkerError
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def inline():
+    env = make_env(EnvConfig(task="PickCube-v1", backend="inline", num_envs=1, image_size=SIZE,
+                             max_episode_steps=6, reward_mode="normalized_dense"))
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def vec():
+    env = make_env(EnvConfig(task="PickCube-v1", backend="cpu", num_envs=2, image_size=SIZE,
+                             max_episode_steps=50, reward_mode="sparse"))
+    yield env
+    env.close()
+
+
+def _expert_available() -> bool:
+    try:
+        from vlarl.envs.experts import get_expert
+
+        get_expert("PickCube-v1")
+        return True
+    except Exception:
+        return False
+
+
+# ---------------------------------------------------------------------------- no simulator
+@pytest.mark.parametrize("override, needle", [
+    ({"task": "PickCub-v1"}, "PickCube-v1"),
+    ({"split": "nope"}, "unseen_color"),
+    ({"image_size": 0}, "image_size=0"),
+    ({"backend": "tpu"}, "inline"),
+    ({"reward_mode": "shaped"}, "normalized_dense"),
+    ({"backend": "inline", "num_envs": 3}, "num_envs=3"),
+])
+def test_bad_config_raises_before_any_env(override, needle):
+    with pytest.raises(ValueError, match=needle):
+        make_env(EnvConfig(**override))
+
+
+def test_instruction_pools_are_disjoint_and_seeded():
+    assert set(SPLITS.names()) >= {"train", "unseen_color", "distractor", "unseen_instruction", "wide_pose"}
+    for task, spec in TASKS.items():
+        train = {instruction(task, "train", s) for s in range(40)}
+        held = {instruction(task, "heldout", s) for s in range(40)}
+        assert len(train) == len(spec.train) and len(held) == len(spec.heldout)
+        assert not train & held
+    assert instruction("PickCube-v1", "train", 3) == instruction("PickCube-v1", "train", 3)
+    assert "purple" in instruction("PickCube-v1", "train", 3, color="purple")
+
+
+# ---------------------------------------------------------------------------- inline backend
+def test_check_env_inline(inline):
+    summary = check_env(inline, seed=0, chunk=3)
+    assert summary["image_shape"] == [1, SIZE, SIZE, 3]
+    assert summary["state_dim"] == 16 and summary["action_dim"] == 7
+
+
+def test_bad_actions_raise(inline):
+    inline.reset([0])
+    for bad, needle in [(torch.zeros(1, 2, 6), r"\[N=1, k>=1, A=7\]"),
+                        (torch.zeros(2, 2, 7), "shape"),
+                        (torch.zeros(1, 7), "shape"),
+                        (torch.zeros(1, 2, 7, dtype=torch.long), "dtype"),
+                        (torch.full((1, 2, 7), float("nan")), "NaN")]:
+        with pytest.raises(ValueError, match=needle):
+            inline.step_chunk(bad)
+    with pytest.raises(ValueError, match="reset_seeds"):
+        inline.step_chunk(torch.zeros(1, 1, 7), reset_seeds=[1, 2])
+
+
+def test_same_seed_same_first_obs(inline):
+    a, b, c = inline.reset([7]), inline.reset([7]), inline.reset([8])
+    assert torch.equal(a.images, b.images) and torch.equal(a.state, b.state)
+    assert a.instructions == b.instructions
+    assert not torch.equal(a.images, c.images)
+
+
+def test_chunk_is_exact_and_matches_maniskill_step(inline):
+    """One chunk of 5 == 5 chunks of 1 == ManiSkill's own env.step, reward by reward."""
+    actions = torch.rand(1, 5, 7, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    inline.reset([11])
+    chunk = inline.step_chunk(actions)
+    inline.reset([11])
+    singles = [inline.step_chunk(actions[:, j:j + 1]) for j in range(5)]
+    inline.reset([11])
+    ms = [float(inline.u.step(actions[0, j])[1]) for j in range(5)]
+    one_by_one = torch.cat([s.rewards for s in singles], 1)
+    assert chunk.rewards.shape == (1, 5) and chunk.steps.item() == 5
+    assert torch.allclose(chunk.rewards, one_by_one, atol=1e-6)
+    assert torch.allclose(chunk.rewards[0], torch.tensor(ms), atol=1e-6)
+    assert chunk.rewards.abs().sum() > 0  # dense reward: a non-trivial comparison
+    assert torch.equal(chunk.obs.state, singles[-1].obs.state)
+    assert torch.equal(chunk.obs.images, singles[-1].obs.images)
+
+
+def test_truncation_not_termination(inline):
+    inline.reset([3])
+    first = inline.step_chunk(torch.zeros(1, 4, 7), reset_seeds=[4])
+    assert first.steps.item() == 4 and not first.done.any()
+    out = inline.step_chunk(torch.zeros(1, 4, 7), reset_seeds=[4])
+    assert out.truncated.tolist() == [True] and out.terminated.tolist() == [False]
+    assert out.steps.item() == 2 and out.rewards[0, 2:].abs().sum() == 0
+    assert out.info["elapsed_steps"].item() == 6
+    fresh = inline.reset([4])  # the auto-reset used reset_seeds
+    assert torch.equal(out.obs.images, fresh.images) and torch.equal(out.obs.state, fresh.state)
+    assert not torch.equal(out.final_obs.state, out.obs.state)
+
+
+# ---------------------------------------------------------------------------- cpu workers
+@pytest.mark.slow
+def test_check_env_vector_and_grouped_reset(vec, inline):
+    summary = check_env(vec, seed=0, chunk=2)
+    assert summary["num_envs"] == 2 and summary["state_dim"] == 16
+    same = vec.reset([5, 5])
+    assert torch.equal(same.images[0], same.images[1]) and torch.equal(same.state[0], same.state[1])
+    assert same.instructions[0] == same.instructions[1]
+    diff = vec.reset([5, 6])
+    assert not torch.equal(diff.state[0], diff.state[1])
+    one = inline.reset([6])  # same seed, other backend: same first observation
+    assert torch.equal(one.images[0], diff.images[1]) and torch.allclose(one.state[0], diff.state[1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _expert_available(), reason="vlarl.envs.experts not available yet")
+def test_success_terminates_and_partial_reset(vec, inline):
+    """Env 0 follows the expert to success; env 1 idles. Only env 0 resets."""
+    vec.reset([1, 2])
+    total = 0
+    for _ in range(50):
+        act = vec.expert_actions()
+        act[1] = 0.0
+        out = vec.step_chunk(act[:, None, :], reset_seeds=[21, 22])
+        total += 1
+        if out.done[0]:
+            break
+    assert out.terminated.tolist() == [True, False] and out.truncated.tolist() == [False, False]
+    assert out.success[0] and out.success_once[0]
+    assert out.rewards[0].tolist() == [1.0] and out.info["episode_return"][0].item() == 1.0
+    assert out.info["elapsed_steps"].tolist() == [total, total]  # env 1 kept its episode
+    assert not torch.equal(out.final_obs.state[0], out.obs.state[0])
+    assert torch.equal(out.final_obs.state[1], out.obs.state[1])
+    fresh = inline.reset([21])
+    assert torch.equal(out.obs.images[0], fresh.images[0]) and out.obs.instructions[0] == fresh.instructions[0]
+    nxt = vec.step_chunk(torch.zeros(2, 1, 7))
+    assert nxt.info["elapsed_steps"].tolist() == [1, total + 1]
+
+
+@pytest.mark.slow
+def test_killed_worker_raises():
+    env = make_env(EnvConfig(task="PushCube-v1", backend="cpu", num_envs=1, image_size=16))
+    try:
+        env.reset([0])
+        os.kill(env.pids[0], signal.SIGKILL)
+        with pytest.raises(WorkerError, match="died"):
+            env.step_chunk(torch.zeros(1, 2, 7))
+    finally:
+        env.close()
+
+
+# ---------------------------------------------------------------------------- OOD splits
+@pytest.mark.slow
+@pytest.mark.parametrize("split", ["unseen_color", "distractor", "wide_pose"])
+def test_ood_split_changes_only_what_it_says(split, inline):
+    base = inline.reset([9])
+    cube0 = inline.u.cube.pose.p.clone()
+    goal0 = inline.u.goal_site.pose.p.clone()
+    env = make_env(EnvConfig(task="PickCube-v1", split=split, backend="inline", num_envs=1,
+                             image_size=SIZE, reward_mode="normalized_dense"))
+    try:
+        obs = env.reset([9])
+        u = env.u
+        assert torch.allclose(obs.state, base.state)  # the robot starts where it did
+        assert not torch.equal(obs.images, base.images)  # but the scene looks different
+        if split == "unseen_color":
+            assert "purple" in obs.instructions[0] and torch.equal(u.cube.pose.p, cube0)
+        elif split == "distractor":
+            assert torch.equal(u.cube.pose.p, cube0)
+            assert u.distractor.pose.p[0, 1] * cube0[0, 1] < 0  # opposite side in y
+        else:
+            shift = u.cube.pose.p - cube0
+            assert 0 < shift[0, :2].abs().max() <= 0.05 and shift[0, 2].abs() < 1e-6
+            assert torch.allclose(u.goal_site.pose.p - goal0, shift, atol=1e-6)
+    finally:
+        env.close()

@@ -1,0 +1,85 @@
+"""SFT warm start on real PickCube expert demos with the tiny token VLA (real transformers)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlarl.config import Config
+from vlarl.data import ChunkDataset, collate_chunks, collect_demos, load_demos
+from vlarl.sft import DONE_FILE, METRICS_FILE, fit_sft, run_sft, sft_key
+
+POLICY = os.environ.get("VLARL_TEST_SFT_POLICY", "token_vla")
+
+
+def sft_config(tmp: Path) -> Config:
+    """The same demos as tests/test_data.py (shared through the session's VLARL_CACHE)."""
+    cfg = Config()
+    cfg.env.task, cfg.env.image_size, cfg.env.max_episode_steps = "PickCube-v1", 32, 50
+    cfg.data.num_episodes, cfg.data.num_workers = 3, 2
+    cfg.policy.name = POLICY
+    cfg.sft.output_dir = str(tmp / "sft")
+    cfg.sft.batch_size, cfg.sft.learning_rate, cfg.sft.lr_scheduler_type = 4, 1e-3, "constant"
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def env_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VLARL_CACHE", str(tmp_path_factory.getbasetemp() / "vlarl_cache"))
+    yield tmp_path_factory.mktemp("sft")
+    mp.undo()
+
+
+@pytest.mark.slow
+def test_loss_decreases_and_checkpoint_reloads(env_cache: Path) -> None:
+    from vlarl.policies import build_policy, load_policy
+
+    cfg = sft_config(env_cache)
+    policy = build_policy(cfg.policy)
+    # 8 steps of episode 0: a tiny set the model can start to memorise in a few updates
+    chunks = ChunkDataset(load_demos(collect_demos(cfg)).select(range(8)), policy.chunk_size)
+    metrics = env_cache / "fit.jsonl"
+    stats = fit_sft(policy, chunks, cfg, max_steps=8, metrics_path=metrics)
+    losses = [json.loads(line)["loss"] for line in metrics.read_text().splitlines()]
+    assert len(losses) == stats["steps"] == 8 and stats["epochs"] == 4
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    assert stats["final_loss"] == losses[-1]
+
+    policy.save_pretrained(env_cache / "ckpt")
+    reloaded = load_policy(env_cache / "ckpt")
+    obs, _ = collate_chunks([chunks[i] for i in range(4)])
+    with torch.no_grad():
+        a = policy.act(obs, deterministic=True).actions
+        b = reloaded.act(obs, deterministic=True).actions
+    assert a.shape == (4, policy.chunk_size, 7)
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+def test_run_sft_writes_and_reuses_checkpoint(env_cache: Path) -> None:
+    from vlarl.policies import load_policy
+
+    cfg = sft_config(env_cache)
+    out = run_sft(cfg, max_steps=2)
+    done = json.loads((out / DONE_FILE).read_text())
+    assert done["steps"] == 2 and len((out / METRICS_FILE).read_text().splitlines()) == 2
+    assert load_policy(out).action_dim == 7
+    before = (out / DONE_FILE).stat().st_mtime_ns
+    assert run_sft(cfg, max_steps=2) == out  # same config: cached, not retrained
+    assert (out / DONE_FILE).stat().st_mtime_ns == before
+    other = sft_config(env_cache)
+    other.sft.learning_rate = 5e-4  # another config would retrain
+    assert sft_key(other, done["key"], 2, 1) != sft_key(cfg, done["key"], 2, 1)
+
+
+@pytest.mark.slow
+def test_action_dim_mismatch_names_both(env_cache: Path) -> None:
+    cfg = sft_config(env_cache)
+    cfg.policy.action_dim = 6
+    with pytest.raises(ValueError, match=r"action_dim=7 but the policy has action_dim=6"):
+        run_sft(cfg, max_steps=1)

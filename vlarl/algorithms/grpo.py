@@ -1,0 +1,82 @@
+"""GRPO and RLOO: critic-free, group-relative advantages on episode outcomes.
+
+Needs an ``episodic`` rollout with grouped resets (``vlarl.rollout.collect(mode="episodic",
+group_size=num_generations)``): envs ``g*G .. g*G+G-1`` start from the same state and each
+runs one episode, so column n of the buffer *is* episode n.
+
+Implementation details (TRL GRPOTrainer / DAPO / SimpleVLA-RL):
+
+1. Outcome per episode = ``success_once`` (0/1) + ``shaping_coef`` * episode return.
+2. Group advantages: ``grpo`` (mean/std normalised) or ``rloo`` (leave-one-out baseline);
+   each episode's advantage is broadcast to all its valid decisions.
+3. Dynamic sampling: groups whose outcomes are all equal are left out of the update.
+4. Clip-higher (``epsilon_high`` > ``epsilon``), optional ``beta`` KL to the reference
+   (k3), entropy bonus; no value loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vlarl.algorithms import ALGORITHMS, Algorithm, UpdateContext
+from vlarl.algorithms.advantages import dynamic_sampling_mask, group_advantages
+from vlarl.algorithms.losses import entropy_bonus, kl_to_reference, policy_loss
+from vlarl.policies.base import Policy
+from vlarl.rollout import Batch, RolloutBuffer
+
+
+def episode_outcomes(buffer: RolloutBuffer, shaping_coef: float = 0.0) -> torch.Tensor:
+    """float ``[N]``: success at any valid decision of env n's episode (+ shaped return)."""
+    valid = buffer.valid
+    success = (buffer.success_once & valid).any(dim=0).float()
+    return success + shaping_coef * (buffer.rewards * valid).sum(dim=0)
+
+
+@ALGORITHMS.register("grpo")
+class GRPO(Algorithm):
+    """Group Relative Policy Optimisation (Shao et al. 2024) over whole episodes."""
+
+    mode = "grpo"
+
+    def process(self, buffer: RolloutBuffer, policy: Policy) -> dict[str, float]:
+        """Group advantages into ``buffer.advantages`` and the training mask (in place)."""
+        cfg, G = self.cfg, self.cfg.num_generations
+        if buffer.num_envs % G:
+            raise ValueError(f"num_envs={buffer.num_envs} must be divisible by "
+                             f"algo.num_generations={G}")
+        outcomes = episode_outcomes(buffer, cfg.shaping_coef)
+        adv = group_advantages(outcomes, G, self.mode)
+        keep = dynamic_sampling_mask(outcomes, G) if cfg.dynamic_sampling \
+            else torch.ones_like(outcomes, dtype=torch.bool)
+        valid = buffer.valid
+        buffer.advantages.copy_(adv.unsqueeze(0) * valid)
+        buffer.returns.copy_(outcomes.unsqueeze(0) * valid)
+        buffer.train_mask = valid & keep.unsqueeze(0)
+        return {"outcome_mean": float(outcomes.mean()),
+                "groups_kept": float(keep.view(-1, G)[:, 0].float().mean()),
+                "advantage_abs_mean": float(adv.abs().mean())}
+
+    def loss(self, policy: Policy, batch: Batch, ctx: UpdateContext, update_idx: int
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        log_probs, entropy, values = ctx.evaluate(policy, batch.obs, batch.stored)
+        pg, parts = policy_loss(log_probs, batch.log_probs, batch.advantages, cfg.epsilon,
+                                cfg.epsilon_high)
+        ent = entropy_bonus(entropy)
+        loss = pg - cfg.ent_coef * ent
+        out = {"policy_loss": pg.detach(), "entropy": ent.detach(), **parts}
+        if cfg.beta > 0:
+            kl = kl_to_reference(log_probs, self.reference_log_probs(policy, batch))
+            loss = loss + cfg.beta * kl
+            out["kl_ref"] = kl.detach()
+        if values is not None:
+            # A value head unused by GRPO still joins the graph (DDP wants every gradient).
+            loss = loss + 0.0 * values.sum()
+        return loss, out
+
+
+@ALGORITHMS.register("rloo")
+class RLOO(GRPO):
+    """REINFORCE leave-one-out baseline (Ahmadian et al. 2024) with PPO-style clipping."""
+
+    mode = "rloo"

@@ -1,0 +1,82 @@
+"""The env layer: batched, language-conditioned ManiSkill3 tasks behind ``VecEnv``.
+
+``make_env(cfg)`` is the one entry point. It validates the config first (in
+milliseconds, before any process or simulator starts), then picks a backend:
+
+* ``gpu``    - one ``physx_cuda`` ManiSkill env batching all N envs (``maniskill.py``);
+* ``inline`` - the same class in this process (``num_envs=1`` with ``physx_cpu`` on CPU);
+* ``cpu``    - one spawned worker per env, each running the inline class (``vector.py``);
+* ``auto``   - ``gpu`` if CUDA is available, else ``cpu``.
+
+Only this package imports ManiSkill / SAPIEN / gymnasium, and only lazily.
+"""
+
+from __future__ import annotations
+
+from vlarl.config import EnvConfig
+from vlarl.envs.base import VecEnv
+from vlarl.envs.splits import SPLITS, SplitSpec, get_split
+from vlarl.envs.tasks import TASKS, TaskSpec, get_task, instruction
+
+BACKENDS = ("auto", "cpu", "gpu", "inline")
+REWARD_MODES = ("sparse", "dense", "normalized_dense")
+CONTROL_MODES = ("pd_ee_delta_pose", "pd_ee_delta_pos", "pd_joint_delta_pos", "pd_joint_pos")
+
+__all__ = ["BACKENDS", "SPLITS", "TASKS", "SplitSpec", "TaskSpec", "VecEnv", "check_env",
+           "get_split", "get_task", "instruction", "make_env", "resolve_backend", "validate_env_config"]
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def validate_env_config(cfg: EnvConfig) -> None:
+    """Raise ``ValueError`` naming the bad value and the allowed ones (no heavy imports)."""
+    get_task(cfg.task)
+    get_split(cfg.split)
+    for key, allowed in (("backend", BACKENDS), ("reward_mode", REWARD_MODES),
+                         ("control_mode", CONTROL_MODES)):
+        if getattr(cfg, key) not in allowed:
+            raise ValueError(f"env.{key}={getattr(cfg, key)!r} is not allowed; choose one of {list(allowed)}")
+    for key in ("num_envs", "image_size", "max_episode_steps"):
+        v = getattr(cfg, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"env.{key}={v!r} must be an int > 0")
+
+
+def resolve_backend(cfg: EnvConfig) -> str:
+    """The concrete backend (``gpu``/``cpu``/``inline``) ``make_env`` will build."""
+    backend = cfg.backend
+    if backend == "auto":
+        return "gpu" if _cuda() else "cpu"
+    if backend == "gpu" and not _cuda():
+        raise ValueError("env.backend='gpu' needs CUDA, which torch does not see; "
+                         "allowed here: ['auto', 'cpu', 'inline']")
+    if backend == "inline" and cfg.num_envs > 1 and not _cuda():
+        raise ValueError(f"env.backend='inline' without CUDA runs physx_cpu, which holds one env; "
+                         f"got env.num_envs={cfg.num_envs}: use backend='cpu' or num_envs=1")
+    return backend
+
+
+def make_env(cfg: EnvConfig) -> VecEnv:
+    """Build the vector env that ``cfg`` describes (see the module docstring)."""
+    validate_env_config(cfg)
+    backend = resolve_backend(cfg)
+    if backend == "cpu":
+        from vlarl.envs.vector import CpuVecEnv
+
+        return CpuVecEnv(cfg)
+    from vlarl.envs.maniskill import ManiSkillVecEnv
+
+    sim = "physx_cuda" if backend == "gpu" or _cuda() else "physx_cpu"
+    return ManiSkillVecEnv(cfg, sim_backend=sim, num_envs=cfg.num_envs)
+
+
+def check_env(env: VecEnv, seed: int = 0, chunk: int = 2):
+    """Run a reset and a chunk of random actions; assert shapes, dtypes and semantics.
+    Returns a summary dict (see ``vlarl.envs.check``)."""
+    from vlarl.envs.check import check_env as _check
+
+    return _check(env, seed=seed, chunk=chunk)

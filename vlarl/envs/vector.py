@@ -1,0 +1,189 @@
+"""The CPU vector backend: one spawned worker process per env.
+
+``physx_cpu`` refuses ``num_envs > 1`` (FINDINGS), so CPU parallelism is one process per
+env, each running the in-process backend (``ManiSkillVecEnv``, ``num_envs=1``): the
+chunked stepping, rendering policy and episode bookkeeping are literally the same code
+as on the GPU; only the device differs. Workers are started together (env creation takes
+~6 s each) and every receive polls with a liveness check, so a worker that raises sends
+its traceback and a worker that dies (killed, segfault) raises here instead of hanging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from vlarl.config import EnvConfig
+from vlarl.envs.base import VecEnv
+from vlarl.envs.maniskill import SeedStream, check_actions, check_seeds
+from vlarl.types import ChunkStep, Obs
+
+POLL_S = 0.2
+"""How often a waiting parent checks that its workers are alive."""
+
+
+class WorkerError(RuntimeError):
+    """A worker raised (message holds its traceback) or died (message holds its exit code)."""
+
+
+def _worker(conn: Connection, cfg_dict: dict, index: int) -> None:
+    """Worker main loop: build one env, then serve ``(command, argument)`` requests."""
+    torch.set_num_threads(1)  # two cores shared by N workers: avoid oversubscription
+    try:
+        from vlarl.envs.maniskill import ManiSkillVecEnv
+
+        cfg = EnvConfig(**{**cfg_dict, "num_envs": 1, "seed": cfg_dict["seed"] + index})
+        env = ManiSkillVecEnv(cfg, sim_backend="physx_cpu", num_envs=1)
+        conn.send(("ok", (env.action_dim, env.state_dim)))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        return
+    while True:
+        try:
+            cmd, arg = conn.recv()
+        except EOFError:  # parent went away
+            break
+        try:
+            if cmd == "close":
+                env.close()
+                conn.send(("ok", None))
+                break
+            out: Any = getattr(env, cmd)(*arg)
+            conn.send(("ok", out))
+        except BaseException:
+            conn.send(("error", traceback.format_exc()))
+
+
+class CpuVecEnv(VecEnv):
+    """N worker processes, each one ``physx_cpu`` ManiSkill env; same semantics as inline."""
+
+    def __init__(self, cfg: EnvConfig, timeout_s: float = 600.0):
+        self.cfg, self.task, self.split = cfg, cfg.task, cfg.split
+        self.num_envs, self.max_episode_steps = cfg.num_envs, cfg.max_episode_steps
+        self.timeout_s = timeout_s
+        self._seeds = SeedStream(cfg.seed)
+        ctx = mp.get_context("spawn")
+        self._conns: list[Connection] = []
+        self._procs: list[mp.process.BaseProcess] = []
+        self._closed = False
+        for i in range(self.num_envs):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, dataclasses.asdict(cfg), i),
+                               name=f"vlarl-env-{i}", daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        try:
+            dims = self._gather()
+        except BaseException:
+            self.close()
+            raise
+        self.action_dim, self.state_dim = dims[0]
+
+    # ------------------------------------------------------------------ transport
+    def _recv(self, i: int, deadline: float) -> Any:
+        conn, proc = self._conns[i], self._procs[i]
+        while True:
+            eof = False
+            if conn.poll(POLL_S):
+                try:
+                    status, payload = conn.recv()
+                except (EOFError, OSError):  # the pipe closed: the worker is gone
+                    eof = True
+                else:
+                    if status == "ok":
+                        return payload
+                    raise WorkerError(f"env worker {i} ({self.task}) raised:\n{payload}")
+            if eof or not proc.is_alive():
+                if not eof and conn.poll(0):  # it answered just before exiting: read that
+                    continue
+                proc.join(2.0)
+                raise WorkerError(f"env worker {i} (pid {proc.pid}, {self.task}) died with "
+                                  f"exit code {proc.exitcode}")
+            if time.monotonic() > deadline:
+                raise WorkerError(f"env worker {i} ({self.task}) did not answer within "
+                                  f"{self.timeout_s} s")
+
+    def _gather(self) -> list[Any]:
+        deadline = time.monotonic() + self.timeout_s
+        return [self._recv(i, deadline) for i in range(self.num_envs)]
+
+    def _call(self, cmd: str, args: list[tuple]) -> list[Any]:
+        if self._closed:
+            raise RuntimeError("this CpuVecEnv is closed")
+        try:
+            for conn, a in zip(self._conns, args):
+                conn.send((cmd, a))
+            return self._gather()
+        except (WorkerError, BrokenPipeError, OSError) as err:
+            self.close()  # a half-answered batch leaves workers out of step: stop them all
+            if isinstance(err, WorkerError):
+                raise
+            raise WorkerError(f"lost contact with an env worker during {cmd!r}: {err!r}") from err
+
+    # ------------------------------------------------------------------ VecEnv
+    def reset(self, seeds: list[int] | None = None) -> Obs:
+        seeds = check_seeds(seeds, self.num_envs) or self._seeds.take(self.num_envs)
+        return Obs.cat(self._call("reset", [([s],) for s in seeds]))
+
+    def step_chunk(self, actions: torch.Tensor, reset_seeds: list[int] | None = None) -> ChunkStep:
+        actions = check_actions(actions, self.num_envs, self.action_dim)
+        seeds = check_seeds(reset_seeds, self.num_envs, "reset_seeds") or self._seeds.take(self.num_envs)
+        parts: list[ChunkStep] = self._call(
+            "step_chunk", [(actions[i:i + 1], [seeds[i]]) for i in range(self.num_envs)])
+        cat = torch.cat
+        return ChunkStep(
+            obs=Obs.cat([p.obs for p in parts]),
+            rewards=cat([p.rewards for p in parts]),
+            terminated=cat([p.terminated for p in parts]),
+            truncated=cat([p.truncated for p in parts]),
+            success=cat([p.success for p in parts]),
+            success_once=cat([p.success_once for p in parts]),
+            steps=cat([p.steps for p in parts]),
+            final_obs=Obs.cat([p.final_obs for p in parts]),  # type: ignore[misc]
+            info={k: cat([p.info[k] for p in parts]) for k in parts[0].info},
+        )
+
+    def expert_actions(self) -> torch.Tensor:
+        return torch.cat(self._call("expert_actions", [()] * self.num_envs))
+
+    def render_frames(self) -> torch.Tensor:
+        return torch.cat(self._call("render_frames", [()] * self.num_envs))
+
+    @property
+    def pids(self) -> list[int]:
+        """Worker process ids (for diagnostics and the dead-worker test)."""
+        return [p.pid for p in self._procs if p.pid is not None]
+
+    def close(self) -> None:
+        """Ask workers to stop, then terminate any that do not within 5 s."""
+        if self._closed:
+            return
+        self._closed = True
+        for conn, proc in zip(self._conns, self._procs):
+            if proc.is_alive():
+                try:
+                    conn.send(("close", ()))
+                except (BrokenPipeError, OSError):
+                    pass
+        deadline = time.monotonic() + 5.0
+        for proc in self._procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(2.0)
+        for conn in self._conns:
+            conn.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

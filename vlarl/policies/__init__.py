@@ -1,0 +1,66 @@
+"""Policies: the only package that imports transformers / peft (lazily, inside submodules).
+
+Data flow: ``Obs`` -> policy.act -> ``ActOutput`` (actions [N, k, A], log_probs, values,
+stored tensors) -> rollout; algorithms call ``policy.evaluate(obs, stored)``.
+
+Registry convention: ``@POLICIES.register(name)`` on a :class:`Policy` subclass that has
+two classmethods, ``from_config(cfg: PolicyConfig)`` (build: ``cfg.path`` None -> the tiny
+``cfg.tiny`` model) and ``from_pretrained(path, **overrides)``. Registered modules are
+imported on first use (:data:`LAZY_POLICIES`), so ``import vlarl.policies`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from vlarl.config import PolicyConfig
+from vlarl.policies.base import Policy
+from vlarl.registry import Registry
+
+POLICIES: Registry = Registry("policy")
+"""Policy classes by name (``token_vla``, ``flow_vla``, ...)."""
+
+LAZY_POLICIES: dict[str, str] = {
+    "token_vla": "vlarl.policies.token_vla",
+    "flow_vla": "vlarl.policies.flow_vla",
+    "mlp_student": "vlarl.policies.student",
+}
+"""name -> module that registers it on import; other packages may add entries."""
+
+__all__ = ["LAZY_POLICIES", "POLICIES", "Policy", "build_policy", "load_policy", "policy_class"]
+
+
+def policy_class(name: str) -> type[Policy]:
+    """The registered class ``name``, importing its module on first use."""
+    if name not in POLICIES:
+        if name not in LAZY_POLICIES:
+            known = sorted(set(POLICIES.names()) | set(LAZY_POLICIES))
+            raise KeyError(f"unknown policy {name!r}; known: {known}")
+        importlib.import_module(LAZY_POLICIES[name])
+    return POLICIES.get(name)
+
+
+def build_policy(cfg: PolicyConfig) -> Policy:
+    """Build the policy ``cfg.name`` from ``cfg`` (``cfg.path`` None -> the tiny model)."""
+    return policy_class(cfg.name).from_config(cfg)  # type: ignore[attr-defined]
+
+
+def load_policy(path: str | Path, **overrides: Any) -> Policy:
+    """Load a ``save_pretrained`` directory (or a plain HF checkpoint / hub id).
+
+    The policy name comes from ``vlarl_policy.json``; for a plain checkpoint pass
+    ``name=`` (default ``token_vla``). ``overrides`` are PolicyConfig fields
+    (e.g. ``temperature=0.5``, ``use_lora=False``).
+    """
+    meta = Path(path, "vlarl_policy.json")
+    name = overrides.pop("name", None)
+    if meta.is_file():
+        saved = json.loads(meta.read_text())["policy"]
+        if name is not None and name != saved:
+            raise ValueError(f"name={name!r} does not match the checkpoint's policy {saved!r}")
+        name = saved
+    cls = policy_class(name or "token_vla")
+    return cls.from_pretrained(path, **overrides)  # type: ignore[attr-defined]

@@ -1,0 +1,296 @@
+"""Discrete-action-token VLA (RT-2 / OpenVLA style) over any transformers image-text-to-text model.
+
+Each of the k*A action numbers of a chunk is one token: the action is clipped and binned
+(:class:`ActionTokenizer`), and bin ``b`` is the vocabulary id ``V - bins + b`` - the last
+``bins`` ids of the language model's vocabulary (OpenVLA's convention). That works on any
+checkpoint without resizing embeddings (LoRA alone can learn to emit them); the tiny models
+name those ids ``<act_b>`` (see ``tiny.add_action_tokens``).
+
+Prompt: ``<image>`` per camera + "What action should the robot take to <instruction>?"
+(+ " state: 12 200 ..." with the proprio state binned to 0..255 as text).
+
+* ``act``: one prefix forward (KV cache), then k*A single-token steps; logits are restricted
+  to the action ids and divided by ``temperature``; log-probs are summed over the chunk.
+* ``evaluate``: one teacher-forced forward over prefix + tokens -> the same log-probs.
+* ``values``: :class:`ValueHead` on the masked mean of the prefix's last hidden states.
+* LoRA (peft) or full fine-tuning; ``reference()`` = peft ``disable_adapter()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlarl.config import PolicyConfig, _set
+from vlarl.policies import POLICIES
+from vlarl.policies.action_tokenizer import ActionTokenizer
+from vlarl.policies.base import Policy
+from vlarl.policies.common import (
+    ADAPTER_DIR,
+    BASE_DIR,
+    POLICY_FILE,
+    ValueHead,
+    apply_lora,
+    is_peft,
+    load_adapter,
+    load_base,
+    load_heads,
+    masked_mean,
+    read_policy_json,
+    save_checkpoint,
+)
+from vlarl.types import ActOutput, Obs
+
+STATE_BINS = 256
+"""Bins of the proprio state rendered as text."""
+STATE_RANGE = 4.0
+"""State values are clipped to [-STATE_RANGE, STATE_RANGE] before binning (joint angles in rad)."""
+
+
+@POLICIES.register("token_vla")
+class TokenVLAPolicy(Policy):
+    """A VLA emitting k*A discrete action tokens per decision; see the module docstring."""
+
+    def __init__(self, model: nn.Module, processor: Any, cfg: PolicyConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = model
+        self.processor = processor
+        self.chunk_size, self.action_dim = cfg.chunk_size, cfg.action_dim
+        self.temperature = cfg.temperature
+        text_cfg = self._base().config.get_text_config()
+        vocab = self._base().get_output_embeddings().weight.shape[0]
+        if cfg.action_bins >= vocab:
+            raise ValueError(f"policy.action_bins={cfg.action_bins} must be < the vocabulary "
+                             f"size {vocab} (action ids are its last bins)")
+        self.action_start = vocab - cfg.action_bins
+        tok = processor.tokenizer
+        named = tok.convert_tokens_to_ids("<act_0>") if "<act_0>" in tok.get_vocab() else None
+        if named is not None and named != self.action_start:
+            raise ValueError(f"tokenizer's <act_0> has id {named} but policy.action_bins="
+                             f"{cfg.action_bins} puts bin 0 at id {self.action_start}")
+        self.action_tokenizer = ActionTokenizer(cfg.action_bins, cfg.action_low, cfg.action_high)
+        self.state_tokenizer = ActionTokenizer(STATE_BINS, -STATE_RANGE, STATE_RANGE)
+        # PaliGemma counts positions from 1; most decoders from 0.
+        self.position_offset = 1 if self._base().config.model_type == "paligemma" else 0
+        self.image_token = getattr(processor, "image_token", "<image>")
+        self.value_head = ValueHead(text_cfg.hidden_size) if cfg.value_head else None
+        self.model.eval()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(cls, cfg: PolicyConfig) -> TokenVLAPolicy:
+        """Build from a base checkpoint (``cfg.path``) or the tiny ``cfg.tiny`` model."""
+        if cfg.path is not None and Path(cfg.path, POLICY_FILE).is_file():
+            fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "path"}
+            return cls.from_pretrained(cfg.path, **fields)
+        if cfg.path is None:
+            from vlarl.policies.tiny import tiny_checkpoint
+
+            src = tiny_checkpoint(cfg.tiny, cfg.action_bins)
+        else:
+            src = cfg.path
+        model, processor = load_base(src, cfg)
+        return cls(apply_lora(model, cfg), processor, cfg)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> TokenVLAPolicy:
+        """Load a ``save_pretrained`` directory; a plain HF checkpoint / hub id is a base model.
+
+        ``overrides`` are PolicyConfig fields. ``use_lora=False`` on a LoRA checkpoint merges
+        the adapter (full fine-tuning from there); ``use_lora=True`` on a checkpoint without
+        an adapter adds fresh LoRA adapters (e.g. RL after full-finetune SFT).
+        """
+        if not Path(path, POLICY_FILE).is_file():
+            cfg = PolicyConfig()
+            for k, v in overrides.items():
+                _set(cfg, k, v, "policy.")
+            cfg.path = str(path)
+            return cls.from_config(cfg)
+        _, cfg, meta = read_policy_json(path, **overrides)
+        model, processor = load_base(Path(path, BASE_DIR), cfg)
+        if Path(path, ADAPTER_DIR).is_dir():
+            model = load_adapter(model, path)
+            if not cfg.use_lora:
+                model = model.merge_and_unload().requires_grad_(True)
+        else:
+            model = apply_lora(model, cfg)
+        policy = cls(model, processor, cfg)
+        saved = set(meta.get("heads", []))
+        heads = {n: getattr(policy, n) for n in saved if getattr(policy, n, None) is not None}
+        load_heads(path, heads, skip=tuple(saved - heads.keys()))
+        return policy
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Base model + processor, peft adapter, heads and ``vlarl_policy.json`` (see common.py)."""
+        heads = {"value_head": self.value_head} if self.value_head is not None else {}
+        save_checkpoint(path, "token_vla", self.cfg, self.model, self.processor, heads)
+
+    def merge_and_unload(self) -> TokenVLAPolicy:
+        """Fold the LoRA adapters into the base weights (deployment); a no-op without LoRA."""
+        if is_peft(self.model):
+            self.model = self.model.merge_and_unload()
+            self.cfg = dataclasses.replace(self.cfg, use_lora=False)
+        return self
+
+    def _base(self) -> nn.Module:
+        return self.model.get_base_model() if is_peft(self.model) else self.model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """The reference policy: the same model with LoRA adapters disabled (no second copy)."""
+        if not is_peft(self.model):
+            raise RuntimeError("reference() needs LoRA adapters (policy.use_lora=true); a fully "
+                               "fine-tuned policy has no frozen reference inside it")
+        with self.model.disable_adapter():
+            yield
+
+    # ------------------------------------------------------------------ inputs
+
+    def prompts(self, obs: Obs) -> list[str]:
+        """Prompt text per env (image placeholders + instruction + optional binned state)."""
+        cams = obs.images.shape[1]
+        out = []
+        for i, instr in enumerate(obs.instructions):
+            task = instr.strip().rstrip(".?").lower()
+            text = f"{self.image_token * cams}What action should the robot take to {task}?"
+            if self.cfg.use_state and obs.state.numel():
+                bins = self.state_tokenizer.tokenize(obs.state[i].float().cpu()).tolist()
+                text += " state: " + " ".join(map(str, bins))
+            out.append(text)
+        return out
+
+    def _encode(self, obs: Obs) -> dict[str, torch.Tensor]:
+        """Processor outputs (left-padded) + explicit position ids, on the model's device."""
+        images = obs.images.cpu().numpy()
+        enc = self.processor(images=[list(cams) for cams in images], text=self.prompts(obs),
+                             return_tensors="pt", padding=True)
+        dev = self.device
+        mask = enc["attention_mask"].to(dev)
+        batch = {"input_ids": enc["input_ids"].to(dev), "attention_mask": mask,
+                 # Explicit positions: a left-padded prompt gets the same positions as unpadded.
+                 "position_ids": (mask.cumsum(-1) - 1).clamp_min(0) + self.position_offset,
+                 "pixel_values": enc["pixel_values"].to(dev, next(self.model.parameters()).dtype)}
+        if "token_type_ids" in enc:  # PaliGemma: bidirectional prefix, causal suffix
+            batch["token_type_ids"] = enc["token_type_ids"].to(dev)
+        return batch
+
+    def _masked_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits restricted to the action ids, in fp32, divided by the temperature."""
+        ids = slice(self.action_start, self.action_start + self.cfg.action_bins)
+        return logits[..., ids].float() / self.temperature
+
+    def _values(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        if self.value_head is None:
+            return None
+        return self.value_head(masked_mean(hidden, mask))
+
+    # ------------------------------------------------------------------ protocol
+
+    @torch.no_grad()
+    def act(self, obs: Obs, deterministic: bool = False,
+            generator: torch.Generator | None = None) -> ActOutput:
+        """Sample k*A action tokens autoregressively with a KV cache; see the module docstring."""
+        batch = self._encode(obs)
+        n, steps = len(obs), self.chunk_size * self.action_dim
+        out = self.model(**batch, use_cache=True, output_hidden_states=True, logits_to_keep=1)
+        values = self._values(out.hidden_states[-1], batch["attention_mask"])
+        mask, pos = batch["attention_mask"], batch["position_ids"][:, -1:]
+        tokens = torch.empty(n, steps, dtype=torch.long, device=self.device)
+        # Summed in float64 so act() and evaluate() round to the same float32 chunk log-prob.
+        log_probs = torch.zeros(n, dtype=torch.float64, device=self.device)
+        past = out.past_key_values
+        for t in range(steps):
+            logp = torch.log_softmax(self._masked_logits(out.logits[:, -1]), dim=-1)
+            if deterministic:
+                tok = logp.argmax(-1)
+            else:
+                tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+            tokens[:, t] = tok
+            log_probs += logp.gather(-1, tok[:, None]).squeeze(-1).double()
+            if t + 1 == steps:
+                break
+            mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
+            pos = pos + 1
+            out = self.model(input_ids=tok[:, None] + self.action_start, attention_mask=mask,
+                             position_ids=pos, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+        actions = self.action_tokenizer.detokenize(tokens).view(n, self.chunk_size, self.action_dim)
+        return ActOutput(actions=actions, log_probs=log_probs.float(), values=values,
+                         stored={"tokens": tokens})
+
+    def _teacher_forced(self, obs: Obs, tokens: torch.Tensor, labels: bool = False):
+        """One forward over prompt + action tokens; returns (model output, batch, prefix length)."""
+        batch = self._encode(obs)
+        _n, prefix = batch["input_ids"].shape
+        steps = tokens.shape[1]
+        ids = tokens.to(self.device) + self.action_start
+        # Without labels the last action token is never an input (nothing is predicted from it).
+        feed = ids if labels else ids[:, :-1]
+        m = feed.shape[1]
+        full = dict(batch)
+        full["input_ids"] = torch.cat([batch["input_ids"], feed], dim=1)
+        full["attention_mask"] = torch.cat([batch["attention_mask"], torch.ones_like(feed)], dim=1)
+        last = batch["position_ids"][:, -1:]
+        full["position_ids"] = torch.cat(
+            [batch["position_ids"], last + torch.arange(1, m + 1, device=self.device)], dim=1)
+        if "token_type_ids" in batch:
+            full["token_type_ids"] = torch.cat([batch["token_type_ids"], torch.ones_like(feed)], 1)
+        kwargs: dict[str, Any] = {"output_hidden_states": self.value_head is not None}
+        if labels:
+            lab = torch.full_like(full["input_ids"], -100)
+            lab[:, prefix:] = ids
+            kwargs["labels"] = lab
+        else:
+            kwargs["logits_to_keep"] = steps
+        return self.model(**full, **kwargs), batch, prefix
+
+    def evaluate(self, obs: Obs, stored: dict[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Teacher-forced ``(log_probs [N], entropy [N], values [N] | None)`` of stored tokens.
+
+        Entropy is the sum over the chunk's tokens of the masked, tempered distribution's entropy.
+        """
+        tokens = stored["tokens"]
+        out, batch, prefix = self._teacher_forced(obs, tokens)
+        logp = torch.log_softmax(self._masked_logits(out.logits), dim=-1)  # [N, T, bins]
+        token_logp = logp.gather(-1, tokens.to(self.device)[..., None]).squeeze(-1)
+        log_probs = token_logp.double().sum(-1).float()
+        entropy = -(logp.exp() * logp).sum(-1).double().sum(-1).float()
+        values = None
+        if self.value_head is not None:
+            values = self._values(out.hidden_states[-1][:, :prefix], batch["attention_mask"])
+        return log_probs, entropy, values
+
+    def value(self, obs: Obs) -> torch.Tensor | None:
+        """Value estimates ``[N]`` from one prefix forward (no sampling)."""
+        if self.value_head is None:
+            return None
+        batch = self._encode(obs)
+        out = self.model(**batch, output_hidden_states=True, logits_to_keep=1)
+        return self._values(out.hidden_states[-1], batch["attention_mask"])
+
+    def sft_loss(self, obs: Obs, actions: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of expert chunks ``actions [N, k, A]`` as action tokens.
+
+        The model's own loss with labels (-100 on the prompt): over the full vocabulary, so
+        SFT also moves probability mass into the action ids (as OpenVLA fine-tuning does).
+        """
+        n = actions.shape[0]
+        if tuple(actions.shape[1:]) != (self.chunk_size, self.action_dim):
+            raise ValueError(f"actions shape {tuple(actions.shape)} must be [N, {self.chunk_size}, "
+                             f"{self.action_dim}] (policy.chunk_size, policy.action_dim)")
+        tokens = self.action_tokenizer.tokenize(actions).view(n, -1)
+        out, _, _ = self._teacher_forced(obs, tokens, labels=True)
+        return out.loss

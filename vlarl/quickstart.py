@@ -1,0 +1,147 @@
+"""`vlarl quickstart`: the whole story on one machine, no GPU, no downloads.
+
+demos -> SFT base VLA -> RL (PPO + LoRA) -> eval (ID + OOD) -> distill -> eval student -> table.
+
+Every stage is cached in the run directory under a key of its config: a rerun resumes at
+the first stage whose output is missing or whose config changed. The recipe is
+``recipes/cpu/quickstart.yaml`` (``--smoke`` applies ``recipes/cpu/quickstart_smoke.yaml``
+on top); ``--section.field value`` overrides apply to every stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from vlarl.config import Config, load_config, to_dict
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "cpu"
+
+
+def _recipe(smoke: bool, extra: list[str]) -> Config:
+    from vlarl.config import _parse_overrides, _set  # one override syntax everywhere
+
+    cfg = load_config(RECIPES / "quickstart.yaml")
+    if smoke:
+        import yaml
+
+        for section, values in (yaml.safe_load((RECIPES / "quickstart_smoke.yaml").read_text())
+                                or {}).items():
+            _set(cfg, section, values)
+    for key, value in _parse_overrides(extra):
+        _set(cfg, key, value)
+    return cfg.validate()
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Stages:
+    """Runs named stages once; a stage's result (a small JSON dict) is cached with its key."""
+
+    def __init__(self, run_dir: Path, force: bool):
+        self.run_dir, self.force = run_dir, force
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.timings: dict[str, float] = {}
+
+    def run(self, name: str, key: str, fn) -> dict:
+        marker = self.run_dir / f"stage_{name}.json"
+        if marker.is_file() and not self.force:
+            done = json.loads(marker.read_text())
+            if done.get("key") == key:
+                print(f"[quickstart] {name}: cached ({done.get('seconds', 0):.0f} s when run)")
+                self.timings[name] = 0.0
+                return done["result"]
+        print(f"[quickstart] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        result = fn()
+        dt = time.perf_counter() - t0
+        self.timings[name] = dt
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, "seconds": dt, "result": result}, indent=1))
+        tmp.replace(marker)
+        print(f"[quickstart] {name}: done in {dt:.0f} s", flush=True)
+        return result
+
+
+def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool = False,
+                   extra: list[str] | None = None) -> dict:
+    from vlarl.data import collect_demos
+    from vlarl.distill import run_distill
+    from vlarl.eval import run_eval
+    from vlarl.sft import run_sft
+    from vlarl.trainer import train
+
+    cfg = _recipe(smoke, extra or [])
+    from vlarl.policies.tokenizer import cache_root
+
+    root = Path(run_dir).expanduser() if run_dir else cache_root() / (
+        "quickstart-smoke" if smoke else "quickstart")
+    stages = _Stages(root, force)
+    t_start = time.perf_counter()
+
+    # 1. demonstrations (scripted experts on privileged state)
+    cfg.data = dataclasses.replace(cfg.data, dataset_dir=str(root / "demos"))
+    k_data = _key(to_dict(cfg.env), to_dict(cfg.data))
+    stages.run("collect", k_data, lambda: {"path": str(collect_demos(cfg, force=force))})
+
+    # 2. SFT base VLA (full fine-tune of the tiny PaliGemma VLA)
+    cfg.sft = dataclasses.replace(cfg.sft, output_dir=str(root / "sft"))
+    k_sft = _key(k_data, to_dict(cfg.policy), to_dict(cfg.sft))
+    base = stages.run("sft", k_sft, lambda: {"path": str(run_sft(cfg, force=force))})["path"]
+
+    # 3. RL fine-tuning from the SFT base with LoRA
+    rl_cfg = dataclasses.replace(
+        cfg, policy=dataclasses.replace(cfg.policy, path=base, use_lora=True),
+        train=dataclasses.replace(cfg.train, output_dir=str(root / "rl"), overwrite=True,
+                                  resume=False))
+    k_rl = _key(k_sft, to_dict(rl_cfg.algo), to_dict(rl_cfg.train))
+
+    def _rl() -> dict:
+        run = train(rl_cfg)
+        return {"path": str(run / "policy"), "run_dir": str(run)}
+
+    rl = stages.run("rl", k_rl, _rl)["path"]
+
+    # 4. distill the RL policy into a small student
+    d_cfg = dataclasses.replace(
+        cfg, distill=dataclasses.replace(cfg.distill, teacher=rl, output_dir=str(root / "student")),
+        policy=dataclasses.replace(cfg.policy, name="mlp_student", path=None))
+    k_dist = _key(k_rl, to_dict(d_cfg.distill))
+    student = stages.run("distill", k_dist, lambda: {"path": str(run_distill(d_cfg))})["path"]
+
+    # 5. one paired evaluation of the three checkpoints, ID + OOD, same seeds
+    k_eval = _key(k_dist, to_dict(cfg.eval), to_dict(cfg.env))
+    out = root / "eval"
+
+    def _eval() -> dict:
+        report = run_eval([base, rl, student], cfg, out)
+        return {"results": [{k: r[k] for k in ("label", "split", "n", "success_rate", "ci_low",
+                                               "ci_high", "actions_per_s")}
+                            for r in report["results"]]}
+
+    res = stages.run("eval", k_eval, _eval)
+    table = _table(res["results"], {base: "SFT base", rl: "RL (PPO+LoRA)", student: "student"})
+    summary = {"run_dir": str(root), "wall_time_s": time.perf_counter() - t_start,
+               "stage_seconds": stages.timings, "table": table, "plot": str(out / "success.png"),
+               "report": str(out / "report.md")}
+    (root / "summary.md").write_text(table + "\n")
+    print("\n" + table)
+    print(f"\nplot: {out / 'success.png'}\nreport: {out / 'report.md'}\n"
+          f"wall time {summary['wall_time_s'] / 60:.1f} min")
+    return summary
+
+
+def _table(rows: list[dict], names: dict[str, str]) -> str:
+    lines = ["| policy | split | n | success % [95% CI] | actions/s |", "|---|---|---|---|---|"]
+    for r in rows:
+        label = next((v for k, v in names.items() if r["label"] in k or k.endswith(r["label"])),
+                     r["label"])
+        lines.append(f"| {label} | {r['split']} | {r['n']} | {100 * r['success_rate']:.1f} "
+                     f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] | "
+                     f"{r['actions_per_s']:.0f} |")
+    return "\n".join(lines)
