@@ -21,15 +21,6 @@ from vlarl.types import Obs
 K, A = 4, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: two threads on a shared, oversubscribed 2-core machine made
-    small steps ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):

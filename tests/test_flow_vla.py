@@ -90,6 +90,22 @@ def test_act_shapes_and_evaluate_matches_act(policy: FlowVLAPolicy, obs: Obs):
     assert (other.log_probs - out.log_probs).abs().min() > 1e-3
 
 
+def test_two_cameras_and_minibatch_evaluate(policy: FlowVLAPolicy):
+    """PPO re-scores sub-batches: a row's log-prob must not depend on its batch mates."""
+    g = torch.Generator().manual_seed(7)
+    images = torch.randint(0, 256, (4, 2, 64, 64, 3), generator=g, dtype=torch.uint8)
+    long = "put the green peg into the hole on the left side of the table carefully, then leave"
+    texts = ["lift the cube", long, "reach", "push the red can"]
+    obs4 = Obs(images, torch.randn(4, 9, generator=g), texts)
+    with torch.no_grad():
+        out = policy.act(obs4, generator=g)
+        idx = [2, 0]
+        lp, _, v = policy.evaluate(obs4.index(idx), {"x_traj": out.stored["x_traj"][idx]})
+    assert out.actions.shape == (4, K_CHUNK, A)
+    torch.testing.assert_close(lp, out.log_probs[idx], atol=1e-5, rtol=0)
+    torch.testing.assert_close(v, out.values[idx], atol=1e-6, rtol=0)
+
+
 def test_deterministic_is_the_library_ode(policy: FlowVLAPolicy, obs: Obs):
     with torch.no_grad():
         a = policy.act(obs, deterministic=True, generator=torch.Generator().manual_seed(3))
@@ -157,6 +173,12 @@ def test_save_load_round_trip(obs: Obs, tmp_path):
     with torch.no_grad(), pol.reference():
         lp_ref0, _, _ = pol.evaluate(obs, a.stored)
     torch.testing.assert_close(lp_ref, lp_ref0, atol=1e-6, rtol=0)
+    # use_lora=False merges the adapter into the base weights (full fine-tuning from here on)
+    merged = load_policy(tmp_path / "ckpt", use_lora=False)
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    with torch.no_grad():
+        lp_merged, _, _ = merged.evaluate(obs, a.stored)
+    torch.testing.assert_close(lp_merged, a.log_probs, atol=1e-4, rtol=0)
 
 
 def test_sft_loss_decreases(obs: Obs):

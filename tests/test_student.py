@@ -22,15 +22,6 @@ from vlarl.types import Obs
 K, A = 4, 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared, oversubscribed 2-core machine two threads made
-    each small step ~20x slower (0.29 s vs 0.013 s measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make_obs(n: int = 3, seed: int = 0, size: int = 32, state_dim: int = 16) -> Obs:
     g = torch.Generator().manual_seed(seed)

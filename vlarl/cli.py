@@ -108,6 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"vlarl {args.command}: config error: {err}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, ValueError) as err:
+        # bad input named by the layer that found it (missing checkpoint, unknown task/split...);
+        # VLARL_DEBUG=1 shows the traceback
+        import os
+
+        if os.environ.get("VLARL_DEBUG"):
+            raise
+        print(f"vlarl {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 def _dispatch(args, rest: list[str], parser) -> int:

@@ -112,8 +112,11 @@ def plot_success(rows: Sequence[dict], path: str | Path, title: str = "Success r
                 ys.append(100 * r["success_rate"])
                 err_lo.append(100 * (r["success_rate"] - r["ci_low"]))
                 err_hi.append(100 * (r["ci_high"] - r["success_rate"]))
-        bars = ax.bar(xs, ys, width * 0.92, yerr=[err_lo, err_hi], capsize=4,
-                      label=label, color=colors[j % len(colors)], alpha=0.85)
+        color = colors[j % len(colors)]
+        bars = ax.bar(xs, ys, width * 0.92, label=label, color=color, alpha=0.75)
+        # Whiskers and a point in the series colour: a 0 % bar stays visible and attributable.
+        ax.errorbar(xs, ys, yerr=[err_lo, err_hi], fmt="o", ms=3, capsize=4, color=color,
+                    mec="black", mew=0.5, ecolor="black", elinewidth=1)
         for bar, y, r in zip(bars, ys, [by_split[s] for s in splits if s in by_split]):
             # Above the CI whisker, so the text never collides with the error bar.
             ax.annotate(f"{y:.0f}%\nn={r['n']}",

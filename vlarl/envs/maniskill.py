@@ -131,6 +131,7 @@ class ManiSkillVecEnv(VecEnv):
             src[i] = first.setdefault(s, i)
         state = self.u.get_state()
         self.u.set_state(state[torch.tensor(src, device=state.device)])
+        self.u.agent.controller.reset()  # targets follow the copied joint positions
         return self.u.get_obs(self.u.get_info(), unflattened=True)
 
     def reset(self, seeds: list[int] | None = None) -> Obs:

@@ -57,6 +57,8 @@ PATCH_SIZE = 16
 PI0_CLASS = "PI0ForConditionalGeneration"
 """transformers class ``load_base`` loads pi0 checkpoints with."""
 MAX_DIM = 32
+TEXT_TOKENS = 48
+"""Prompt tokens after the image tokens (``<bos>`` + instruction + newline); longer is cut."""
 """pi0's ``max_state_dim`` / ``max_action_dim`` (real checkpoints use 32 too)."""
 
 
@@ -233,10 +235,17 @@ class FlowVLAPolicy(Policy):
         return next(self.model.parameters()).device
 
     def _inputs(self, obs: Obs) -> dict[str, torch.Tensor]:
-        """Tokens + pixels via ``PI0Processor``; state zero-padded to ``max_state_dim``."""
+        """Tokens + pixels via ``PI0Processor``; state zero-padded to ``max_state_dim``.
+
+        The prompt is padded to a fixed length (image tokens of every camera + ``TEXT_TOKENS``),
+        not to the batch's longest: a PPO minibatch then sees exactly the tensors of the rollout,
+        so ``evaluate`` on any sub-batch reproduces ``act``'s log-probs.
+        """
         mc = self.pi0.config
         images = [[img.cpu().numpy() for img in cams] for cams in obs.images]
-        batch = self.processor(images=images, text=list(obs.instructions), return_tensors="pt")
+        length = obs.images.shape[1] * self.processor.image_seq_length + TEXT_TOKENS
+        batch = self.processor(images=images, text=list(obs.instructions), return_tensors="pt",
+                               padding="max_length", max_length=length, truncation=True)
         dtype = next(self.pi0.parameters()).dtype
         state = obs.state.float()
         if state.shape[-1] > mc.max_state_dim:

@@ -1,0 +1,186 @@
+"""`vlarl bench [env] [policy] [loop] [--json PATH]`: throughput and memory, side by side.
+
+Absolute CPU timings are noisy on shared machines, so every part reports ratios of figures
+measured in the same run (medians over repeats):
+
+* env: raw ManiSkill vs vlarl's env layer, decision-step rendering at chunk 1/4/8, 1 vs 2
+  CPU workers (``vlarl.envs.bench``);
+* policy: actions/s of the tiny token VLA and tiny pi0 at batch 1 and 16, parameters,
+  trainable fraction with LoRA;
+* loop: the full PPO loop (rollout + update) with the tiny token VLA vs vlarl's env alone
+  with random actions and the same chunking (loop/sim), and vs raw per-step rendering.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from vlarl.config import Config, load_config
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process and its finished children (MB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + kids) / 1024.0
+
+
+def _median_rate(fn, repeats: int) -> float:
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = fn()
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def bench_policy(quick: bool = False) -> dict:
+    """Actions/s of the tiny VLAs (batch 1 and 16, chunk 4) and their parameter counts."""
+    from vlarl.policies import build_policy
+    from vlarl.types import Obs
+
+    out: dict = {}
+    repeats = 3 if quick else 5
+    for name, tiny in (("token_vla", "paligemma"), ("flow_vla", "pi0")):
+        cfg = load_config(None, {"policy.name": name, "policy.tiny": tiny, "policy.chunk_size": 4,
+                                 "policy.value_head": True})
+        policy = build_policy(cfg.policy).eval()
+        n_all = sum(p.numel() for p in policy.parameters())
+        n_train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+        row = {"params": n_all, "trainable": n_train, "trainable_fraction": n_train / n_all}
+        for batch in (1, 16):
+            obs = Obs(torch.randint(0, 255, (batch, 1, 64, 64, 3), dtype=torch.uint8),
+                      torch.zeros(batch, 16), ["pick up the red cube"] * batch)
+            with torch.no_grad():
+                policy.act(obs)  # warm-up
+
+                def step():
+                    with torch.no_grad():
+                        policy.act(obs)
+                    return batch * policy.chunk_size
+
+                row[f"actions_per_s_b{batch}"] = _median_rate(step, repeats)
+        out[name] = row
+        del policy
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def _loop_cfg(quick: bool) -> Config:
+    return load_config(None, [
+        "--env.num_envs", "2", "--env.image_size", "64", "--env.max_episode_steps", "48",
+        "--env.reward_mode", "normalized_dense", "--policy.chunk_size", "8",
+        "--train.rollout_steps", "6", "--algo.num_mini_batches", "2",
+        "--algo.num_ppo_epochs", "1", "--train.output_dir", "/tmp/vlarl-bench-loop",
+        "--train.overwrite", "true", "--train.save_every", "1000",
+        "--train.num_updates", "2" if quick else "4"])
+
+
+def bench_loop(quick: bool = False) -> dict:
+    """Full PPO loop env-steps/s vs env-only random-action stepping with the same chunking."""
+    from vlarl.algorithms import UpdateContext
+    from vlarl.rollout import collect
+    from vlarl.trainer import setup
+
+    cfg = _loop_cfg(quick)
+    run = setup(cfg)
+    env, k = run.env, cfg.policy.chunk_size
+    try:
+        # env alone, random actions, same chunk size and reset pattern as the rollout
+        def env_only():
+            env.reset(list(range(env.num_envs)))
+            steps = 0
+            for _ in range(cfg.train.rollout_steps):
+                a = torch.rand(env.num_envs, k, env.action_dim) * 2 - 1
+                steps += int(env.step_chunk(a).steps.sum())
+            return steps
+
+        env_only()  # warm-up
+        sim = _median_rate(env_only, 2 if quick else 3)
+        ctx = UpdateContext()
+        phases = {"rollout_s": 0.0, "update_s": 0.0}
+
+        def loop():
+            steps = 0
+            for u in range(cfg.train.num_updates):
+                t0 = time.perf_counter()
+                stats = collect(env, run.policy, run.buffer, base_seed=1, update=u,
+                                mode="continuous")
+                t1 = time.perf_counter()
+                run.algo.process(run.buffer, run.policy)
+                run.algo.update(run.policy, run.optimizer, run.buffer, ctx, u, run.generator)
+                phases["rollout_s"] += t1 - t0
+                phases["update_s"] += time.perf_counter() - t1
+                steps += int(stats["env_steps"])
+            return steps
+
+        full = _median_rate(loop, 1)
+    finally:
+        env.close()
+    total = phases["rollout_s"] + phases["update_s"]
+    return {"chunk": k, "num_envs": cfg.env.num_envs, "image_size": cfg.env.image_size,
+            "env_only_steps_per_s": sim, "loop_steps_per_s": full, "loop_over_sim": full / sim,
+            "update_fraction": phases["update_s"] / total, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_bench(parts: list[str], json_path: str | None = None, quick: bool = False,
+              extra: list[str] | None = None) -> dict:
+    unknown = set(parts) - {"env", "policy", "loop"}
+    if unknown:
+        raise ValueError(f"unknown bench part(s) {sorted(unknown)}; allowed: env, policy, loop")
+    results: dict = {"machine": _machine()}
+    if "env" in parts:
+        from vlarl.envs.bench import bench_env
+
+        results["env"] = bench_env(steps=24 if quick else 48, repeats=2 if quick else 3)
+    if "policy" in parts:
+        results["policy"] = bench_policy(quick)
+    if "loop" in parts:
+        results["loop"] = bench_loop(quick)
+        raw = results.get("env", {}).get("raw_maniskill_steps_per_s")
+        if raw:
+            results["loop"]["loop_over_raw_per_step_render"] = results["loop"]["loop_steps_per_s"] / raw
+    _print(results)
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=1))
+        print(f"wrote {json_path}")
+    return results
+
+
+def _machine() -> dict:
+    import os
+    import platform
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "cuda": torch.cuda.is_available(),
+            "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def _print(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="vlarl bench")
+    table.add_column("part")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for part, figures in results.items():
+        if not isinstance(figures, dict):
+            continue
+        for key, value in _flatten(figures):
+            table.add_row(part, key, f"{value:,.3f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def _flatten(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
