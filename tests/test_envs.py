@@ -42,7 +42,7 @@ def _expert_available() -> bool:
 
         get_expert("PickCube-v1")
         return True
-    except Exception:
+    except (ImportError, KeyError, ValueError):
         return False
 
 
@@ -75,7 +75,7 @@ def test_instruction_pools_are_disjoint_and_seeded():
 def test_check_env_inline(inline):
     summary = check_env(inline, seed=0, chunk=3)
     assert summary["image_shape"] == [1, SIZE, SIZE, 3]
-    assert summary["state_dim"] == 16 and summary["action_dim"] == 7
+    assert summary["state_dim"] == 20 and summary["action_dim"] == 7  # qpos 9 + is_grasped 1 + tcp 7 + goal 3
 
 
 def test_bad_actions_raise(inline):
@@ -133,7 +133,7 @@ def test_truncation_not_termination(inline):
 @pytest.mark.slow
 def test_check_env_vector_and_grouped_reset(vec, inline):
     summary = check_env(vec, seed=0, chunk=2)
-    assert summary["num_envs"] == 2 and summary["state_dim"] == 16
+    assert summary["num_envs"] == 2 and summary["state_dim"] == 20
     same = vec.reset([5, 5])
     assert torch.equal(same.images[0], same.images[1]) and torch.equal(same.state[0], same.state[1])
     assert same.instructions[0] == same.instructions[1]

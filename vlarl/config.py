@@ -81,6 +81,11 @@ class PolicyConfig:
     """Upper clip of each action dimension before binning."""
     use_state: bool = True
     """Feed proprioceptive state to the policy."""
+    state_low: list[float] | None = None
+    """Per-dimension lower end of the state range used to bin / normalise it (SFT sets it
+    from the demonstrations, like LeRobot's normalisation stats); None: -4 for every dim."""
+    state_high: list[float] | None = None
+    """Per-dimension upper end of the state range (see ``state_low``); None: +4."""
     temperature: float = 1.0
     """Sampling temperature during rollouts (TRL's name)."""
     num_inference_steps: int = 4

@@ -120,7 +120,7 @@ def collect_demos(cfg: Config, force: bool = False) -> Path:
     pending = [cfg.data.seed + n + i for i in range(n)]  # seed env i uses at its next reset
     next_seed = cfg.data.seed + 2 * n
     buffers: list[list[dict]] = [[] for _ in range(n)]
-    kept = ended = 0
+    kept = ended = solved = 0  # kept <= solved: successes past the target are not written
     lengths: list[int] = []
     t0 = time.perf_counter()
     with make_env(env_cfg) as env, tqdm(total=target, desc="expert demos", unit="ep") as bar:
@@ -135,12 +135,14 @@ def collect_demos(cfg: Config, force: bool = False) -> Path:
                 if not bool(step.done[i]):
                     continue
                 ended += 1
-                if any(f["success"] for f in buffers[i]) and kept < target:
+                ok = any(f["success"] for f in buffers[i])
+                solved += ok
+                if ok and kept < target:
                     _append_episode(rows, buffers[i], kept, ep_seed[i], fps)
                     lengths.append(len(buffers[i]))
                     kept += 1
                     bar.update(1)
-                bar.set_postfix(expert_success=f"{kept / ended:.2f}")
+                bar.set_postfix(expert_success=f"{solved / ended:.2f}")
                 buffers[i] = []
                 ep_seed[i], pending[i], next_seed = pending[i], next_seed, next_seed + 1
             obs = step.obs
@@ -152,8 +154,8 @@ def collect_demos(cfg: Config, force: bool = False) -> Path:
     if kept < target:
         log.warning("only %d of %d requested episodes succeeded in %d attempts", kept, target, ended)
     wall = time.perf_counter() - t0
-    stats = {"episodes_attempted": ended, "episodes_failed": ended - kept,
-             "expert_success_rate": kept / ended, "mean_episode_length": float(np.mean(lengths)),
+    stats = {"episodes_attempted": ended, "episodes_failed": ended - solved,
+             "expert_success_rate": solved / ended, "mean_episode_length": float(np.mean(lengths)),
              "wall_time_s": round(wall, 2),
              "frames_per_s": round(sum(lengths) / (time.perf_counter() - t_env), 2)}
     features = _features(h, cams, state_dim, action_dim)

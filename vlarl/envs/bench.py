@@ -42,7 +42,7 @@ def _raw(task: str, image_size: int, steps: int, repeats: int) -> float:
     import mani_skill.envs  # noqa: F401
 
     env = gym.make(task, obs_mode="rgb", control_mode="pd_ee_delta_pose",
-                   sensor_configs=dict(width=image_size, height=image_size))
+                   sensor_configs={"width": image_size, "height": image_size})
     env.reset(seed=0)
 
     def run() -> None:

@@ -12,8 +12,13 @@ and time-limit truncation is ours (we step ``env.unwrapped``, below gymnasium's 
 The same class serves the GPU (``physx_cuda``, N envs in one process) and, with
 ``num_envs=1`` on ``physx_cpu``, each worker of the CPU vector backend (``vector.py``).
 
-Observation ``state`` (float32, D=16 for the Panda): arm+gripper joint positions ``qpos``
-(9) followed by the TCP pose in the world frame (xyz + wxyz quaternion, 7).
+Observation ``state`` (float32): arm+gripper joint positions ``qpos`` (9 for the Panda)
+followed by the task's ``extra`` observations as ManiSkill gives them in ``obs_mode="rgb"``
+(flattened in the task's order): the TCP pose (xyz + wxyz) and whatever the task reveals
+without privileged object state - e.g. PickCube's ``is_grasped`` + ``goal_pos`` (D=20; the
+goal marker is hidden from cameras, so a policy must get it here), PullCube's ``goal_pos``
+(D=19), PlaceSphere's ``bin_pos``; PushCube and StackCube show their goals in the image (D=16).
+Object poses (privileged) are never included.
 """
 
 from __future__ import annotations
@@ -53,8 +58,9 @@ def check_seeds(seeds: list[int] | None, n: int, what: str = "seeds") -> list[in
 
 def check_actions(actions: torch.Tensor, n: int, a: int) -> torch.Tensor:
     """Validate a chunk ``[N, k, A]`` of finite floats; returns it as float32."""
-    if not isinstance(actions, torch.Tensor):
-        raise ValueError(f"actions must be a torch.Tensor [N={n}, k, A={a}], got {type(actions).__name__}")
+    if not isinstance(actions, torch.Tensor):  # one error type for every bad action
+        raise ValueError(  # noqa: TRY004
+            f"actions must be a torch.Tensor [N={n}, k, A={a}], got {type(actions).__name__}")
     if not actions.is_floating_point():
         raise ValueError(f"actions dtype {actions.dtype} is not allowed; use a float dtype "
                          "(float32, float64, bfloat16, float16)")
@@ -81,11 +87,11 @@ class ManiSkillVecEnv(VecEnv):
         self._env = gym.make(
             env_id, num_envs=self.num_envs, obs_mode="rgb", control_mode=cfg.control_mode,
             reward_mode=cfg.reward_mode, sim_backend=sim_backend,
-            sensor_configs=dict(width=cfg.image_size, height=cfg.image_size),
+            sensor_configs={"width": cfg.image_size, "height": cfg.image_size},
             max_episode_steps=cfg.max_episode_steps)
         self.u = self._env.unwrapped
         self.action_dim = int(self.u.single_action_space.shape[0])
-        self.state_dim = int(self._state().shape[1])
+        self.state_dim = int(self._state(self.u.get_obs(unflattened=True)).shape[1])
         self._seeds = SeedStream(cfg.seed)
         self._instructions: list[str] = [""] * self.num_envs
         self._return = torch.zeros(self.num_envs)
@@ -93,13 +99,15 @@ class ManiSkillVecEnv(VecEnv):
         self._experts: list | None = None
 
     # ------------------------------------------------------------------ observation
-    def _state(self) -> torch.Tensor:
-        agent = self.u.agent
-        return torch.cat([agent.robot.get_qpos(), agent.tcp.pose.raw_pose], -1).float().cpu()
+    def _state(self, raw: dict) -> torch.Tensor:
+        """qpos + the task's non-privileged ``extra`` observations, flattened (see module doc)."""
+        n = raw["agent"]["qpos"].shape[0]
+        parts = [raw["agent"]["qpos"]] + [v.reshape(n, -1) for v in raw["extra"].values()]
+        return torch.cat([p.float() for p in parts], -1).cpu()
 
     def _obs(self, raw: dict) -> Obs:
         images = raw["sensor_data"][CAMERA]["rgb"].unsqueeze(1).cpu()
-        return Obs(images, self._state(), list(self._instructions))
+        return Obs(images, self._state(raw), list(self._instructions))
 
     def _render(self, info: dict) -> Obs:
         """The only place a step renders: ``get_obs`` updates the render scene and captures."""
@@ -116,7 +124,7 @@ class ManiSkillVecEnv(VecEnv):
             raw, _ = self.u.reset(seed=seeds)
         else:
             env_idx = torch.tensor(idx, device=self.u.device)
-            raw, _ = self.u.reset(seed=seeds, options=dict(env_idx=env_idx))
+            raw, _ = self.u.reset(seed=seeds, options={"env_idx": env_idx})
         if self.num_envs > 1 and len(set(seeds)) < len(seeds):
             raw = self._equalize_groups(seeds, idx)
         self._last = self._obs(raw)

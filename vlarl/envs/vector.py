@@ -10,6 +10,7 @@ its traceback and a worker that dies (killed, segfault) raises here instead of h
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import time
@@ -41,7 +42,7 @@ def _worker(conn: Connection, cfg_dict: dict, index: int) -> None:
         cfg = EnvConfig(**{**cfg_dict, "num_envs": 1, "seed": cfg_dict["seed"] + index})
         env = ManiSkillVecEnv(cfg, sim_backend="physx_cpu", num_envs=1)
         conn.send(("ok", (env.action_dim, env.state_dim)))
-    except BaseException:
+    except BaseException:  # noqa: BLE001  (any failure goes to the parent with its traceback)
         conn.send(("error", traceback.format_exc()))
         return
     while True:
@@ -56,7 +57,7 @@ def _worker(conn: Connection, cfg_dict: dict, index: int) -> None:
                 break
             out: Any = getattr(env, cmd)(*arg)
             conn.send(("ok", out))
-        except BaseException:
+        except BaseException:  # noqa: BLE001  (the parent raises it; the worker keeps serving)
             conn.send(("error", traceback.format_exc()))
 
 
@@ -183,7 +184,5 @@ class CpuVecEnv(VecEnv):
             conn.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown: best effort only
             self.close()
-        except Exception:
-            pass

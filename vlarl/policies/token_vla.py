@@ -76,7 +76,9 @@ class TokenVLAPolicy(Policy):
             raise ValueError(f"tokenizer's <act_0> has id {named} but policy.action_bins="
                              f"{cfg.action_bins} puts bin 0 at id {self.action_start}")
         self.action_tokenizer = ActionTokenizer(cfg.action_bins, cfg.action_low, cfg.action_high)
-        self.state_tokenizer = ActionTokenizer(STATE_BINS, -STATE_RANGE, STATE_RANGE)
+        self.state_tokenizer = ActionTokenizer(
+            STATE_BINS, cfg.state_low if cfg.state_low is not None else -STATE_RANGE,
+            cfg.state_high if cfg.state_high is not None else STATE_RANGE)
         # PaliGemma counts positions from 1; most decoders from 0.
         self.position_offset = 1 if self._base().config.model_type == "paligemma" else 0
         self.image_token = getattr(processor, "image_token", "<image>")
