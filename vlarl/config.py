@@ -37,7 +37,8 @@ def _positive(key: str, value: float, zero_ok: bool = False) -> None:
 @dataclass
 class EnvConfig:
     task: str = "PickCube-v1"
-    """ManiSkill task id (see ``vlarl.envs.TASKS``), or ``multi`` for the language-conditioned mix."""
+    """ManiSkill task id (see ``vlarl.envs.TASKS``): PickCube-v1, PushCube-v1, StackCube-v1,
+    PullCube-v1, PlaceSphere-v1."""
     split: str = "train"
     """Named variant of the task: ``train`` (in-distribution) or an OOD split (``vlarl.envs.SPLITS``)."""
     num_envs: int = 2
@@ -68,7 +69,8 @@ class PolicyConfig:
     path: str | None = None
     """Checkpoint directory or hub id to load with ``from_pretrained``; None builds ``tiny``."""
     tiny: str = "paligemma"
-    """Tiny offline architecture when ``path`` is None (``paligemma``, ``smolvlm``, ``pi0``)."""
+    """Tiny offline architecture when ``path`` is None: ``paligemma`` (token_vla) or ``pi0``
+    (flow_vla)."""
     chunk_size: int = 4
     """Actions k emitted per decision (one image every k control steps)."""
     action_dim: int = 7

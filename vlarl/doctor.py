@@ -79,7 +79,8 @@ def run_doctor() -> int:
         problems.append("no Vulkan render device for SAPIEN: run `" + SETUP + "` (installs Mesa's "
                         "software Vulkan >= 24.3: on Debian 12 from bookworm-backports)")
     rows.append(("gpu simulation (physx_cuda)", "possible" if cuda else "no (needs CUDA); using physx_cpu workers"))
-    rows.append(("wandb mode", os.environ.get("WANDB_MODE", "unset (vlarl default: offline)")))
+    rows.append(("wandb", "train.wandb_mode (default offline; never blocks training); "
+                 f"WANDB_API_KEY {'set' if os.environ.get('WANDB_API_KEY') else 'not set'}"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

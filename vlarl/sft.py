@@ -75,6 +75,18 @@ def pad_mode(control_mode: str) -> str:
     return "hold" if "delta" in control_mode else "repeat"
 
 
+def state_range(demos, margin: float = 0.1) -> tuple[list[float], list[float]]:
+    """Per-dimension state range of the demonstrations, widened by ``margin`` of its width
+    (at least 1e-3), stored in the policy config so every later stage bins / normalises the
+    state the same way (LeRobot keeps such statistics with the policy too)."""
+    import numpy as np
+
+    states = np.asarray(demos.with_format("numpy")["state"], dtype=np.float64)
+    lo, hi = states.min(0), states.max(0)
+    pad = np.maximum((hi - lo) * margin, 1e-3)
+    return (lo - pad).round(5).tolist(), (hi + pad).round(5).tolist()
+
+
 def run_sft(cfg: Config, force: bool = False, *, max_steps: int | None = None,
             gradient_accumulation_steps: int = 1) -> Path:
     """Collect (or reuse) demos, fine-tune ``build_policy(cfg.policy)``, save; return the dir.
@@ -99,9 +111,12 @@ def run_sft(cfg: Config, force: bool = False, *, max_steps: int | None = None,
         log.warning("%s holds an SFT run of another config; retraining", out)
     check_action_dim(info["action_dim"], cfg.policy.action_dim, str(data_dir))
 
-    policy = build_policy(dataclasses.replace(cfg.policy, use_lora=not cfg.sft.full_finetune))
+    demos = load_demos(data_dir)
+    low, high = state_range(demos)
+    policy = build_policy(dataclasses.replace(cfg.policy, use_lora=not cfg.sft.full_finetune,
+                                              state_low=low, state_high=high))
     check_action_dim(info["action_dim"], policy.action_dim, str(data_dir))
-    chunks = ChunkDataset(load_demos(data_dir), policy.chunk_size, pad=pad_mode(info["control_mode"]))
+    chunks = ChunkDataset(demos, policy.chunk_size, pad=pad_mode(info["control_mode"]))
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

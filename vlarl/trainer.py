@@ -1,8 +1,9 @@
 """RL fine-tuning loop under accelerate: collect -> process -> update -> log -> checkpoint -> eval.
 
 This is the only module that imports accelerate. One process = one env batch; with
-``accelerate launch --num_processes P`` each rank owns ``env.num_envs`` envs with its own
-seeds, and DDP averages the gradients of the update. The loop itself is ten named calls
+``torchrun --nproc_per_node P -m vlarl train`` (the CPU launcher; ``accelerate launch`` on GPU)
+each rank owns ``env.num_envs`` envs with its own seeds, and DDP averages the gradients of
+the update. Bad input is refused by :func:`preflight` before anything heavy starts. The loop itself is ten named calls
 (see :func:`train`); everything it calls is tested on its own.
 
 Exact resume: every update starts from envs reset with seeds that are a pure function of
@@ -14,6 +15,8 @@ update u replays update u+1 bit for bit (CPU). See docs/guarantees.md.
 from __future__ import annotations
 
 import dataclasses
+import re
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -70,18 +73,84 @@ def _build_policy(cfg: Config):
     return build_policy(cfg.policy)
 
 
+def preflight(cfg: Config) -> None:
+    """Every check that needs no env, model or accelerator, so bad input fails in about a
+    second naming the key and the allowed values (before ManiSkill or transformers start).
+
+    Runs on every rank; only rank 0 (``RANK`` unset or 0) creates / clears the run dir.
+    """
+    import os
+
+    from vlarl.checkpoint import CheckpointManager, check_resume_compat, prepare_run_dir
+
+    cfg.validate()
+    _check_env_config(cfg)
+    _check_policy_source(cfg)
+    t = cfg.train
+    run_dir = Path(t.output_dir).expanduser()
+    if os.environ.get("RANK", "0") == "0":
+        prepare_run_dir(run_dir, resume=t.resume, overwrite=t.overwrite)
+    if t.resume:
+        # refuse a changed world size / num_envs now, not after minutes of env start-up
+        path = CheckpointManager(run_dir / "checkpoints").latest_good_path()
+        if path is not None:
+            import json
+
+            saved = json.loads((path / "meta.json").read_text())
+            check_resume_compat(saved, _run_meta(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
+
+
+def _check_env_config(cfg: Config) -> None:
+    from vlarl.envs import validate_env_config
+
+    try:
+        validate_env_config(cfg.env)
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"env: {err.args[0] if err.args else err}") from None
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+"""``name`` or ``org/name`` (huggingface_hub's repo-id syntax)."""
+
+
+def _check_policy_source(cfg: Config) -> None:
+    """Unknown policy name, a missing local path, a malformed hub id, or a hub id that is
+    not cached while ``HF_HUB_OFFLINE=1`` fail here instead of inside ``from_pretrained``."""
+    import os
+
+    from vlarl.policies import LAZY_POLICIES, POLICIES
+
+    name = cfg.policy.name
+    known = sorted(set(POLICIES.names()) | set(LAZY_POLICIES))
+    if name not in known:
+        raise ConfigError(f"policy.name={name!r} is not allowed; choose one of {known}")
+    path = cfg.policy.path
+    if path is None or Path(path).expanduser().exists():
+        return
+    if path.startswith(("/", ".", "~")) or path.count("/") > 1 or not HUB_ID.match(path):
+        raise ConfigError(f"policy.path={path!r}: no such directory, and not a hub id "
+                          "('org/name'); pass a save_pretrained directory or a hub id")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+            raise ConfigError(f"policy.path={path!r} is a hub id that is not in the local cache "
+                              "and HF_HUB_OFFLINE=1 forbids downloading it; download it first "
+                              "or pass a local directory")
+
+
 def setup(cfg: Config, *, make_env_fn=None) -> _Run:
     """Validate, create the run dir, the accelerator, env, policy, optimizer; resume if asked."""
+    preflight(cfg)  # before any heavy import: bad input fails in about a second
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
     from transformers import get_scheduler
 
     from vlarl.algorithms import ALGORITHMS
-    from vlarl.checkpoint import CheckpointManager, MetricsLogger, prepare_run_dir
+    from vlarl.checkpoint import CheckpointManager, MetricsLogger
     from vlarl.rollout import RolloutBuffer
     from vlarl.tracking import WandbTracker
 
-    cfg.validate()
     t = cfg.train
     run_dir = Path(t.output_dir).expanduser()
     accelerator = Accelerator(
@@ -90,9 +159,7 @@ def setup(cfg: Config, *, make_env_fn=None) -> _Run:
         # critic warm-up updates leave the actor's parameters unused
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    if accelerator.is_main_process:
-        prepare_run_dir(run_dir, resume=t.resume, overwrite=t.overwrite)
-    accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()  # rank 0 prepared the run dir in preflight
     algo = ALGORITHMS.get(cfg.algo.name)(cfg.algo)  # unknown name -> lists the known ones
     _seed_everything(t.seed + accelerator.process_index * RANK_SEED_STRIDE)
 
@@ -190,6 +257,7 @@ def train(cfg: Config, *, make_env_fn=None, stop_after: int | None = None) -> Pa
     group = cfg.algo.num_generations if mode == "episodic" else 1
     progress = _progress(acc, run.start_update, t.num_updates)
     done_this_call = 0
+    update = run.start_update
     try:
         with PreemptionHandler() as preempt:
             for update in range(run.start_update, t.num_updates):
@@ -215,9 +283,20 @@ def train(cfg: Config, *, make_env_fn=None, stop_after: int | None = None) -> Pa
                 if last or stop or (update + 1) % t.save_every == 0:
                     save(run, update + 1)
                 if stop:
+                    if preempt.requested and acc.is_main_process:
+                        print(f"vlarl train: {preempt.signal_name or 'stop request'} received; "
+                              f"checkpointed update {update + 1} in {run.ckpt.root}; continue "
+                              "with --train.resume true", file=sys.stderr)
                     break
             else:
                 export_policy(run)
+    except Exception as err:
+        # NaN strikes, a dead env worker, ...: say where the last good state is, then re-raise
+        last = run.ckpt.latest_good_path()
+        print(f"vlarl train: stopped during update {update + 1} on rank "
+              f"{acc.process_index}: {type(err).__name__}: {err}\nlast good checkpoint: "
+              f"{last or 'none'} (continue with --train.resume true)", file=sys.stderr)
+        raise
     finally:
         if progress is not None:
             progress.close()
@@ -236,7 +315,8 @@ def _global_steps(acc, steps: int) -> int:
 
 
 def _prefix(p: str, d: dict) -> dict:
-    return {p + k: v for k, v in d.items() if isinstance(v, (int, float))}
+    # numbers, plus names such as ``nonfinite`` (which tensor was NaN/Inf)
+    return {p + k: v for k, v in d.items() if isinstance(v, (int, float, str))}
 
 
 def _progress(acc, start: int, total: int):
@@ -265,14 +345,20 @@ def _trainable_tensors(policy) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in policy.named_parameters() if p.requires_grad}
 
 
-def _meta(run: _Run, update: int) -> dict:
+def _run_meta(cfg: Config, world_size: int) -> dict:
+    """The settings :func:`vlarl.checkpoint.check_resume_compat` compares on resume."""
     from vlarl import __version__
 
-    return {"update": update, "env_steps": run.env_steps,
-            "world_size": run.accelerator.num_processes, "num_envs": run.cfg.env.num_envs,
-            "gradient_accumulation_steps": run.cfg.algo.gradient_accumulation_steps,
-            "rollout_steps": run.cfg.train.rollout_steps, "config": to_dict(run.cfg),
-            "wandb_id": run.tracker.run_id if run.tracker else None, "vlarl_version": __version__}
+    return {"world_size": world_size, "num_envs": cfg.env.num_envs,
+            "gradient_accumulation_steps": cfg.algo.gradient_accumulation_steps,
+            "rollout_steps": cfg.train.rollout_steps, "config": to_dict(cfg),
+            "vlarl_version": __version__}
+
+
+def _meta(run: _Run, update: int) -> dict:
+    return {**_run_meta(run.cfg, run.accelerator.num_processes), "update": update,
+            "env_steps": run.env_steps,
+            "wandb_id": run.tracker.run_id if run.tracker else None}
 
 
 def save(run: _Run, update: int) -> None:

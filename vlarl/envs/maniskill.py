@@ -213,8 +213,14 @@ class ManiSkillVecEnv(VecEnv):
             from vlarl.envs.experts import get_expert
 
             self._experts = [get_expert(self.task)]
-        act = self._experts[0].act(self.u)
-        return torch.as_tensor(np.asarray(act, dtype=np.float32)).reshape(1, self.action_dim)
+        act = np.asarray(self._experts[0].act(self.u), dtype=np.float32)  # pd_ee_delta_pose, 7-D
+        if self.action_dim == 4:  # pd_ee_delta_pos: translation + gripper, orientation held
+            act = act[[0, 1, 2, 6]]
+        elif self.action_dim != act.shape[0]:
+            raise ValueError(f"the scripted experts emit pd_ee_delta_pose (or pd_ee_delta_pos) "
+                             f"actions; control_mode={self.cfg.control_mode!r} has "
+                             f"{self.action_dim}-D actions")
+        return torch.as_tensor(act).reshape(1, self.action_dim)
 
     def render_frames(self) -> torch.Tensor:
         """Frames of the current state: the camera image of the last observation (every

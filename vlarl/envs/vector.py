@@ -184,5 +184,7 @@ class CpuVecEnv(VecEnv):
             conn.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # interpreter shutdown: best effort only
+        try:  # interpreter shutdown: best effort only (module globals may already be None)
             self.close()
+        except Exception:  # noqa: BLE001
+            pass
