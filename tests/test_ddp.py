@@ -42,7 +42,8 @@ def _torchrun(out: Path, *args: str, timeout: float = 300) -> subprocess.Complet
 
 
 def _dumps(out: Path, update: int) -> tuple[dict, dict]:
-    return (torch.load(out / f"rank0_update{update}.pt"), torch.load(out / f"rank1_update{update}.pt"))
+    return (torch.load(out / f"rank0_update{update}.pt"),
+            torch.load(out / f"rank1_update{update}.pt"))
 
 
 def test_ddp_two_ranks_keep_identical_parameters(tmp_path):

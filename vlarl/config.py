@@ -416,7 +416,7 @@ def _set(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
     key = prefix + head
     if head not in names:
         close = difflib.get_close_matches(head, names, n=1)
-        hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+        hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
         raise ConfigError(f"unknown key {key!r}{hint}; allowed: {names}")
     tp = _hints(type(obj))[head]
     current = getattr(obj, head)

@@ -3,8 +3,9 @@
 This is the only module that imports accelerate. One process = one env batch; with
 ``torchrun --nproc_per_node P -m vlarl train`` (the CPU launcher; ``accelerate launch`` on GPU)
 each rank owns ``env.num_envs`` envs with its own seeds, and DDP averages the gradients of
-the update. Bad input is refused by :func:`preflight` before anything heavy starts. The loop itself is ten named calls
-(see :func:`train`); everything it calls is tested on its own.
+the update. Bad input is refused by :func:`preflight` before anything heavy starts.
+The loop itself is ten named calls (see :func:`train`); everything it calls is tested
+on its own.
 
 Exact resume: every update starts from envs reset with seeds that are a pure function of
 (train.seed, update, rank, env, episode), and the checkpoint holds trainable tensors,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import multiprocessing as mp
+import signal
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -36,6 +37,9 @@ class WorkerError(RuntimeError):
 def _worker(conn: Connection, cfg_dict: dict, index: int) -> None:
     """Worker main loop: build one env, then serve ``(command, argument)`` requests."""
     torch.set_num_threads(1)  # two cores shared by N workers: avoid oversubscription
+    # Ctrl-C reaches the whole process group: the parent decides when to stop (it checkpoints
+    # first, see vlarl.preemption) and closes the workers; they must not die on SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         from vlarl.envs.maniskill import ManiSkillVecEnv
 
