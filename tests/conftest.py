@@ -8,6 +8,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)

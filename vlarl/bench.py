@@ -60,12 +60,12 @@ def bench_policy(quick: bool = False) -> dict:
             with torch.no_grad():
                 policy.act(obs)  # warm-up
 
-                def step():
-                    with torch.no_grad():
-                        policy.act(obs)
-                    return batch * policy.chunk_size
+            def step(policy=policy, obs=obs, batch=batch):
+                with torch.no_grad():
+                    policy.act(obs)
+                return batch * policy.chunk_size
 
-                row[f"actions_per_s_b{batch}"] = _median_rate(step, repeats)
+            row[f"actions_per_s_b{batch}"] = _median_rate(step, repeats)
         out[name] = row
         del policy
     out["peak_rss_mb"] = peak_rss_mb()

@@ -277,7 +277,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Check every value that can be checked without importing ManiSkill or torch."""
         e, p, a, t = self.env, self.policy, self.algo, self.train
         _positive("env.num_envs", e.num_envs)
@@ -365,7 +365,7 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
         if value not in args:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(args)}")
         return value
-    if origin in (list, typing.List):
+    if origin is list:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):

@@ -16,7 +16,6 @@ update u replays update u+1 bit for bit (CPU). See docs/guarantees.md.
 from __future__ import annotations
 
 import dataclasses
-import re
 import sys
 import time
 import warnings
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 
 from vlarl.config import Config, ConfigError, save_config, to_dict
+from vlarl.preflight import _run_meta, preflight
 
 RANK_SEED_STRIDE = 1_000_003  # keeps ranks' seed streams disjoint
 
@@ -72,72 +72,6 @@ def _build_policy(cfg: Config):
     from vlarl.policies import build_policy
 
     return build_policy(cfg.policy)
-
-
-def preflight(cfg: Config) -> None:
-    """Every check that needs no env, model or accelerator, so bad input fails in about a
-    second naming the key and the allowed values (before ManiSkill or transformers start).
-
-    Runs on every rank; only rank 0 (``RANK`` unset or 0) creates / clears the run dir.
-    """
-    import os
-
-    from vlarl.checkpoint import CheckpointManager, check_resume_compat, prepare_run_dir
-
-    cfg.validate()
-    _check_env_config(cfg)
-    _check_policy_source(cfg)
-    t = cfg.train
-    run_dir = Path(t.output_dir).expanduser()
-    if os.environ.get("RANK", "0") == "0":
-        prepare_run_dir(run_dir, resume=t.resume, overwrite=t.overwrite)
-    if t.resume:
-        # refuse a changed world size / num_envs now, not after minutes of env start-up
-        path = CheckpointManager(run_dir / "checkpoints").latest_good_path()
-        if path is not None:
-            import json
-
-            saved = json.loads((path / "meta.json").read_text())
-            check_resume_compat(saved, _run_meta(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
-
-
-def _check_env_config(cfg: Config) -> None:
-    from vlarl.envs import validate_env_config
-
-    try:
-        validate_env_config(cfg.env)
-    except (KeyError, ValueError) as err:
-        raise ConfigError(f"env: {err.args[0] if err.args else err}") from None
-
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-"""``name`` or ``org/name`` (huggingface_hub's repo-id syntax)."""
-
-
-def _check_policy_source(cfg: Config) -> None:
-    """Unknown policy name, a missing local path, a malformed hub id, or a hub id that is
-    not cached while ``HF_HUB_OFFLINE=1`` fail here instead of inside ``from_pretrained``."""
-    import os
-
-    from vlarl.policies import LAZY_POLICIES, POLICIES
-
-    name = cfg.policy.name
-    known = sorted(set(POLICIES.names()) | set(LAZY_POLICIES))
-    if name not in known:
-        raise ConfigError(f"policy.name={name!r} is not allowed; choose one of {known}")
-    path = cfg.policy.path
-    if path is None or Path(path).expanduser().exists():
-        return
-    if path.startswith(("/", ".", "~")) or path.count("/") > 1 or not HUB_ID.match(path):
-        raise ConfigError(f"policy.path={path!r}: no such directory, and not a hub id "
-                          "('org/name'); pass a save_pretrained directory or a hub id")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(path, "config.json"), str):
-            raise ConfigError(f"policy.path={path!r} is a hub id that is not in the local cache "
-                              "and HF_HUB_OFFLINE=1 forbids downloading it; download it first "
-                              "or pass a local directory")
 
 
 def setup(cfg: Config, *, make_env_fn=None) -> _Run:
@@ -344,16 +278,6 @@ def _log(run: _Run, step: int, metrics: dict, progress) -> None:
 
 def _trainable_tensors(policy) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in policy.named_parameters() if p.requires_grad}
-
-
-def _run_meta(cfg: Config, world_size: int) -> dict:
-    """The settings :func:`vlarl.checkpoint.check_resume_compat` compares on resume."""
-    from vlarl import __version__
-
-    return {"world_size": world_size, "num_envs": cfg.env.num_envs,
-            "gradient_accumulation_steps": cfg.algo.gradient_accumulation_steps,
-            "rollout_steps": cfg.train.rollout_steps, "config": to_dict(cfg),
-            "vlarl_version": __version__}
 
 
 def _meta(run: _Run, update: int) -> dict:

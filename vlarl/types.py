@@ -26,7 +26,7 @@ class Obs:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def index(self, idx: torch.Tensor | list[int] | slice) -> "Obs":
+    def index(self, idx: torch.Tensor | list[int] | slice) -> Obs:
         """Sub-batch by integer indices, a bool mask or a slice."""
         if isinstance(idx, slice):
             return Obs(self.images[idx], self.state[idx], self.instructions[idx])
@@ -36,11 +36,11 @@ class Obs:
         ids = idx_t.tolist()
         return Obs(self.images[idx_t], self.state[idx_t], [self.instructions[i] for i in ids])
 
-    def to(self, device: torch.device | str) -> "Obs":
+    def to(self, device: torch.device | str) -> Obs:
         return Obs(self.images.to(device), self.state.to(device), self.instructions)
 
     @staticmethod
-    def cat(items: list["Obs"]) -> "Obs":
+    def cat(items: list[Obs]) -> Obs:
         return Obs(
             torch.cat([o.images for o in items]),
             torch.cat([o.state for o in items]),

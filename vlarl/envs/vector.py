@@ -10,7 +10,6 @@ its traceback and a worker that dies (killed, segfault) raises here instead of h
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import multiprocessing as mp
 import signal

@@ -7,8 +7,8 @@ and this protocol, never a concrete model.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -61,5 +61,5 @@ class Policy(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides) -> "Policy":
+    def from_pretrained(cls, path: str | Path, **overrides) -> Policy:
         raise NotImplementedError
