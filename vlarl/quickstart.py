@@ -24,12 +24,17 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "cpu"
 def _recipe(smoke: bool, extra: list[str]) -> Config:
     from vlarl.config import _parse_overrides, _set  # one override syntax everywhere
 
-    cfg = load_config(RECIPES / "quickstart.yaml")
-    if smoke:
-        import yaml
+    import torch
+    import yaml
 
-        for section, values in (yaml.safe_load((RECIPES / "quickstart_smoke.yaml").read_text())
-                                or {}).items():
+    cfg = load_config(RECIPES / "quickstart.yaml")
+    overlays = []
+    if torch.cuda.is_available():  # GPU simulation and bigger batches (not run here)
+        overlays.append(RECIPES.parent / "gpu" / "quickstart_overlay.yaml")
+    if smoke:
+        overlays.append(RECIPES / "quickstart_smoke.yaml")
+    for path in overlays:
+        for section, values in (yaml.safe_load(path.read_text()) or {}).items():
             _set(cfg, section, values)
     for key, value in _parse_overrides(extra):
         _set(cfg, key, value)
