@@ -106,6 +106,9 @@ class PolicyConfig:
     """peft target modules: ``all-linear`` or a comma-separated list of module names."""
     value_head: bool = True
     """Add a value head on pooled backbone features (PPO's critic)."""
+    detach_value_features: bool = False
+    """Feed the value head detached backbone features, so the value loss does not move the
+    actor's adapters (token_vla; default False = the shared backbone of RL4VLA)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Parameter dtype of the backbone (bf16 on GPU)."""
     trust_remote_code: bool = False

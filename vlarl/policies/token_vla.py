@@ -196,7 +196,10 @@ class TokenVLAPolicy(Policy):
     def _values(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
         if self.value_head is None:
             return None
-        return self.value_head(masked_mean(hidden, mask))
+        pooled = masked_mean(hidden, mask)
+        if self.cfg.detach_value_features:  # critic gradients stay out of the actor's adapters
+            pooled = pooled.detach()
+        return self.value_head(pooled)
 
     # ------------------------------------------------------------------ protocol
 
