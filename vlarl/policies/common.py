@@ -170,6 +170,14 @@ def save_heads(path: str | Path, heads: dict[str, nn.Module]) -> None:
     save_file(tensors, str(Path(path, HEADS_FILE)))
 
 
+def load_saved_heads(policy: nn.Module, path: str | Path, meta: dict) -> None:
+    """Load every head ``vlarl_policy.json`` lists into the attribute of ``policy`` with its
+    name; heads the current config drops (attribute None) are skipped on purpose."""
+    saved = set(meta.get("heads", []))
+    heads = {n: getattr(policy, n) for n in saved if getattr(policy, n, None) is not None}
+    load_heads(path, heads, skip=tuple(saved - heads.keys()))
+
+
 def load_heads(path: str | Path, heads: dict[str, nn.Module], skip: tuple[str, ...] = ()) -> None:
     """Load heads saved by :func:`save_heads`; any missing or unexpected key is an error.
 

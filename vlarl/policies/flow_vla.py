@@ -38,7 +38,7 @@ from vlarl.policies.common import (
     apply_lora,
     is_peft,
     load_base,
-    load_heads,
+    load_saved_heads,
     masked_mean,
     read_policy_json,
     save_checkpoint,
@@ -205,9 +205,7 @@ class FlowVLAPolicy(Policy):
             if not cfg.use_lora:
                 model = model.merge_and_unload().requires_grad_(True)
         policy = cls(model, processor, cfg)
-        saved = set(meta.get("heads", []))
-        heads = {n: getattr(policy, n) for n in saved if getattr(policy, n, None) is not None}
-        load_heads(path, heads, skip=tuple(saved - heads.keys()))
+        load_saved_heads(policy, path, meta)
         return policy
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -40,7 +40,7 @@ from vlarl.policies.common import (
     is_peft,
     load_adapter,
     load_base,
-    load_heads,
+    load_saved_heads,
     masked_mean,
     read_policy_json,
     save_checkpoint,
@@ -125,9 +125,7 @@ class TokenVLAPolicy(Policy):
         else:
             model = apply_lora(model, cfg)
         policy = cls(model, processor, cfg)
-        saved = set(meta.get("heads", []))
-        heads = {n: getattr(policy, n) for n in saved if getattr(policy, n, None) is not None}
-        load_heads(path, heads, skip=tuple(saved - heads.keys()))
+        load_saved_heads(policy, path, meta)
         return policy
 
     def save_pretrained(self, path: str | Path) -> None:
