@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vlarl.policies.tokenizer import build_tokenizer, cache_root
+from vlarl.policies.tokenizer import build_once, build_tokenizer, cache_root
 
 IMAGE_SIZE = 64
 """Input resolution of the tiny vision towers (ManiSkill cameras render 64x64 by default)."""
@@ -110,20 +108,7 @@ def cached_build(kind: str, key: dict[str, Any], build: Callable[[Path], None]) 
     tests) never load half a checkpoint.
     """
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    final = cache_root() / "tiny" / f"{kind}-{digest}"
-    if (final / "config.json").is_file():
-        return str(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
-    try:
-        build(tmp)
-        try:
-            tmp.rename(final)
-        except OSError:  # built concurrently by another process: same content
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(final)
+    return str(build_once(cache_root() / "tiny" / f"{kind}-{digest}", "config.json", build))
 
 
 def tiny_checkpoint(name: str = "paligemma", action_bins: int = 256) -> str:

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,6 +100,25 @@ def _train(out_dir: Path) -> None:
     hf.save_pretrained(str(out_dir))
 
 
+def build_once(final: Path, marker: str, build: Callable[[Path], None]) -> Path:
+    """Run ``build(tmp_dir)`` unless ``final/marker`` exists, then rename ``tmp_dir`` to
+    ``final``: a cache entry appears only when complete, so parallel processes (tests) never
+    load half of one; if two build it at once, the loser's identical copy is dropped."""
+    if (final / marker).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(final)
+        except OSError:  # another process won the race: its copy is identical
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def build_tokenizer(save_dir: str | Path | None = None) -> PreTrainedTokenizerFast:
     """Return the offline instruction tokenizer (trained once, then loaded from the cache).
 
@@ -108,19 +128,7 @@ def build_tokenizer(save_dir: str | Path | None = None) -> PreTrainedTokenizerFa
     """
     from transformers import AutoTokenizer
 
-    cached = cache_root() / "tokenizers" / _fingerprint()
-    if not (cached / "tokenizer.json").is_file():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        # Build in a temp dir and rename, so parallel test processes never see half a tokenizer.
-        tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".tmp-"))
-        try:
-            _train(tmp)
-            try:
-                tmp.rename(cached)
-            except OSError:  # another process won the race: its copy is identical
-                pass
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    cached = build_once(cache_root() / "tokenizers" / _fingerprint(), "tokenizer.json", _train)
     tok = AutoTokenizer.from_pretrained(str(cached))
     if save_dir is not None:
         tok.save_pretrained(str(save_dir))
