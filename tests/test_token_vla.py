@@ -187,3 +187,40 @@ def test_tokenizer_is_deterministic(tmp_path, monkeypatch):
     assert ids4 == [0, 1, 2, 4]
     ids = tok("pick the red cube\n12").input_ids
     assert tok.unk_token_id not in ids and tok.decode(ids) == "pick the red cube\n12"
+
+
+def test_parallel_decoding_one_forward_matches_evaluate_and_sft(tmp_path):
+    """decoding=parallel: act() == evaluate() log-probs, one model forward per decision, the
+    chunk's tokens do not depend on each other, SFT fits, and the mode is kept on load."""
+    policy = make_policy(decoding="parallel")
+    obs = make_obs()
+    calls = []
+    hook = policy.model.register_forward_hook(lambda *a: calls.append(1))
+    out = policy.act(obs, generator=torch.Generator().manual_seed(1))
+    hook.remove()
+    assert len(calls) == 1  # vs 1 + K*A - 1 = 14 forwards autoregressively
+    lp, ent, v = policy.evaluate(obs, out.stored)
+    assert (lp - out.log_probs).abs().max().item() < 1e-5
+    assert torch.allclose(v, out.values, atol=1e-6) and 14 * 5.0 < float(ent.min())
+    # Independence: the log-prob of other tokens is the same whatever the sampled chunk.
+    other = {"tokens": (out.stored["tokens"] + 1) % 256}
+    lp_other = policy.evaluate(obs, other)[0]
+    out2 = policy.act(obs, deterministic=True)
+    assert torch.equal(out2.stored["tokens"],
+                       policy.act(obs, deterministic=True).stored["tokens"])
+    assert (lp_other - policy.evaluate(obs, other)[0]).abs().max().item() == 0.0
+    # SFT on a fixed chunk drives the parallel greedy action onto it.
+    policy = make_policy(decoding="parallel", use_lora=False, value_head=False)
+    target = torch.rand(3, K, A, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = policy.sft_loss(obs, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    greedy = policy.act(obs, deterministic=True).actions
+    assert (greedy - target).abs().max().item() <= 1 / 256 + 1e-6  # within half a bin
+    policy.save_pretrained(tmp_path)
+    assert load_policy(tmp_path).cfg.decoding == "parallel"
+    with pytest.raises(ValueError, match="decoding='parallel'"):
+        load_policy(tmp_path, decoding="autoregressive")

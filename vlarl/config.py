@@ -109,6 +109,11 @@ class PolicyConfig:
     detach_value_features: bool = False
     """Feed the value head detached backbone features, so the value loss does not move the
     actor's adapters (token_vla; default False = the shared backbone of RL4VLA)."""
+    decoding: Literal["autoregressive", "parallel"] = "autoregressive"
+    """token_vla: ``autoregressive`` feeds each sampled action token back (k*A sequential
+    forwards per decision, KV cache); ``parallel`` feeds k*A-1 placeholder tokens instead and
+    predicts the whole chunk in one forward (OpenVLA-OFT's parallel decoding; the chunk's
+    tokens are then independent given the prompt). Fixed at SFT: a checkpoint keeps its mode."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Parameter dtype of the backbone (bf16 on GPU)."""
     trust_remote_code: bool = False

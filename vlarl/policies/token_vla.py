@@ -11,6 +11,9 @@ Prompt: ``<image>`` per camera + "What action should the robot take to <instruct
 
 * ``act``: one prefix forward (KV cache), then k*A single-token steps; logits are restricted
   to the action ids and divided by ``temperature``; log-probs are summed over the chunk.
+  With ``decoding="parallel"`` (OpenVLA-OFT) the k*A-1 inputs after the prompt are a fixed
+  placeholder id instead of the previous action tokens, so one forward gives every token's
+  distribution (sampled independently); training, SFT and evaluate use the same layout.
 * ``evaluate``: one teacher-forced forward over prefix + tokens -> the same log-probs.
 * ``values``: :class:`ValueHead` on the masked mean of the prefix's last hidden states.
 * LoRA (peft) or full fine-tuning; ``reference()`` = peft ``disable_adapter()``.
@@ -83,6 +86,15 @@ class TokenVLAPolicy(Policy):
         self.position_offset = 1 if self._base().config.model_type == "paligemma" else 0
         self.image_token = getattr(processor, "image_token", "<image>")
         self.value_head = ValueHead(text_cfg.hidden_size) if cfg.value_head else None
+        # Parallel decoding's inputs: slot j of the chunk is fed the fixed id
+        # action_start - k*A + j (on PaliGemma checkpoints: its rarely used <loc>/<seg> ids).
+        # Distinct ids tell the slots apart; one shared id (e.g. pad, whose embedding is zero
+        # in Gemma) leaves every slot with the same query and the same prediction.
+        steps = cfg.chunk_size * cfg.action_dim
+        if steps > self.action_start:
+            raise ValueError(f"policy.decoding=parallel needs chunk_size*action_dim={steps} "
+                             f"placeholder ids below the action ids (only {self.action_start})")
+        self.placeholder_ids = torch.arange(self.action_start - steps, self.action_start)
         self.model.eval()
 
     # ------------------------------------------------------------------ construction
@@ -117,6 +129,11 @@ class TokenVLAPolicy(Policy):
             cfg.path = str(path)
             return cls.from_config(cfg)
         _, cfg, meta = read_policy_json(path, **overrides)
+        saved = meta.get("config", {}).get("decoding", "autoregressive")
+        if cfg.decoding != saved:
+            raise ValueError(f"{path} was trained with policy.decoding={saved!r}; loading it with "
+                             f"policy.decoding={cfg.decoding!r} would misread its outputs (set "
+                             f"policy.decoding: {saved} in the recipe)")
         model, processor = load_base(Path(path, BASE_DIR), cfg)
         if Path(path, ADAPTER_DIR).is_dir():
             model = load_adapter(model, path)
@@ -205,8 +222,10 @@ class TokenVLAPolicy(Policy):
     def act(self, obs: Obs, deterministic: bool = False,
             generator: torch.Generator | None = None) -> ActOutput:
         """Sample k*A action tokens autoregressively with a KV cache; see the module docstring."""
-        batch = self._encode(obs)
         n, steps = len(obs), self.chunk_size * self.action_dim
+        if self.cfg.decoding == "parallel":
+            return self._act_parallel(obs, deterministic, generator)
+        batch = self._encode(obs)
         out = self.model(**batch, use_cache=True, output_hidden_states=True, logits_to_keep=1)
         values = self._values(out.hidden_states[-1], batch["attention_mask"])
         mask, pos = batch["attention_mask"], batch["position_ids"][:, -1:]
@@ -233,6 +252,26 @@ class TokenVLAPolicy(Policy):
         return ActOutput(actions=actions, log_probs=log_probs.float(), values=values,
                          stored={"tokens": tokens})
 
+    def _act_parallel(self, obs: Obs, deterministic: bool,
+                      generator: torch.Generator | None) -> ActOutput:
+        """Every token of the chunk from one forward over prompt + placeholders."""
+        n, steps = len(obs), self.chunk_size * self.action_dim
+        dummy = torch.zeros(n, steps, dtype=torch.long, device=self.device)
+        out, batch, prefix = self._teacher_forced(obs, dummy)
+        logp = torch.log_softmax(self._masked_logits(out.logits), dim=-1)  # [N, T, bins]
+        if deterministic:
+            tokens = logp.argmax(-1)
+        else:
+            tokens = torch.multinomial(logp.exp().view(n * steps, -1), 1,
+                                       generator=generator).view(n, steps)
+        log_probs = logp.gather(-1, tokens[..., None]).squeeze(-1).double().sum(-1).float()
+        values = None
+        if self.value_head is not None:
+            values = self._values(out.hidden_states[-1][:, :prefix], batch["attention_mask"])
+        actions = self.action_tokenizer.detokenize(tokens).view(n, self.chunk_size, self.action_dim)
+        return ActOutput(actions=actions, log_probs=log_probs, values=values,
+                         stored={"tokens": tokens})
+
     def _teacher_forced(self, obs: Obs, tokens: torch.Tensor, labels: bool = False):
         """One forward over prompt + action tokens; returns (model output, batch, prefix length)."""
         batch = self._encode(obs)
@@ -241,6 +280,8 @@ class TokenVLAPolicy(Policy):
         ids = tokens.to(self.device) + self.action_start
         # Without labels the last action token is never an input (nothing is predicted from it).
         feed = ids if labels else ids[:, :-1]
+        if self.cfg.decoding == "parallel":  # the inputs never depend on the sampled tokens
+            feed = self.placeholder_ids[: feed.shape[1]].to(feed.device).expand_as(feed)
         m = feed.shape[1]
         full = dict(batch)
         full["input_ids"] = torch.cat([batch["input_ids"], feed], dim=1)
