@@ -47,9 +47,12 @@ def bench_policy(quick: bool = False) -> dict:
 
     out: dict = {}
     repeats = 3 if quick else 5
-    for name, tiny in (("token_vla", "paligemma"), ("flow_vla", "pi0")):
+    for row_name, name, tiny, decoding in (
+            ("token_vla", "token_vla", "paligemma", "autoregressive"),
+            ("token_vla_parallel", "token_vla", "paligemma", "parallel"),
+            ("flow_vla", "flow_vla", "pi0", "autoregressive")):
         cfg = load_config(None, {"policy.name": name, "policy.tiny": tiny, "policy.chunk_size": 4,
-                                 "policy.value_head": True})
+                                 "policy.value_head": True, "policy.decoding": decoding})
         policy = build_policy(cfg.policy).eval()
         n_all = sum(p.numel() for p in policy.parameters())
         n_train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
@@ -66,16 +69,17 @@ def bench_policy(quick: bool = False) -> dict:
                 return batch * policy.chunk_size
 
             row[f"actions_per_s_b{batch}"] = _median_rate(step, repeats)
-        out[name] = row
+        out[row_name] = row
         del policy
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
-def _loop_cfg(quick: bool) -> Config:
+def _loop_cfg(quick: bool, decoding: str = "autoregressive") -> Config:
     return load_config(None, [
         "--env.num_envs", "2", "--env.image_size", "64", "--env.max_episode_steps", "48",
         "--env.reward_mode", "normalized_dense", "--policy.chunk_size", "8",
+        "--policy.decoding", decoding,
         "--train.rollout_steps", "6", "--algo.num_mini_batches", "2",
         "--algo.num_ppo_epochs", "1", "--train.output_dir", "/tmp/vlarl-bench-loop",
         "--train.overwrite", "true", "--train.save_every", "1000",
@@ -83,12 +87,23 @@ def _loop_cfg(quick: bool) -> Config:
 
 
 def bench_loop(quick: bool = False) -> dict:
+    """The loop with both token decodings (autoregressive, parallel), same env, one run."""
+    rows = {d: _bench_loop(quick, d) for d in ("autoregressive", "parallel")}
+    out = dict(rows["autoregressive"])
+    for k in ("loop_steps_per_s", "loop_over_sim", "update_fraction"):
+        out[f"parallel_{k}"] = rows["parallel"][k]
+    out["parallel_env_only_steps_per_s"] = rows["parallel"]["env_only_steps_per_s"]
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def _bench_loop(quick: bool, decoding: str) -> dict:
     """Full PPO loop env-steps/s vs env-only random-action stepping with the same chunking."""
     from vlarl.algorithms import UpdateContext
     from vlarl.rollout import collect
     from vlarl.trainer import setup
 
-    cfg = _loop_cfg(quick)
+    cfg = _loop_cfg(quick, decoding)
     run = setup(cfg)
     env, k = run.env, cfg.policy.chunk_size
     try:
@@ -145,7 +160,9 @@ def run_bench(parts: list[str], json_path: str | None = None, quick: bool = Fals
         results["loop"] = bench_loop(quick)
         raw = results.get("env", {}).get("raw_maniskill")  # steps/s, renders every step
         if raw:
-            results["loop"]["loop_over_raw_per_step_render"] = results["loop"]["loop_steps_per_s"] / raw
+            loop = results["loop"]
+            loop["loop_over_raw_per_step_render"] = loop["loop_steps_per_s"] / raw
+            loop["parallel_loop_over_raw_per_step_render"] = loop["parallel_loop_steps_per_s"] / raw
     _print(results)
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=1))
