@@ -38,7 +38,7 @@ def _positive(key: str, value: float, zero_ok: bool = False) -> None:
 class EnvConfig:
     task: str = "PickCube-v1"
     """ManiSkill task id (see ``vlarl.envs.TASKS``): PickCube-v1, PushCube-v1, StackCube-v1,
-    PullCube-v1, PlaceSphere-v1."""
+    PullCube-v1, PlaceSphere-v1, and PickCube-Color-v1 (the instruction names the target cube)."""
     split: str = "train"
     """Named variant of the task: ``train`` (in-distribution) or an OOD split (``vlarl.envs.SPLITS``)."""
     num_envs: int = 2

@@ -16,7 +16,7 @@ from __future__ import annotations
 from vlarl.config import EnvConfig
 from vlarl.envs.base import VecEnv
 from vlarl.envs.splits import SPLITS, SplitSpec, get_split
-from vlarl.envs.tasks import TASKS, TaskSpec, get_task, instruction
+from vlarl.envs.tasks import COLOR_TASK_SPLITS, TASKS, TaskSpec, get_task, instruction
 
 BACKENDS = ("auto", "cpu", "gpu", "inline")
 REWARD_MODES = ("sparse", "dense", "normalized_dense")
@@ -34,8 +34,11 @@ def _cuda() -> bool:
 
 def validate_env_config(cfg: EnvConfig) -> None:
     """Raise ``ValueError`` naming the bad value and the allowed ones (no heavy imports)."""
-    get_task(cfg.task)
+    spec = get_task(cfg.task)
     get_split(cfg.split)
+    if spec.target_colors and cfg.split not in COLOR_TASK_SPLITS:
+        raise ValueError(f"env.split={cfg.split!r} is not allowed for the colour-target task "
+                         f"{cfg.task!r}; choose one of {list(COLOR_TASK_SPLITS)}")
     for key, allowed in (("backend", BACKENDS), ("reward_mode", REWARD_MODES),
                          ("control_mode", CONTROL_MODES)):
         if getattr(cfg, key) not in allowed:

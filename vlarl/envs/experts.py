@@ -18,7 +18,8 @@ turning the fingers to the cube's faces makes grasps of yawed cubes reliable.
 
 Measured with ``max_episode_steps=50`` (every task's default), ``physx_cpu``, 100 seeds
 (0-99) each: PickCube 100/100 (mean 25.8 steps), PushCube 100/100 (13.1), PullCube
-100/100 (13.3), StackCube 100/100 (33.6), PlaceSphere 100/100 (33.1).
+100/100 (13.3), StackCube 100/100 (33.6), PlaceSphere 100/100 (33.1), PickCube-Color
+(``color_tasks.py``: the cube the instruction names, next to a second one) 100/100 (26.6).
 """
 
 from __future__ import annotations
@@ -252,6 +253,18 @@ class PickCubeExpert(_PickAndPlace):
 
     def lift_clearance(self) -> float:
         return 0.0
+
+
+@_register("PickCube-Color-v1")
+class PickCubeColorExpert(PickCubeExpert):
+    """Pick the cube the instruction names (``env.target``) while keeping a finger off the
+    other cube (``color_tasks.py``)."""
+
+    def obj(self, env):
+        return env.cubes[int(env.target[0])]
+
+    def obstacles(self, env) -> list:
+        return [env.cubes[1 - int(env.target[0])]]
 
 
 @_register("StackCube-v1")

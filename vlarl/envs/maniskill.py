@@ -115,11 +115,6 @@ class ManiSkillVecEnv(VecEnv):
 
     # ------------------------------------------------------------------ reset
     def _reset_envs(self, seeds: list[int], idx: list[int]) -> Obs:
-        for i, s in zip(idx, seeds):
-            self._instructions[i] = instruction(self.task, self._split.pool, s, self._split.color)
-            self._return[i] = 0.0
-            if self._experts is not None:
-                self._experts[i].reset()
         if len(idx) == self.num_envs:
             raw, _ = self.u.reset(seed=seeds)
         else:
@@ -127,6 +122,13 @@ class ManiSkillVecEnv(VecEnv):
             raw, _ = self.u.reset(seed=seeds, options={"env_idx": env_idx})
         if self.num_envs > 1 and len(set(seeds)) < len(seeds):
             raw = self._equalize_groups(seeds, idx)
+        for i, s in zip(idx, seeds):
+            # Colour-target tasks: the reset picked the target; the words must name it.
+            color = self.u.target_color(i) if self._spec.target_colors else self._split.color
+            self._instructions[i] = instruction(self.task, self._split.pool, s, color)
+            self._return[i] = 0.0
+            if self._experts is not None:
+                self._experts[i].reset()
         self._last = self._obs(raw)
         return self._last
 

@@ -27,6 +27,9 @@ class TaskSpec:
     """Training paraphrases (``{color}`` is filled in)."""
     heldout: tuple[str, ...]
     """Held-out paraphrases, never used by the ``train`` split."""
+    target_colors: tuple[str, ...] = ()
+    """Colour-target tasks (``color_tasks.py``): the colours the seeded reset picks the
+    target from; the instruction names the picked one. Empty: one fixed object."""
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -70,7 +73,20 @@ TASKS: dict[str, TaskSpec] = {
         heldout=("drop the {color} sphere inside the little bin",
                  "move the {color} ball into the box"),
     ),
+    "PickCube-Color-v1": TaskSpec(
+        "PickCube-Color-v1", "cube", ("cube", "cube_yellow", "goal_site"), "red",
+        train=("pick up the {color} cube and move it to the goal",
+               "grasp the {color} cube and lift it to the green target",
+               "pick the {color} block and bring it to the goal position"),
+        heldout=("raise the {color} cube up to where the green marker is",
+                 "take hold of the {color} block and carry it to the target point"),
+        target_colors=("red", "yellow"),
+    ),
 }
+
+COLOR_TASK_SPLITS = ("train", "unseen_instruction", "wide_pose")
+"""Splits a colour-target task supports: the others recolour the object (``unseen_color``)
+or add a yellow cube (``distractor``), which would change what the instruction means."""
 
 
 def get_task(task_id: str) -> TaskSpec:

@@ -101,6 +101,9 @@ def variant_env_id(task_id: str, variant: str | None) -> str:
     subclass with ManiSkill on first call (in this process)."""
     import mani_skill.envs  # noqa: F401  (registers the original tasks with gymnasium)
 
+    from vlarl.envs import color_tasks
+
+    color_tasks.register()  # vlarl's own tasks, in every process that builds an env
     spec = get_task(task_id)
     if variant is None:
         return task_id
