@@ -29,9 +29,9 @@ def _snapshot(params):
 
 
 def test_registry_names_and_classes():
-    assert ALGORITHMS.names() == ["grpo", "ppo", "rloo"]
+    assert ALGORITHMS.names() == ["grpo", "ppo", "rloo", "rpd"]
     assert ALGORITHMS.get("ppo") is PPO and ALGORITHMS.get("rloo") is RLOO
-    with pytest.raises(KeyError, match="known: \\['grpo', 'ppo', 'rloo'\\]"):
+    with pytest.raises(KeyError, match="known: \\['grpo', 'ppo', 'rloo', 'rpd'\\]"):
         ALGORITHMS.get("trpo")
 
 

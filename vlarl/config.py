@@ -123,7 +123,8 @@ class PolicyConfig:
 @dataclass
 class AlgoConfig:
     name: str = "ppo"
-    """Registered algorithm: ``ppo``, ``grpo`` or ``rloo``."""
+    """Registered algorithm: ``ppo``, ``grpo``, ``rloo`` or ``rpd`` (PPO + teacher MSE; run it
+    through ``vlarl distill --distill.method rpd``, which supplies the teacher labels)."""
     gamma: float = 0.99
     """Discount per decision (chunk)."""
     gae_lambda: float = 0.95
@@ -162,6 +163,10 @@ class AlgoConfig:
     """GRPO: weight of the env's dense return added to the 0/1 outcome reward."""
     max_nan_strikes: int = 3
     """Non-finite losses/gradients tolerated (step skipped) before the run stops."""
+    teacher_coef: float = 1.0
+    """RPD: weight of ``MSE(student action mean, teacher action)`` added to the PPO loss."""
+    teacher_coef_decay_updates: int = 0
+    """RPD: ``teacher_coef`` falls linearly to 0 over this many updates (0: constant)."""
 
 
 @dataclass
@@ -256,8 +261,9 @@ class EvalConfig:
 
 @dataclass
 class DistillConfig:
-    method: Literal["bc", "dagger"] = "dagger"
-    """``bc`` on teacher rollouts or ``dagger`` (student acts, teacher labels)."""
+    method: Literal["bc", "dagger", "rpd"] = "dagger"
+    """``bc`` on teacher rollouts, ``dagger`` (student acts, teacher labels) or ``rpd`` (PPO on
+    the student + ``algo.teacher_coef`` x MSE to the teacher; ``train.*`` / ``algo.*`` apply)."""
     teacher: str | None = None
     """Teacher checkpoint directory."""
     output_dir: str = "runs/distill"
@@ -305,7 +311,7 @@ class Config:
         _positive("policy.num_inference_steps", p.num_inference_steps)
         _positive("policy.noise_level", p.noise_level, zero_ok=True)
         _choice("policy.dtype", p.dtype, {"float32", "bfloat16"})
-        _choice("algo.name", a.name, {"ppo", "grpo", "rloo"})
+        _choice("algo.name", a.name, {"ppo", "grpo", "rloo", "rpd"})
         for key in ("gamma", "gae_lambda"):
             v = getattr(a, key)
             if not (0.0 <= v <= 1.0):
@@ -318,6 +324,8 @@ class Config:
         _positive("algo.gradient_accumulation_steps", a.gradient_accumulation_steps)
         _positive("algo.max_grad_norm", a.max_grad_norm)
         _positive("algo.beta", a.beta, zero_ok=True)
+        _positive("algo.teacher_coef", a.teacher_coef, zero_ok=True)
+        _positive("algo.teacher_coef_decay_updates", a.teacher_coef_decay_updates, zero_ok=True)
         if a.name in ("grpo", "rloo"):
             if a.num_generations < 2:
                 raise ConfigError(f"algo.num_generations={a.num_generations} must be >= 2 for {a.name}")
@@ -336,17 +344,17 @@ class Config:
         _choice("train.wandb_mode", t.wandb_mode, {"online", "offline", "disabled"})
         _choice("train.mixed_precision", t.mixed_precision, {"no", "bf16", "fp16"})
         batch = e.num_envs * t.rollout_steps
-        if a.name == "ppo" and batch % a.num_mini_batches:
+        if a.name in ("ppo", "rpd") and batch % a.num_mini_batches:
             raise ConfigError(f"env.num_envs*train.rollout_steps={batch} must be divisible by "
                               f"algo.num_mini_batches={a.num_mini_batches}")
         mb = batch // a.num_mini_batches
-        if a.name == "ppo" and mb % a.gradient_accumulation_steps:
+        if a.name in ("ppo", "rpd") and mb % a.gradient_accumulation_steps:
             raise ConfigError(f"minibatch size {mb} must be divisible by "
                               f"algo.gradient_accumulation_steps={a.gradient_accumulation_steps}")
         _positive("eval.num_episodes", self.eval.num_episodes)
         _positive("sft.batch_size", self.sft.batch_size)
         _positive("data.num_episodes", self.data.num_episodes)
-        _choice("distill.method", self.distill.method, {"bc", "dagger"})
+        _choice("distill.method", self.distill.method, {"bc", "dagger", "rpd"})
         return self
 
 

@@ -1,4 +1,4 @@
-"""Distil a VLA teacher into a small fast student: behaviour cloning (BC) or DAgger.
+"""Distil a VLA teacher into a small fast student: behaviour cloning (BC), DAgger or RPD.
 
 Data flow: teacher checkpoint -> (seeded episodes in the env, labelled by the teacher) ->
 ``DistillDataset`` -> student regression (``student.sft_loss``, trained by
@@ -12,6 +12,9 @@ Data flow: teacher checkpoint -> (seeded episodes in the env, labelled by the te
   on the same obs), the data are aggregated and the student is trained further on all of it.
   Labelling the student's own states fixes BC's compounding error: the student learns
   what to do after its own mistakes.
+* ``rpd`` (Refined Policy Distillation, Jülg et al. 2025): PPO on the student through the RL
+  trainer, plus ``algo.teacher_coef`` x MSE of its action mean to the teacher's chunk on
+  every visited observation (``vlarl.distill_rpd``, ``vlarl.algorithms.rpd``).
 
 Collection reuses ``vlarl.eval.evaluate_policy`` (its reproducible seed schedule) with a
 recording wrapper as the "policy". Distillation seeds start at :data:`SEED0` and are
@@ -157,7 +160,8 @@ def round_seeds(cfg: Config, r: int) -> list[int]:
 
 
 def _num_rounds(cfg: Config) -> int:
-    return 1 if cfg.distill.method == "bc" else cfg.distill.rounds
+    """Collect-and-regress rounds: bc 1, dagger ``distill.rounds``, rpd 0 (it runs the trainer)."""
+    return {"bc": 1, "rpd": 0}.get(cfg.distill.method, cfg.distill.rounds)
 
 
 def validate(cfg: Config) -> None:
@@ -177,6 +181,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"distill.{key}={v!r} must be an int > 0")
     if d.learning_rate <= 0:
         raise ConfigError(f"distill.learning_rate={d.learning_rate} must be > 0")
+    if d.method == "rpd":
+        from vlarl.distill_rpd import check_rpd_config
+
+        check_rpd_config(cfg)
     lo, hi = SEED0, SEED0 + _num_rounds(cfg) * d.episodes_per_round
     e_lo, e_hi = cfg.eval.seed, cfg.eval.seed + cfg.eval.num_episodes
     if lo < e_hi and e_lo < hi:
@@ -253,7 +261,11 @@ def run_distill(cfg: Config, student: str | None = None, *, beta: float = 0.0) -
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    data, rounds = DistillDataset(), []
+    data, rounds, rpd = DistillDataset(), [], None
+    if d.method == "rpd":
+        from vlarl.distill_rpd import train_rpd
+
+        rpd = train_rpd(cfg, teacher, policy, tmp / "rl")  # the trainer's env, then closed
     env = make_env(cfg.env)
     try:
         check_compatible(teacher, env, d.teacher)
@@ -275,11 +287,14 @@ def run_distill(cfg: Config, student: str | None = None, *, beta: float = 0.0) -
         eval_seeds = list(range(cfg.eval.seed, cfg.eval.seed + cfg.eval.num_episodes))
         evals = {name: evaluate_policy(p, env, eval_seeds, cfg.eval.deterministic)
                  for name, p in (("teacher", teacher), ("student", policy))}
-        one = data.tensors()[0].index([0])
+        one = (data.tensors()[0] if len(data) else env.reset(eval_seeds[:1] * env.num_envs)
+               ).index([0])
     finally:
         env.close()
     report = _report(cfg, student or DEFAULT_STUDENT, teacher, policy, rounds, evals, eval_seeds,
                      one, t_start)
+    if rpd is not None:
+        report["rpd"] = rpd
     policy.save_pretrained(tmp)
     _write_report(report, tmp)
     if out.exists():
@@ -333,6 +348,13 @@ def _write_report(report: dict, out: Path) -> None:
            f"peak RSS {report['peak_rss_mb']:.0f} MB; wall {report['wall_s']:.0f} s."), "",
           "| round | actor | episodes | actor success | dataset | MSE before | MSE after |",
           "|---|---|---|---|---|---|---|"]
+    if "rpd" in report:
+        r = report["rpd"]
+        mse = r["teacher_mse_rollout"]
+        md[-2:] = [(f"RPD: {r['updates']} PPO updates ({r['env_steps']:.0f} env steps, "
+                    f"{r['train_s']:.0f} s) in `rl/`; student-teacher MSE on the rollout's "
+                    f"observations {mse[0]:.4f} (first update) -> {mse[-1]:.4f} (last); "
+                    "curves in report.json `rpd`, all metrics in `rl/metrics.jsonl`.")]
     for r in report["rounds"]:
         md.append(f"| {r['round']} | {r['actor']} | {r['episodes']} | "
                   f"{100 * r['actor_success_rate']:.0f}% | {r['dataset_size']} | "

@@ -74,8 +74,11 @@ def _build_policy(cfg: Config):
     return build_policy(cfg.policy)
 
 
-def setup(cfg: Config, *, make_env_fn=None) -> _Run:
-    """Validate, create the run dir, the accelerator, env, policy, optimizer; resume if asked."""
+def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
+    """Validate, create the run dir, the accelerator, env, policy, optimizer; resume if asked.
+
+    ``make_policy_fn(cfg) -> Policy`` replaces building ``cfg.policy`` (RPD passes the
+    student wrapped so that a frozen teacher labels each decision, ``vlarl.distill_rpd``)."""
     preflight(cfg)  # before any heavy import: bad input fails in about a second
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -98,7 +101,7 @@ def setup(cfg: Config, *, make_env_fn=None) -> _Run:
     algo = ALGORITHMS.get(cfg.algo.name)(cfg.algo)  # unknown name -> lists the known ones
     _seed_everything(t.seed + accelerator.process_index * RANK_SEED_STRIDE)
 
-    policy = _build_policy(cfg)
+    policy = (make_policy_fn or _build_policy)(cfg)
     _check_action_space(cfg, policy)
     value_lr = t.value_learning_rate or t.learning_rate
     groups = [{"params": policy.policy_parameters(), "lr": t.learning_rate}]
@@ -176,7 +179,8 @@ def _update_context(run: _Run):
     )
 
 
-def train(cfg: Config, *, make_env_fn=None, stop_after: int | None = None) -> Path:
+def train(cfg: Config, *, make_env_fn=None, make_policy_fn=None,
+          stop_after: int | None = None) -> Path:
     """Run (or resume) RL fine-tuning; returns the run directory.
 
     ``stop_after`` ends the loop after that many updates of this call (tests use it to
@@ -185,7 +189,7 @@ def train(cfg: Config, *, make_env_fn=None, stop_after: int | None = None) -> Pa
     from vlarl.preemption import PreemptionHandler
     from vlarl.rollout import collect
 
-    run = setup(cfg, make_env_fn=make_env_fn)
+    run = setup(cfg, make_env_fn=make_env_fn, make_policy_fn=make_policy_fn)
     t, acc = cfg.train, run.accelerator
     ctx = _update_context(run)
     mode = "episodic" if cfg.algo.name in ("grpo", "rloo") else "continuous"

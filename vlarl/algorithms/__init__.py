@@ -191,6 +191,6 @@ def _first_nonfinite(parts: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-from vlarl.algorithms import grpo, ppo  # noqa: F401  (register the algorithms)
+from vlarl.algorithms import grpo, ppo, rpd  # noqa: F401  (register the algorithms)
 
 __all__ = ["ALGORITHMS", "Algorithm", "NonFiniteError", "UpdateContext"]

@@ -79,3 +79,30 @@ def kl_to_reference(log_probs: torch.Tensor, ref_log_probs: torch.Tensor,
 def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean entropy ``[B] -> 0-d``; the total loss subtracts ``ent_coef *`` this."""
     return masked_mean(entropy, mask)
+
+
+def teacher_action_loss(action_mean: torch.Tensor, teacher_actions: torch.Tensor,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """RPD's teacher regularizer: ``mean((mu - a_teacher)^2)`` over the chunk's k*A entries
+    and the batch (Jülg et al. 2025, "Refined Policy Distillation").
+
+    Args:
+        action_mean: float ``[B, k, A]`` the student's (unclipped) Gaussian mean, with grad.
+        teacher_actions: float ``[B, k, A]`` the teacher's deterministic chunk on the same obs.
+        mask: optional bool ``[B]`` of chunks to average over.
+
+    Returns a 0-d tensor; the per-chunk error is the mean over its k*A entries, so the value
+    equals ``F.mse_loss`` (and ``MLPStudentPolicy.sft_loss``) when there is no mask.
+    """
+    if action_mean.shape != teacher_actions.shape:
+        raise ValueError(f"action_mean {tuple(action_mean.shape)} and teacher_actions "
+                         f"{tuple(teacher_actions.shape)} must have the same [B, k, A] shape")
+    err = (action_mean - teacher_actions.to(action_mean.dtype)) ** 2
+    return masked_mean(err.flatten(1).mean(1), mask)
+
+
+def linear_decay(coef: float, update: int, decay_updates: int) -> float:
+    """``coef`` at update 0 falling linearly to 0 at ``decay_updates`` (0 = constant ``coef``)."""
+    if decay_updates <= 0:
+        return coef
+    return coef * max(0.0, 1.0 - update / decay_updates)
