@@ -118,6 +118,15 @@ class PolicyConfig:
     """Parameter dtype of the backbone (bf16 on GPU)."""
     trust_remote_code: bool = False
     """Pass to ``from_pretrained`` (OpenVLA-format checkpoints need it)."""
+    action_token_layout: Literal["vlarl", "openvla"] = "vlarl"
+    """token_vla's action-token ids: ``vlarl`` = bin ``b`` of ``action_bins`` equal-width bins
+    is id ``V - action_bins + b`` (V = output-embedding rows, ascending); ``openvla`` =
+    OpenVLA's ActionTokenizer: ``np.digitize`` on ``action_bins`` uniform edges (so
+    ``action_bins - 1`` bins), id ``tokenizer.vocab_size - digitized`` (descending, below the
+    tokenizer's base vocabulary size). Use ``openvla`` for OpenVLA checkpoints."""
+    prompt_template: str = "What action should the robot take to {instruction}?"
+    """token_vla prompt after the image placeholders; ``{instruction}`` is the lower-cased task.
+    OpenVLA's: ``"In: What action should the robot take to {instruction}?\\nOut:"``."""
 
 
 @dataclass
@@ -311,6 +320,10 @@ class Config:
         _positive("policy.num_inference_steps", p.num_inference_steps)
         _positive("policy.noise_level", p.noise_level, zero_ok=True)
         _choice("policy.dtype", p.dtype, {"float32", "bfloat16"})
+        _choice("policy.action_token_layout", p.action_token_layout, {"vlarl", "openvla"})
+        if "{instruction}" not in p.prompt_template:
+            raise ConfigError(f"policy.prompt_template={p.prompt_template!r} must contain the "
+                              "placeholder '{instruction}'")
         _choice("algo.name", a.name, {"ppo", "grpo", "rloo", "rpd"})
         for key in ("gamma", "gae_lambda"):
             v = getattr(a, key)

@@ -3,6 +3,10 @@
 Each action dimension is clipped to ``[low, high]`` and cut into ``bins`` equal-width bins;
 an id maps back to its bin centre, so ``detokenize(tokenize(a))`` is within half a bin
 width of ``clip(a)``. The same binning renders proprio state as text in ``token_vla``.
+
+:class:`OpenVLAActionTokenizer` reproduces OpenVLA's convention (``policy.action_token_layout:
+openvla``) behind the same interface: its ids are positions in the block of ``bins`` action
+ids (``token_vla`` adds the block's first id), in OpenVLA's descending order.
 """
 
 from __future__ import annotations
@@ -46,3 +50,45 @@ class ActionTokenizer:
     def __repr__(self) -> str:
         return (f"ActionTokenizer(bins={self.bins}, low={self.low.tolist()}, "
                 f"high={self.high.tolist()})")
+
+
+class OpenVLAActionTokenizer(ActionTokenizer):
+    """OpenVLA's binning (``prismatic/vla/action_tokenizer.py``), as positions in an id block.
+
+    OpenVLA puts ``bins`` uniform *edges* on ``[low, high]`` (``bins - 1`` intervals), takes
+    ``d = np.digitize(clip(a), edges)`` in ``1..bins`` and emits the vocabulary id
+    ``vocab_size - d``. ``token_vla`` addresses the ``bins`` ids ``vocab_size - bins ..
+    vocab_size - 1`` as a block starting at ``vocab_size - bins``, so the position is
+    ``bins - d`` (descending: ``a = high`` -> 0, ``a = low`` -> ``bins - 1``). Decoding maps
+    ``d`` to the centre of interval ``clip(d - 1, 0, bins - 2)`` as OpenVLA does, so positions
+    0 and 1 both decode to the last interval's centre.
+    """
+
+    @property
+    def bin_width(self) -> torch.Tensor:
+        return (self.high - self.low) / (self.bins - 1)
+
+    def _edges(self, device: torch.device) -> torch.Tensor:
+        """``[bins]`` (scalar range) or ``[A, bins]`` edges, float64 like ``np.linspace``."""
+        low, high = self.low.double().to(device), self.high.double().to(device)
+        frac = torch.linspace(0.0, 1.0, self.bins, dtype=torch.float64, device=device)
+        return low[..., None] + (high - low)[..., None] * frac
+
+    def tokenize(self, actions: torch.Tensor) -> torch.Tensor:
+        """Positions ``bins - digitize(clip(a), edges)`` (int64, same shape as ``actions``)."""
+        a = actions.double()
+        edges = self._edges(a.device)
+        a = torch.minimum(torch.maximum(a, edges[..., 0]), edges[..., -1])
+        digitized = (a[..., None] >= edges).sum(-1)  # np.digitize: count of edges <= a
+        return (self.bins - digitized).long()
+
+    def detokenize(self, ids: torch.Tensor) -> torch.Tensor:
+        """Centre of the interval OpenVLA decodes position ``ids`` to (float32)."""
+        digitized = self.bins - ids.long().clamp(0, self.bins - 1)
+        edges = self._edges(ids.device)
+        centres = (edges[..., :-1] + edges[..., 1:]) / 2  # [bins - 1] or [A, bins - 1]
+        idx = (digitized - 1).clamp(0, self.bins - 2)
+        if centres.dim() == 1:
+            return centres[idx].float()
+        return centres.expand(*idx.shape, -1).gather(-1, idx[..., None]).squeeze(-1).float()
+

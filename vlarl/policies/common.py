@@ -217,12 +217,26 @@ def save_checkpoint(path: str | Path, name: str, cfg: PolicyConfig, model: nn.Mo
 def load_base(path: str | Path, cfg: PolicyConfig, auto_class: str = "AutoModelForImageTextToText"):
     """Load ``(model, processor)`` from a local dir or hub id through the Auto classes.
 
-    Raises if the weights file does not match the architecture (missing/unexpected keys).
+    With ``trust_remote_code``, a checkpoint whose ``config.json`` ``auto_map`` names its class
+    only under ``AutoModelForVision2Seq`` (OpenVLA; transformers 5 dropped that Auto class)
+    is loaded through that remote class. Raises if the weights file does not match the
+    architecture (missing/unexpected keys).
     """
     import transformers
 
     src = resolve_pretrained(path)
-    model, info = getattr(transformers, auto_class).from_pretrained(
+    loader = getattr(transformers, auto_class)
+    legacy = _legacy_remote_class(src, auto_class) if cfg.trust_remote_code else None
+    if legacy is not None:
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+        key, ref = legacy
+        loader = get_class_from_dynamic_module(ref, src)
+        # What register_for_auto_class(key) does, minus its check that transformers still has
+        # the Auto class: save_pretrained then copies the remote .py files next to the weights,
+        # so a saved policy loads again the same way.
+        loader._auto_class = key
+    model, info = loader.from_pretrained(
         src, dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code,
         output_loading_info=True)
     bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
@@ -231,6 +245,24 @@ def load_base(path: str | Path, cfg: PolicyConfig, auto_class: str = "AutoModelF
     processor = transformers.AutoProcessor.from_pretrained(
         src, trust_remote_code=cfg.trust_remote_code)
     return model, processor
+
+
+LEGACY_AUTO_CLASSES = ("AutoModelForVision2Seq",)
+"""``auto_map`` keys of Auto classes transformers 5 removed; their remote class is used when
+the requested Auto class has no entry of its own."""
+
+
+def _legacy_remote_class(src: str, auto_class: str) -> tuple[str, str] | None:
+    """``(auto_map key, "module.Class")`` to load ``src`` with instead of ``auto_class``, or None."""
+    f = Path(src, "config.json")
+    auto_map = json.loads(f.read_text()).get("auto_map", {}) if f.is_file() else {}
+    if auto_class in auto_map:
+        return None
+    key = next((k for k in LEGACY_AUTO_CLASSES if k in auto_map), None)
+    if key is None:
+        return None
+    ref = auto_map[key]
+    return key, ref[0] if isinstance(ref, (list, tuple)) else ref
 
 
 def load_adapter(model: PreTrainedModel, path: str | Path) -> nn.Module:

@@ -2,12 +2,15 @@
 
 Each of the k*A action numbers of a chunk is one token: the action is clipped and binned
 (:class:`ActionTokenizer`), and bin ``b`` is the vocabulary id ``V - bins + b`` - the last
-``bins`` ids of the language model's vocabulary (OpenVLA's convention). That works on any
-checkpoint without resizing embeddings (LoRA alone can learn to emit them); the tiny models
-name those ids ``<act_b>`` (see ``tiny.add_action_tokens``).
+``bins`` ids of the language model's vocabulary. That works on any checkpoint without
+resizing embeddings (LoRA alone can learn to emit them); the tiny models name those ids
+``<act_b>`` (see ``tiny.add_action_tokens``). ``action_token_layout: openvla`` switches to
+OpenVLA's exact ids and binning instead (:class:`OpenVLAActionTokenizer`: descending ids
+below ``tokenizer.vocab_size``), so OpenVLA checkpoints act as trained.
 
-Prompt: ``<image>`` per camera + "What action should the robot take to <instruction>?"
-(+ " state: 12 200 ..." with the proprio state binned to 0..255 as text).
+Prompt: the processor's image placeholder per camera + ``policy.prompt_template`` (default
+"What action should the robot take to <instruction>?") (+ " state: 12 200 ..." with the
+proprio state binned to 0..255 as text).
 
 * ``act``: one prefix forward (KV cache), then k*A single-token steps; logits are restricted
   to the action ids and divided by ``temperature``; log-probs are summed over the chunk.
@@ -32,7 +35,7 @@ from torch import nn
 
 from vlarl.config import PolicyConfig, _set
 from vlarl.policies import POLICIES
-from vlarl.policies.action_tokenizer import ActionTokenizer
+from vlarl.policies.action_tokenizer import ActionTokenizer, OpenVLAActionTokenizer
 from vlarl.policies.base import Policy
 from vlarl.policies.common import (
     ADAPTER_DIR,
@@ -68,23 +71,38 @@ class TokenVLAPolicy(Policy):
         self.chunk_size, self.action_dim = cfg.chunk_size, cfg.action_dim
         self.temperature = cfg.temperature
         text_cfg = self._base().config.get_text_config()
-        vocab = self._base().get_output_embeddings().weight.shape[0]
+        tok = processor.tokenizer
+        if cfg.action_token_layout == "openvla":
+            # OpenVLA: ids tokenizer.vocab_size - 1..bins (Llama: 31744..31999), not the padded
+            # embedding's last rows (32064); see OpenVLAActionTokenizer.
+            vocab, tokenizer_cls = tok.vocab_size, OpenVLAActionTokenizer
+        elif cfg.action_token_layout == "vlarl":
+            vocab = self._base().get_output_embeddings().weight.shape[0]
+            tokenizer_cls = ActionTokenizer
+        else:
+            raise ValueError(f"policy.action_token_layout={cfg.action_token_layout!r} is not "
+                             "allowed; choose one of ['openvla', 'vlarl']")
         if cfg.action_bins >= vocab:
             raise ValueError(f"policy.action_bins={cfg.action_bins} must be < the vocabulary "
                              f"size {vocab} (action ids are its last bins)")
         self.action_start = vocab - cfg.action_bins
-        tok = processor.tokenizer
         named = tok.convert_tokens_to_ids("<act_0>") if "<act_0>" in tok.get_vocab() else None
-        if named is not None and named != self.action_start:
+        if cfg.action_token_layout == "vlarl" and named not in (None, self.action_start):
             raise ValueError(f"tokenizer's <act_0> has id {named} but policy.action_bins="
                              f"{cfg.action_bins} puts bin 0 at id {self.action_start}")
-        self.action_tokenizer = ActionTokenizer(cfg.action_bins, cfg.action_low, cfg.action_high)
+        self.action_tokenizer = tokenizer_cls(cfg.action_bins, cfg.action_low, cfg.action_high)
+        if "{instruction}" not in cfg.prompt_template:
+            raise ValueError(f"policy.prompt_template={cfg.prompt_template!r} must contain "
+                             "'{instruction}'")
         self.state_tokenizer = ActionTokenizer(
             STATE_BINS, cfg.state_low if cfg.state_low is not None else -STATE_RANGE,
             cfg.state_high if cfg.state_high is not None else STATE_RANGE)
-        # PaliGemma counts positions from 1; most decoders from 0.
-        self.position_offset = 1 if self._base().config.model_type == "paligemma" else 0
-        self.image_token = getattr(processor, "image_token", "<image>")
+        # PaliGemma (and remote-code subclasses of it) counts positions from 1; most from 0.
+        paligemma = any(c.__name__ == "PaliGemmaForConditionalGeneration"
+                        for c in type(self._base()).__mro__)
+        self.position_offset = 1 if paligemma else 0
+        # Processors without an image token (OpenVLA's) insert the image features themselves.
+        self.image_token = getattr(processor, "image_token", None) or ""
         self.value_head = ValueHead(text_cfg.hidden_size) if cfg.value_head else None
         # Parallel decoding's inputs: slot j of the chunk is fed the fixed id
         # action_start - k*A + j (on PaliGemma checkpoints: its rarely used <loc>/<seg> ids).
@@ -181,7 +199,7 @@ class TokenVLAPolicy(Policy):
         out = []
         for i, instr in enumerate(obs.instructions):
             task = instr.strip().rstrip(".?").lower()
-            text = f"{self.image_token * cams}What action should the robot take to {task}?"
+            text = self.image_token * cams + self.cfg.prompt_template.replace("{instruction}", task)
             if self.cfg.use_state and obs.state.numel():
                 bins = self.state_tokenizer.tokenize(obs.state[i].float().cpu()).tolist()
                 text += " state: " + " ".join(map(str, bins))
