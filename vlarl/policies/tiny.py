@@ -97,7 +97,20 @@ def _build_paligemma(out_dir: Path, action_bins: int) -> None:
     processor.save_pretrained(str(out_dir))
 
 
-TINY_BUILDERS: dict[str, Callable[[Path, int], None]] = {"paligemma": _build_paligemma}
+def _build_idefics3(out_dir: Path, action_bins: int) -> None:
+    from vlarl.policies.tiny_backbones import build_idefics3
+
+    build_idefics3(out_dir, action_bins)
+
+
+def _build_llava(out_dir: Path, action_bins: int) -> None:
+    from vlarl.policies.tiny_backbones import build_llava
+
+    build_llava(out_dir, action_bins)
+
+
+TINY_BUILDERS: dict[str, Callable[[Path, int], None]] = {
+    "paligemma": _build_paligemma, "idefics3": _build_idefics3, "llava": _build_llava}
 """Tiny architectures by ``PolicyConfig.tiny`` name: ``builder(out_dir, action_bins)``."""
 
 

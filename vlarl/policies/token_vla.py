@@ -51,6 +51,7 @@ from vlarl.policies.common import (
     read_policy_json,
     save_checkpoint,
 )
+from vlarl.policies.token_inputs import encode, extend, image_placeholder
 from vlarl.types import ActOutput, Obs
 
 STATE_BINS = 256
@@ -101,8 +102,7 @@ class TokenVLAPolicy(Policy):
         paligemma = any(c.__name__ == "PaliGemmaForConditionalGeneration"
                         for c in type(self._base()).__mro__)
         self.position_offset = 1 if paligemma else 0
-        # Processors without an image token (OpenVLA's) insert the image features themselves.
-        self.image_token = getattr(processor, "image_token", None) or ""
+        self.image_token = image_placeholder(processor)  # per camera; see token_inputs
         self.value_head = ValueHead(text_cfg.hidden_size) if cfg.value_head else None
         # Parallel decoding's inputs: slot j of the chunk is fed the fixed id
         # action_start - k*A + j (on PaliGemma checkpoints: its rarely used <loc>/<seg> ids).
@@ -208,18 +208,9 @@ class TokenVLAPolicy(Policy):
 
     def _encode(self, obs: Obs) -> dict[str, torch.Tensor]:
         """Processor outputs (left-padded) + explicit position ids, on the model's device."""
-        images = obs.images.cpu().numpy()
-        enc = self.processor(images=[list(cams) for cams in images], text=self.prompts(obs),
-                             return_tensors="pt", padding=True)
-        dev = self.device
-        mask = enc["attention_mask"].to(dev)
-        batch = {"input_ids": enc["input_ids"].to(dev), "attention_mask": mask,
-                 # Explicit positions: a left-padded prompt gets the same positions as unpadded.
-                 "position_ids": (mask.cumsum(-1) - 1).clamp_min(0) + self.position_offset,
-                 "pixel_values": enc["pixel_values"].to(dev, next(self.model.parameters()).dtype)}
-        if "token_type_ids" in enc:  # PaliGemma: bidirectional prefix, causal suffix
-            batch["token_type_ids"] = enc["token_type_ids"].to(dev)
-        return batch
+        images = [list(cams) for cams in obs.images.cpu().numpy()]
+        return encode(self.processor, self._base(), images, self.prompts(obs),
+                      self.position_offset, self.device, next(self.model.parameters()).dtype)
 
     def _masked_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits restricted to the action ids, in fp32, divided by the temperature."""
@@ -246,7 +237,7 @@ class TokenVLAPolicy(Policy):
         batch = self._encode(obs)
         out = self.model(**batch, use_cache=True, output_hidden_states=True, logits_to_keep=1)
         values = self._values(out.hidden_states[-1], batch["attention_mask"])
-        mask, pos = batch["attention_mask"], batch["position_ids"][:, -1:]
+        mask, pos = batch["attention_mask"], batch["position_ids"][..., -1:]
         tokens = torch.empty(n, steps, dtype=torch.long, device=self.device)
         # Summed in float64 so act() and evaluate() round to the same float32 chunk log-prob.
         log_probs = torch.zeros(n, dtype=torch.float64, device=self.device)
@@ -300,15 +291,7 @@ class TokenVLAPolicy(Policy):
         feed = ids if labels else ids[:, :-1]
         if self.cfg.decoding == "parallel":  # the inputs never depend on the sampled tokens
             feed = self.placeholder_ids[: feed.shape[1]].to(feed.device).expand_as(feed)
-        m = feed.shape[1]
-        full = dict(batch)
-        full["input_ids"] = torch.cat([batch["input_ids"], feed], dim=1)
-        full["attention_mask"] = torch.cat([batch["attention_mask"], torch.ones_like(feed)], dim=1)
-        last = batch["position_ids"][:, -1:]
-        full["position_ids"] = torch.cat(
-            [batch["position_ids"], last + torch.arange(1, m + 1, device=self.device)], dim=1)
-        if "token_type_ids" in batch:
-            full["token_type_ids"] = torch.cat([batch["token_type_ids"], torch.ones_like(feed)], 1)
+        full = extend(batch, feed)
         kwargs: dict[str, Any] = {"output_hidden_states": self.value_head is not None}
         if labels:
             lab = torch.full_like(full["input_ids"], -100)
