@@ -69,8 +69,8 @@ class PolicyConfig:
     path: str | None = None
     """Checkpoint directory or hub id to load with ``from_pretrained``; None builds ``tiny``."""
     tiny: str = "paligemma"
-    """Tiny offline architecture when ``path`` is None: ``paligemma`` (token_vla) or ``pi0``
-    (flow_vla)."""
+    """Tiny offline architecture when ``path`` is None: ``paligemma``, ``idefics3`` (SmolVLM's
+    architecture) or ``llava`` (token_vla); ``pi0`` (flow_vla)."""
     chunk_size: int = 4
     """Actions k emitted per decision (one image every k control steps)."""
     action_dim: int = 7
