@@ -269,7 +269,8 @@ def run_distill(cfg: Config, student: str | None = None, *, beta: float = 0.0) -
     env = make_env(cfg.env)
     try:
         check_compatible(teacher, env, d.teacher)
-        bar = tqdm(range(_num_rounds(cfg)), desc=f"distill ({d.method})", unit="round")
+        bar = tqdm(range(_num_rounds(cfg)), desc=f"distill ({d.method})", unit="round",
+                   disable=_num_rounds(cfg) == 0)
         for r in bar:
             actor = teacher if r == 0 else policy
             new, episodes = collect_round(env, actor, teacher, round_seeds(cfg, r), beta, seed=r)
