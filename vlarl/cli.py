@@ -1,4 +1,4 @@
-"""`vlarl <command>`: collect, sft, train, eval, distill, bench, quickstart, doctor.
+"""`vlarl <command>`: collect, sft, train, eval, diagnose, distill, bench, quickstart, doctor.
 
 Every command takes ``--config recipe.yaml`` and ``--section.field value`` overrides (one
 style everywhere). Heavy libraries are imported only inside the command that needs them, so
@@ -17,6 +17,7 @@ SECTIONS = {
     "sft": ["env", "policy", "data", "sft"],
     "train": ["env", "policy", "algo", "train", "eval"],
     "eval": ["env", "policy", "eval"],
+    "diagnose": ["env", "policy", "eval"],
     "distill": ["env", "policy", "distill", "eval", "algo", "train"],
     "quickstart": [],
     "bench": [],
@@ -28,6 +29,7 @@ HELP = {
     "sft": "supervised fine-tuning of a VLA on demonstrations (the RL starting point)",
     "train": "RL fine-tuning (PPO / GRPO / RLOO) of a VLA with LoRA, under accelerate",
     "eval": "evaluate checkpoints on seeded episodes with 95%% CIs, OOD splits, reports",
+    "diagnose": "failure-mode search: sweep the OOD axes for one checkpoint, rank by success drop",
     "distill": "distill a (RL-tuned) VLA teacher into a small fast student (BC / DAgger / RPD)",
     "quickstart": "the whole chain: demos -> SFT -> RL -> eval -> distill -> eval, one table",
     "bench": "throughput / memory benchmark: env, policy, loop (ratios in one run)",
@@ -69,6 +71,9 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
         if name == "eval":
             p.add_argument("checkpoints", nargs="*", help="checkpoint directories (default: --policy.path)")
             p.add_argument("--out", help="report directory", default=None)
+        if name == "diagnose":
+            p.add_argument("--out", help="report directory (default <policy.path>/diagnose)",
+                           default=None)
         if name == "distill":
             p.add_argument("--teacher", help="teacher checkpoint directory", default=None)
             p.add_argument("--student", help="student policy name (default mlp_student)",
@@ -161,6 +166,10 @@ def _dispatch(args, rest: list[str], parser) -> int:
 
             raise ConfigError("no checkpoint given: pass directories or --policy.path")
         run_eval(ckpts, cfg, args.out or cfg.eval.out)
+    elif cmd == "diagnose":
+        from vlarl.diagnose import run_diagnose
+
+        run_diagnose(cfg, args.out or cfg.eval.out)
     elif cmd == "distill":
         from vlarl.distill import run_distill
 

@@ -31,6 +31,8 @@ SPLITS: Registry[SplitSpec] = Registry("env split")
 
 UNSEEN_COLOR_RGBA = (0.6, 0.1, 0.8, 1.0)
 """Purple: a colour none of the suite's manipulated objects has during training."""
+UNSEEN_COLOR_2_RGBA = (0.05, 0.05, 0.05, 1.0)
+"""Black: a second unseen colour (severity level 2 of the colour axis in ``vlarl diagnose``)."""
 DISTRACTOR_RGBA = (1.0, 0.8, 0.0, 1.0)
 """Yellow distractor cube."""
 
@@ -42,6 +44,11 @@ for _spec in (
     SplitSpec("distractor", "an extra yellow cube on the table", variant="distractor"),
     SplitSpec("wide_pose", "object and goal shifted together: xy range +-0.15 m instead of +-0.1 m",
               variant="wide"),
+    # Severity levels for ``vlarl diagnose`` (one more step along two axes).
+    SplitSpec("unseen_color_black", "object recoloured black (instruction says so)",
+              variant="color_black", color="black"),
+    SplitSpec("wide_pose_far", "object and goal shifted together: xy range +-0.2 m instead of +-0.1 m",
+              variant="wide_far"),
 ):
     SPLITS.register(_spec.name)(_spec)
 

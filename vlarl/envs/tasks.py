@@ -84,7 +84,7 @@ TASKS: dict[str, TaskSpec] = {
     ),
 }
 
-COLOR_TASK_SPLITS = ("train", "unseen_instruction", "wide_pose")
+COLOR_TASK_SPLITS = ("train", "unseen_instruction", "wide_pose", "wide_pose_far")
 """Splits a colour-target task supports: the others recolour the object (``unseen_color``)
 or add a yellow cube (``distractor``), which would change what the instruction means."""
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from vlarl.envs.splits import DISTRACTOR_RGBA, UNSEEN_COLOR_RGBA
+from vlarl.envs.splits import DISTRACTOR_RGBA, UNSEEN_COLOR_2_RGBA, UNSEEN_COLOR_RGBA
 from vlarl.envs.tasks import TaskSpec, get_task
 
 WIDE_SHIFT = 0.05
 """Max extra xy shift (m) of the whole layout: object range grows from +-0.10 to +-0.15 m."""
+WIDE_FAR_SHIFT = 0.10
+"""``wide_pose_far``: object range +-0.20 m."""
 DISTRACTOR_HALF_SIZE = 0.02
 
 
@@ -32,6 +34,7 @@ class _Recolor:
     physics, and therefore the expert, are unchanged)."""
 
     _vlarl_task: TaskSpec
+    rgba: tuple[float, ...] = UNSEEN_COLOR_RGBA
 
     def _load_scene(self, options: dict) -> None:
         import sapien
@@ -41,7 +44,11 @@ class _Recolor:
         for entity in actor._objs:
             body = entity.find_component_by_type(sapien.render.RenderBodyComponent)
             for shape in body.render_shapes:
-                shape.material.base_color = list(UNSEEN_COLOR_RGBA)
+                shape.material.base_color = list(self.rgba)
+
+
+class _RecolorBlack(_Recolor):
+    rgba = UNSEEN_COLOR_2_RGBA
 
 
 class _Distractor:
@@ -77,11 +84,12 @@ class _Wide:
     the object starts in a wider range while the task geometry stays solvable."""
 
     _vlarl_task: TaskSpec
+    shift: float = WIDE_SHIFT
 
     def _initialize_episode(self, env_idx: torch.Tensor, options: dict) -> None:
         super()._initialize_episode(env_idx, options)  # type: ignore[misc]
         with torch.device(self.device):
-            offset = (torch.rand((len(env_idx), 2)) * 2 - 1) * WIDE_SHIFT
+            offset = (torch.rand((len(env_idx), 2)) * 2 - 1) * self.shift
             for attr in self._vlarl_task.layout_attrs:
                 actor = getattr(self, attr)
                 p = actor.pose.p[env_idx].clone()
@@ -89,10 +97,16 @@ class _Wide:
                 actor.set_pose(_pose(p, actor.pose.q[env_idx].clone()))
 
 
+class _WideFar(_Wide):
+    shift = WIDE_FAR_SHIFT
+
+
 VARIANTS: dict[str, tuple[type, str]] = {
     "color": (_Recolor, "UnseenColor"),
+    "color_black": (_RecolorBlack, "UnseenColorBlack"),
     "distractor": (_Distractor, "Distractor"),
     "wide": (_Wide, "WidePose"),
+    "wide_far": (_WideFar, "WidePoseFar"),
 }
 
 
