@@ -52,8 +52,9 @@ class RPD(PPO):
         metrics = super().process(buffer, policy)
         labels = _labels(buffer.stored)
         idx = buffer.valid.flatten().nonzero(as_tuple=True)[0]
-        with torch.no_grad():
-            pred = _predict(policy, buffer.flat_obs(idx)).clamp(-1.0, 1.0)
+        with torch.no_grad():  # in slices: the buffer can hold thousands of images
+            pred = torch.cat([_predict(policy, buffer.flat_obs(ids))
+                              for ids in idx.split(256)]).clamp(-1.0, 1.0)
         target = labels.flatten(0, 1)[idx].to(pred.device)
         metrics["teacher_mse_rollout"] = float(teacher_action_loss(pred, target))
         return metrics
