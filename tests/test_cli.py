@@ -9,7 +9,7 @@ VLARL = [sys.executable, "-m", "vlarl"]
 
 
 def _run(args, env=None, timeout=120):
-    return subprocess.run(VLARL + args, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(VLARL + args, check=False, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
 

@@ -106,7 +106,7 @@ def test_exact_resume_after_kill_9_mid_update(reference_run, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(30)
     assert not (out / "checkpoints" / "update_000006").exists()
-    res = subprocess.run(cmd + ["--train.resume", "true"], capture_output=True, text=True, timeout=400)
+    res = subprocess.run(cmd + ["--train.resume", "true"], check=False, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     _assert_same_state(_final(out), _final(reference_run))
 

@@ -378,9 +378,9 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_none and type(None) in args:
+            return None
         errors = []
         for arg in args:
             if arg is type(None):
@@ -522,12 +522,13 @@ def field_docs(cls) -> dict[str, str]:
     """Field docstrings (the string literal under each field) for ``--help``."""
     import ast
     import inspect
+    import itertools
 
     src = inspect.getsource(cls)
     tree = ast.parse(src)
     docs: dict[str, str] = {}
     body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:]):
+    for node, nxt in itertools.pairwise(body):
         if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and \
                 isinstance(getattr(nxt, "value", None), ast.Constant):
             docs[node.target.id] = str(nxt.value.value)  # type: ignore[union-attr]

@@ -36,7 +36,7 @@ def _version(pkg: str) -> str | None:
 def render_device(timeout: float = 60.0) -> tuple[str | None, str]:
     """Name of the first Vulkan device SAPIEN supports (e.g. ``llvmpipe``), and the raw summary."""
     try:
-        out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-c", _PROBE], check=False, capture_output=True, text=True,
                              timeout=timeout)
     except subprocess.TimeoutExpired:
         return None, "SAPIEN device probe timed out"
@@ -79,8 +79,8 @@ def run_doctor() -> int:
         problems.append("no Vulkan render device for SAPIEN: run `" + SETUP + "` (installs Mesa's "
                         "software Vulkan >= 24.3: on Debian 12 from bookworm-backports)")
     rows.append(("gpu simulation (physx_cuda)", "possible" if cuda else "no (needs CUDA); using physx_cpu workers"))
-    rows.append(("wandb", "train.wandb_mode (default offline; never blocks training); "
-                 f"WANDB_API_KEY {'set' if os.environ.get('WANDB_API_KEY') else 'not set'}"))
+    rows.append(("wandb", ("train.wandb_mode (default offline; never blocks training); "
+                           f"WANDB_API_KEY {'set' if os.environ.get('WANDB_API_KEY') else 'not set'}")))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

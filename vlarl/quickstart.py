@@ -22,10 +22,10 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "cpu"
 
 
 def _recipe(smoke: bool, extra: list[str]) -> Config:
-    from vlarl.config import _parse_overrides, _set  # one override syntax everywhere
-
     import torch
     import yaml
+
+    from vlarl.config import _parse_overrides, _set  # one override syntax everywhere
 
     cfg = load_config(RECIPES / "quickstart.yaml")
     overlays = []

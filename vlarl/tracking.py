@@ -49,6 +49,6 @@ class WandbTracker:
         if self.run is not None:
             try:
                 self.run.finish()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001, S110
                 pass
             self.run = None

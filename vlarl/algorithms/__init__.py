@@ -111,9 +111,9 @@ class Algorithm:
         # Every rank must run the same number of backward passes (DDP collectives).
         if ctx.all_ranks_any(num < needed):
             return {"skipped_update": 1.0, "train_samples": float(num)}
-        # Actor and critic are clipped separately: with one joint norm a large value-head
-        # gradient shrinks the policy's step too (the quickstart logged joint norms of 11-22
-        # at max_grad_norm 1.0). ``grad_norm`` / ``value_grad_norm`` are logged apart.
+        # Actor and critic are clipped separately, so the critic's gradient never sets the
+        # scale of the actor's (with one joint norm, each step's actor gradient was divided by
+        # a factor that depended on the value loss). ``grad_norm`` / ``value_grad_norm``.
         critic = list(policy.value_parameters())
         critic_ids = {id(p) for p in critic}
         actor = [p for p in policy.parameters() if p.requires_grad and id(p) not in critic_ids]

@@ -189,5 +189,5 @@ class CpuVecEnv(VecEnv):
     def __del__(self) -> None:
         try:  # interpreter shutdown: best effort only (module globals may already be None)
             self.close()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001, S110
             pass
