@@ -185,3 +185,22 @@ def test_rloo_and_skipped_update_when_no_group_is_informative():
     buf.train_mask.zero_()
     m = algo.update(policy, torch.optim.Adam(policy.parameters()), buf, UpdateContext(), 0)
     assert m == {"skipped_update": 1.0, "train_samples": 0.0}
+
+
+def test_kl_coefficient_schedule_and_separate_clipping():
+    """beta falls linearly over beta_decay_updates (logged), the KL term vanishes at the end;
+    actor and critic gradient norms are clipped and logged apart."""
+    policy = GaussianPolicy()
+    buf = _ppo_rollout(policy)
+    algo = PPO(AlgoConfig(num_ppo_epochs=1, num_mini_batches=1, beta=0.4, beta_decay_updates=4))
+    algo.process(buf, policy)
+    opt = torch.optim.SGD(policy.parameters(), lr=0.0)
+    logged = [algo.update(policy, opt, buf, UpdateContext(), u).get("beta") for u in range(5)]
+    assert logged[:4] == pytest.approx([0.4, 0.3, 0.2, 0.1]) and logged[4] is None
+    m = algo.update(policy, opt, buf, UpdateContext(), 0)
+    actor = torch.cat([p.grad.flatten() for p in policy.policy_parameters()]).norm()
+    critic = torch.cat([p.grad.flatten() for p in policy.value_parameters()]).norm()
+    # the logged norms are the pre-clip norms; after the step each group is clipped to 1.0
+    assert m["grad_norm"] > 0 and m["value_grad_norm"] > 0
+    assert float(actor) == pytest.approx(min(m["grad_norm"], 1.0), rel=1e-5)
+    assert float(critic) == pytest.approx(min(m["value_grad_norm"], 1.0), rel=1e-5)

@@ -150,6 +150,9 @@ class AlgoConfig:
     """Weight of the entropy bonus."""
     beta: float = 0.0
     """KL coefficient to the reference policy (adapters disabled), TRL's name."""
+    beta_decay_updates: int = 0
+    """``beta`` falls linearly to 0 over this many updates (0: constant). A KL pull to the
+    base that is strong early and released later (FDPP-style scheduled regularisation)."""
     target_kl: float | None = None
     """Stop the update epochs early when the approximate KL exceeds this."""
     num_ppo_epochs: int = 2
@@ -337,6 +340,7 @@ class Config:
         _positive("algo.gradient_accumulation_steps", a.gradient_accumulation_steps)
         _positive("algo.max_grad_norm", a.max_grad_norm)
         _positive("algo.beta", a.beta, zero_ok=True)
+        _positive("algo.beta_decay_updates", a.beta_decay_updates, zero_ok=True)
         _positive("algo.teacher_coef", a.teacher_coef, zero_ok=True)
         _positive("algo.teacher_coef_decay_updates", a.teacher_coef_decay_updates, zero_ok=True)
         if a.name in ("grpo", "rloo"):

@@ -20,7 +20,7 @@ import torch
 
 from vlarl.algorithms import ALGORITHMS, Algorithm, UpdateContext
 from vlarl.algorithms.advantages import dynamic_sampling_mask, group_advantages
-from vlarl.algorithms.losses import entropy_bonus, kl_to_reference, policy_loss
+from vlarl.algorithms.losses import entropy_bonus, kl_to_reference, linear_decay, policy_loss
 from vlarl.policies.base import Policy
 from vlarl.rollout import Batch, RolloutBuffer
 
@@ -65,10 +65,11 @@ class GRPO(Algorithm):
         ent = entropy_bonus(entropy)
         loss = pg - cfg.ent_coef * ent
         out = {"policy_loss": pg.detach(), "entropy": ent.detach(), **parts}
-        if cfg.beta > 0:
+        beta = linear_decay(cfg.beta, update_idx, cfg.beta_decay_updates)
+        if beta > 0:
             kl = kl_to_reference(log_probs, self.reference_log_probs(policy, batch))
-            loss = loss + cfg.beta * kl
-            out["kl_ref"] = kl.detach()
+            loss = loss + beta * kl
+            out.update(kl_ref=kl.detach(), beta=torch.tensor(beta))
         if values is not None:
             # A value head unused by GRPO still joins the graph (DDP wants every gradient).
             loss = loss + 0.0 * values.sum()

@@ -27,7 +27,13 @@ from torch import nn
 
 from vlarl.algorithms import ALGORITHMS, Algorithm, UpdateContext
 from vlarl.algorithms.advantages import explained_variance, gae
-from vlarl.algorithms.losses import entropy_bonus, kl_to_reference, policy_loss, value_loss
+from vlarl.algorithms.losses import (
+    entropy_bonus,
+    kl_to_reference,
+    linear_decay,
+    policy_loss,
+    value_loss,
+)
 from vlarl.policies.base import Policy
 from vlarl.rollout import Batch, RolloutBuffer
 
@@ -76,10 +82,11 @@ class PPO(Algorithm):
         warmup = update_idx < cfg.critic_warmup_updates
         out = {"policy_loss": pg.detach(), "value_loss": vl.detach(), "entropy": ent.detach(),
                **parts, **vparts}
-        if cfg.beta > 0 and not warmup:
+        beta = linear_decay(cfg.beta, update_idx, cfg.beta_decay_updates)
+        if beta > 0 and not warmup:
             kl = kl_to_reference(log_probs, self.reference_log_probs(policy, batch))
-            actor = actor + cfg.beta * kl
-            out["kl_ref"] = kl.detach()
+            actor = actor + beta * kl
+            out.update(kl_ref=kl.detach(), beta=torch.tensor(beta))
         # In warm-up the actor term is multiplied by 0 rather than dropped, so every
         # parameter stays in the graph (DDP expects gradients for all of them).
         loss = cfg.vf_coef * vl + (0.0 * actor if warmup else actor)
