@@ -14,6 +14,10 @@ def test_defaults_validate_and_overrides_apply(tmp_path):
     assert cfg.env.task == "PushCube-v1"
     assert cfg.train.learning_rate == pytest.approx(3e-5)
     assert cfg.eval.splits == ["train", "wide_pose"]
+    spaced = load_config(None, ["--eval.splits", "train", "wide_pose", "distractor",
+                                "--eval.num_episodes", "7"])
+    assert spaced.eval.splits == ["train", "wide_pose", "distractor"]
+    assert spaced.eval.num_episodes == 7
     path = tmp_path / "r.yaml"
     save_config(cfg, path)
     again = load_config(path)

@@ -507,8 +507,17 @@ def _parse_overrides(overrides: list[str] | dict) -> list[tuple[str, Any]]:
         else:
             if i + 1 >= len(overrides):
                 raise ConfigError(f"--{tok} needs a value")
-            k, v = tok, overrides[i + 1]
-            i += 2
+            # `--eval.splits train wide_pose`: every token up to the next --key is a value;
+            # several values make a list (as does the YAML form "[train, wide_pose]").
+            j = i + 1
+            while j < len(overrides) and not overrides[j].startswith("--"):
+                j += 1
+            k, values = tok, overrides[i + 1:j]
+            i = j
+            if len(values) > 1:
+                out.append((k.replace("-", "_"), [yaml.safe_load(v) for v in values]))
+                continue
+            v = values[0]
         k = k.replace("-", "_")
         out.append((k, yaml.safe_load(v) if v not in ("",) else v))
     return out
