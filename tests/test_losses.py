@@ -61,6 +61,13 @@ def test_value_clipping():
     assert loss.item() == pytest.approx(0.5 * (0.64 + 1.21) / 2)
     assert v.grad.tolist() == pytest.approx([0.0, 0.5 * 2 * (-1.1) / 2])
     assert float(m["value_clipfrac"]) == 0.5
+    # cliprange_value=None (the default): plain MSE, entry 0 keeps its gradient
+    w = torch.tensor([0.5, -0.1], requires_grad=True)
+    loss, m = value_loss(w, torch.zeros(2), torch.ones(2), cliprange_value=None)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.5 * (0.25 + 1.21) / 2)
+    assert w.grad.tolist() == pytest.approx([0.5 * 2 * (-0.5) / 2, 0.5 * 2 * (-1.1) / 2])
+    assert float(m["value_clipfrac"]) == 0.0
 
 
 def test_kl_to_reference_k3():

@@ -48,14 +48,18 @@ def policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-               cliprange_value: float, mask: torch.Tensor | None = None
+               cliprange_value: float | None, mask: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss ``0.5 * mean(max((v - R)^2, (v_old + clip(v - v_old) - R)^2))``.
 
     The clip keeps the critic near the values the advantages were computed with (as TRL's
     PPOTrainer and CleanRL's ``clip_vloss``). Shapes: all float ``[B]``.
     Metrics: ``value_clipfrac`` (share of samples where the clipped term was larger).
+    ``cliprange_value=None``: the plain ``0.5 * mean((v - R)^2)`` (``value_clipfrac`` 0).
     """
+    if cliprange_value is None:
+        return 0.5 * masked_mean((values - returns) ** 2, mask), {
+            "value_clipfrac": torch.zeros((), device=values.device)}
     clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value,
                                               cliprange_value)
     err = (values - returns) ** 2

@@ -7,7 +7,7 @@ Implementation details (CleanRL / TRL PPOTrainer conventions):
 2. Advantages normalised per minibatch (``norm_adv``), before the micro-batch split so
    gradient accumulation does not change the result.
 3. Clipped surrogate with asymmetric clip ``[1 - epsilon, 1 + epsilon_high]``.
-4. Clipped value loss (``cliprange_value``), weighted by ``vf_coef``.
+4. Value loss, clipped only when ``cliprange_value`` is set (default None), weighted by ``vf_coef``.
 5. Entropy bonus ``ent_coef``; KL to the reference (adapters disabled) ``beta``, k3 estimator.
 6. Critic warm-up: for the first ``critic_warmup_updates`` updates only the value loss
    counts and the actor's parameters are left bit-identical (their gradients are dropped).
