@@ -5,9 +5,10 @@ Rows (env control steps per second, median over ``repeats``; random actions):
 * ``raw_maniskill``       - ``gym.make(task, obs_mode="rgb")`` + ``env.step``: renders every step;
 * ``inline_every_step_k1`` - vlarl inline backend, ``render_every_step=True`` (same work as raw);
 * ``inline_k{1,4,8}``     - vlarl inline backend rendering only at decision steps, chunk k;
-* ``cpu_{1,2}w_k{k}``     - the worker-process backend with 1 and 2 workers (total env steps/s).
+* ``cpu_{1,2}w_k{k}``     - the worker-process backend with 1 and 2 workers (total env steps/s),
+  at chunk ``vector_chunk`` (default 1: a render and a parent round trip every step) and 8.
 
-Ratios are against ``raw_maniskill``; ``scaling_2w`` is 2 workers over 1. Peak RSS is
+Ratios are against ``raw_maniskill``; ``scaling_2w_k{k}`` is 2 workers over 1. Peak RSS is
 this process's and its (finished) children's. Usage::
 
     python -m vlarl.envs.bench --task PickCube-v1 --image-size 64 --steps 48 --repeats 3
@@ -87,16 +88,19 @@ def bench_env(task: str = "PickCube-v1", image_size: int = 64, steps: int = 48,
             out[f"inline_k{k}"] = _vlarl(env, k, steps, repeats)
     finally:
         env.close()
+    chunks = sorted({vector_chunk, 8})
     for workers in (1, 2):
         venv = make_env(dataclasses.replace(cfg, backend="cpu", num_envs=workers))
         try:
-            out[f"cpu_{workers}w_k{vector_chunk}"] = _vlarl(venv, vector_chunk, steps, repeats)
+            for k in chunks:
+                out[f"cpu_{workers}w_k{k}"] = _vlarl(venv, k, max(steps, 8 * k), repeats)
         finally:
             venv.close()
     raw = out["raw_maniskill"]
     out["ratios_vs_raw"] = {k: round(v / raw, 2) for k, v in out.items()
                             if isinstance(v, float) and k != "raw_maniskill"}
-    out["scaling_2w"] = round(out[f"cpu_2w_k{vector_chunk}"] / out[f"cpu_1w_k{vector_chunk}"], 2)
+    for k in chunks:
+        out[f"scaling_2w_k{k}"] = round(out[f"cpu_2w_k{k}"] / out[f"cpu_1w_k{k}"], 2)
     mib = 1024.0  # ru_maxrss is in KiB on Linux
     out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / mib, 1)
     out["peak_rss_children_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / mib, 1)
