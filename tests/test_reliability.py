@@ -221,7 +221,7 @@ BAD_INPUTS = [
     (["--train.learing_rate", "1e-3"], "unknown key 'train.learing_rate'"),
     (["--train.learning_rate", "fast"], "train.learning_rate='fast' must be a float"),
     (["--train.num_updates", "2.5"], "train.num_updates=2.5 must be an int"),
-    (["--env.task", "PickBanana-v1"], "unknown task 'PickBanana-v1'; allowed: ['PickCube-v1'"),
+    (["--env.task", "PickBanana-v1"], "unknown task 'PickBanana-v1'; allowed: ['PickCube-Color-v1', 'PickCube-v1'"),
     (["--env.split", "moon"], "unknown split 'moon'; allowed:"),
     (["--policy.name", "gpt"], "policy.name='gpt' is not allowed; choose one of"),
     (["--algo.name", "sac"], "algo.name='sac' is not allowed; choose one of ['grpo', 'ppo', "),
