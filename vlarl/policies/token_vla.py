@@ -109,10 +109,10 @@ class TokenVLAPolicy(Policy):
         # Distinct ids tell the slots apart; one shared id (e.g. pad, whose embedding is zero
         # in Gemma) leaves every slot with the same query and the same prediction.
         steps = cfg.chunk_size * cfg.action_dim
-        if steps > self.action_start:
+        if cfg.decoding == "parallel" and steps > self.action_start:
             raise ValueError(f"policy.decoding=parallel needs chunk_size*action_dim={steps} "
                              f"placeholder ids below the action ids (only {self.action_start})")
-        self.placeholder_ids = torch.arange(self.action_start - steps, self.action_start)
+        self.placeholder_ids = torch.arange(max(self.action_start - steps, 0), self.action_start)
         self.model.eval()
 
     # ------------------------------------------------------------------ construction
