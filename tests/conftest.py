@@ -11,3 +11,17 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import torch
 
 torch.set_num_threads(1)
+
+
+import pytest
+
+
+@pytest.fixture
+def no_env(monkeypatch):
+    """Any env start is a test failure (bad input must be refused before envs start)."""
+    import vlarl.envs
+
+    def boom(cfg):
+        raise AssertionError("an env was started before the input error was raised")
+
+    monkeypatch.setattr(vlarl.envs, "make_env", boom)

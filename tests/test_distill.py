@@ -11,7 +11,6 @@ import json
 import pytest
 import torch
 
-import vlarl.envs
 from vlarl.config import Config, ConfigError, EnvConfig, PolicyConfig
 from vlarl.data import collate_chunks
 from vlarl.distill import SEED0, DistillDataset, run_distill
@@ -41,15 +40,6 @@ def _cfg(tmp_path, teacher, **distill) -> Config:
     for k, v in distill.items():
         setattr(cfg.distill, k, v)
     return cfg
-
-
-@pytest.fixture
-def no_env(monkeypatch):
-    """Any env start is a test failure (errors must come first)."""
-    def boom(cfg):
-        raise AssertionError("an env was started before the input error was raised")
-
-    monkeypatch.setattr(vlarl.envs, "make_env", boom)
 
 
 # ----------------------------------------------------------------------------- fast

@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 
-import vlarl.envs
 from vlarl.algorithms import ALGORITHMS, UpdateContext
 from vlarl.algorithms.losses import linear_decay, teacher_action_loss
 from vlarl.algorithms.ppo import PPO
@@ -52,15 +51,6 @@ def _cfg(tmp_path, teacher, **algo) -> Config:
     for k, v in algo.items():
         setattr(cfg.algo, k, v)
     return cfg
-
-
-@pytest.fixture
-def no_env(monkeypatch):
-    """Any env start is a test failure (errors must come first)."""
-    def boom(cfg):
-        raise AssertionError("an env was started before the input error was raised")
-
-    monkeypatch.setattr(vlarl.envs, "make_env", boom)
 
 
 def _obs(n: int, seed: int = 0) -> Obs:
