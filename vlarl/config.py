@@ -60,6 +60,16 @@ class EnvConfig:
     """Render a frame at every control step (benchmark baseline); default renders only at decisions."""
     seed: int = 0
     """Base seed of the episode stream; env i of reset r gets a seed derived from it."""
+    privileged_state: bool = False
+    """Also return the simulator's full state (``Obs.privileged``: ManiSkill's ``get_state()``
+    - every actor's pose and velocity, the robot's root pose, qpos, qvel - plus the episode's
+    elapsed-time fraction). For an asymmetric critic (``policy.critic_input: privileged``) or a
+    state-based expert; switched on automatically when the policy reads it."""
+    obs_mode: Literal["rgb", "state"] = "rgb"
+    """``rgb``: camera images (the VLA's input); ``state``: no camera and no rendering (fast
+    state-only RL experts, RLDG): images are empty ``[N, 0, H, W, 3]``, ``Obs.state`` is
+    ManiSkill's state observation (agent + task extras, object poses included) and
+    privileged state is on."""
 
 
 @dataclass
@@ -106,6 +116,14 @@ class PolicyConfig:
     """peft target modules: ``all-linear`` or a comma-separated list of module names."""
     value_head: bool = True
     """Add a value head on pooled backbone features (PPO's critic)."""
+    critic_input: Literal["features", "privileged"] = "features"
+    """What the value head reads: ``features`` = pooled backbone features (RL4VLA's shared
+    critic); ``privileged`` = the simulator state ``Obs.privileged`` (asymmetric actor-critic:
+    the actor still sees only images + proprioception; needs ``env.privileged_state``, which
+    is switched on for it)."""
+    privileged_dim: int = 128
+    """Width the privileged state is zero-padded to for ``critic_input: privileged`` (PushCube /
+    PickCube: 71 values); a larger state is refused."""
     detach_value_features: bool = False
     """Feed the value head detached backbone features, so the value loss does not move the
     actor's adapters (token_vla; default False = the shared backbone of RL4VLA)."""
@@ -297,6 +315,21 @@ class DistillConfig:
 
 
 @dataclass
+class IreConfig:
+    output_dir: str = "runs/ire"
+    """Run directory of ``vlarl ire``: ``round_<r>/{rl,successes,sft}``, ``policy``, ``summary.json``."""
+    rounds: int = 3
+    """iRe-VLA iterations, each an RL phase then an SFT phase."""
+    rl_updates: int = 100
+    """RL updates per round (LoRA, backbone frozen; ``algo.*`` / ``train.*`` apply, except
+    ``train.num_updates``, which this replaces). rounds x rl_updates = the plain RL run's
+    ``train.num_updates`` gives the comparison at (nearly) equal env steps."""
+    sft_steps: int = 200
+    """Optimizer steps of each SFT phase (``sft.*`` apply; batch ``sft.batch_size``) on the
+    demonstrations + every successful RL episode so far; 0 only merges the adapters."""
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -306,6 +339,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    ire: IreConfig = field(default_factory=IreConfig)
 
     def validate(self) -> Config:
         """Check every value that can be checked without importing ManiSkill or torch."""
@@ -317,6 +351,13 @@ class Config:
         _choice("env.reward_mode", e.reward_mode, {"sparse", "dense", "normalized_dense"})
         _choice("env.control_mode", e.control_mode,
                 {"pd_ee_delta_pose", "pd_ee_delta_pos", "pd_joint_delta_pos", "pd_joint_pos"})
+        _choice("env.obs_mode", e.obs_mode, {"rgb", "state"})
+        _choice("policy.critic_input", p.critic_input, {"features", "privileged"})
+        _positive("policy.privileged_dim", p.privileged_dim)
+        if p.critic_input == "privileged" or e.obs_mode == "state":
+            e.privileged_state = True  # the policy reads it: the env must return it
+        if p.critic_input == "privileged" and not p.value_head:
+            raise ConfigError("policy.critic_input=privileged needs policy.value_head=true")
         _positive("policy.chunk_size", p.chunk_size)
         _positive("policy.action_dim", p.action_dim)
         if p.action_bins < 2:
@@ -376,6 +417,12 @@ class Config:
         _positive("sft.batch_size", self.sft.batch_size)
         _positive("data.num_episodes", self.data.num_episodes)
         _choice("distill.method", self.distill.method, {"bc", "dagger", "rpd"})
+        ire = self.ire
+        for key, low in (("rounds", 1), ("rl_updates", 1), ("sft_steps", 0)):
+            if getattr(ire, key) < low:
+                raise ConfigError(f"ire.{key}={getattr(ire, key)!r} must be >= {low}")
+        if not str(ire.output_dir).strip():
+            raise ConfigError("ire.output_dir must be a non-empty path")
         return self
 
 

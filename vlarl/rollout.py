@@ -75,6 +75,7 @@ class RolloutBuffer:
 
         self.images: torch.Tensor | None = None  # uint8 [T, N, cams, H, W, 3]
         self.state: torch.Tensor | None = None  # float32 [T, N, D]
+        self.privileged: torch.Tensor | None = None  # float32 [T, N, P] when the env gives it
         self.instructions: list[list[str]] = [[""] * N for _ in range(T)]
         self.stored: dict[str, torch.Tensor] = {}  # each [T, N, ...]
         self.log_probs = zeros(T, N)
@@ -109,6 +110,9 @@ class RolloutBuffer:
                                       device=self.device)
             self.state = torch.zeros((self.num_steps, *obs.state.shape),
                                      dtype=obs.state.dtype, device=self.device)
+            if obs.privileged is not None:
+                self.privileged = torch.zeros((self.num_steps, *obs.privileged.shape),
+                                              dtype=torch.float32, device=self.device)
         for key, val in stored.items():
             if key not in self.stored:
                 self.stored[key] = torch.zeros((self.num_steps, *val.shape), dtype=val.dtype,
@@ -117,6 +121,10 @@ class RolloutBuffer:
         assert self.state is not None
         self.images[t] = obs.images
         self.state[t] = obs.state
+        if self.privileged is not None:
+            if obs.privileged is None:
+                raise ValueError("the env stopped returning Obs.privileged mid-rollout")
+            self.privileged[t] = obs.privileged
         self.instructions[t] = list(obs.instructions)
         self.log_probs[t] = log_probs
         if act_values is not None:
@@ -142,8 +150,9 @@ class RolloutBuffer:
         assert self.images is not None and self.state is not None, "buffer is empty"
         N = self.num_envs
         ids = idx.tolist()
+        priv = None if self.privileged is None else self.privileged.flatten(0, 1)[idx]
         return Obs(self.images.flatten(0, 1)[idx], self.state.flatten(0, 1)[idx],
-                   [self.instructions[i // N][i % N] for i in ids])
+                   [self.instructions[i // N][i % N] for i in ids], priv)
 
 
 @torch.no_grad()

@@ -16,35 +16,46 @@ class Obs:
     """A batch of N language-conditioned observations.
 
     images: uint8 ``[N, cams, H, W, 3]``; state: float32 ``[N, D]`` (proprioception);
-    instructions: ``list[str]`` of length N.
+    instructions: ``list[str]`` of length N; privileged: float32 ``[N, P]`` or None - the
+    simulator's full state for an asymmetric critic or a state-based expert, filled only when
+    ``env.privileged_state`` is on (never fed to a VLA actor).
     """
 
     images: torch.Tensor
     state: torch.Tensor
     instructions: list[str]
+    privileged: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def index(self, idx: torch.Tensor | list[int] | slice) -> Obs:
         """Sub-batch by integer indices, a bool mask or a slice."""
+        priv = self.privileged
         if isinstance(idx, slice):
-            return Obs(self.images[idx], self.state[idx], self.instructions[idx])
+            return Obs(self.images[idx], self.state[idx], self.instructions[idx],
+                       None if priv is None else priv[idx])
         idx_t = torch.as_tensor(idx)
         if idx_t.dtype == torch.bool:
             idx_t = idx_t.nonzero(as_tuple=True)[0]
         ids = idx_t.tolist()
-        return Obs(self.images[idx_t], self.state[idx_t], [self.instructions[i] for i in ids])
+        return Obs(self.images[idx_t], self.state[idx_t], [self.instructions[i] for i in ids],
+                   None if priv is None else priv[idx_t.to(priv.device)])
 
     def to(self, device: torch.device | str) -> Obs:
-        return Obs(self.images.to(device), self.state.to(device), self.instructions)
+        return Obs(self.images.to(device), self.state.to(device), self.instructions,
+                   None if self.privileged is None else self.privileged.to(device))
 
     @staticmethod
     def cat(items: list[Obs]) -> Obs:
+        privs = [o.privileged for o in items]
+        if any(p is None for p in privs) and not all(p is None for p in privs):
+            raise ValueError("Obs.cat: some observations carry privileged state and some do not")
         return Obs(
             torch.cat([o.images for o in items]),
             torch.cat([o.state for o in items]),
             [s for o in items for s in o.instructions],
+            None if privs[0] is None else torch.cat(privs),  # type: ignore[arg-type]
         )
 
 

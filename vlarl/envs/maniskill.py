@@ -19,6 +19,13 @@ without privileged object state - e.g. PickCube's ``is_grasped`` + ``goal_pos`` 
 goal marker is hidden from cameras, so a policy must get it here), PullCube's ``goal_pos``
 (D=19), PlaceSphere's ``bin_pos``; PushCube and StackCube show their goals in the image (D=16).
 Object poses (privileged) are never included.
+
+``env.privileged_state`` adds ``Obs.privileged``: ``get_state()`` (every actor's and
+articulation's pose, velocities, qpos, qvel: 70 values on PushCube/PickCube), the elapsed
+fraction of the episode (values depend on the time left before truncation) and, on
+colour-target tasks, the target index. ``env.obs_mode: state`` creates the env without
+cameras (ManiSkill ``obs_mode="state_dict"``; nothing is rendered): images are empty and
+``Obs.state`` is ManiSkill's state observation (object poses included).
 """
 
 from __future__ import annotations
@@ -84,8 +91,11 @@ class ManiSkillVecEnv(VecEnv):
         self.num_envs = num_envs or cfg.num_envs
         self.max_episode_steps = cfg.max_episode_steps
         env_id = variant_env_id(cfg.task, self._split.variant)
+        self._rgb = cfg.obs_mode == "rgb"
+        self._privileged = cfg.privileged_state or not self._rgb
         self._env = gym.make(
-            env_id, num_envs=self.num_envs, obs_mode="rgb", control_mode=cfg.control_mode,
+            env_id, num_envs=self.num_envs, obs_mode="rgb" if self._rgb else "state_dict",
+            control_mode=cfg.control_mode,
             reward_mode=cfg.reward_mode, sim_backend=sim_backend,
             sensor_configs={"width": cfg.image_size, "height": cfg.image_size},
             max_episode_steps=cfg.max_episode_steps)
@@ -105,9 +115,22 @@ class ManiSkillVecEnv(VecEnv):
         parts = [raw["agent"]["qpos"]] + [v.reshape(n, -1) for v in raw["extra"].values()]
         return torch.cat([p.float() for p in parts], -1).cpu()
 
+    def _privileged_state(self) -> torch.Tensor:
+        """Full simulator state + elapsed fraction (+ colour target): the critic's input."""
+        parts = [self.u.get_state().float(),
+                 (self.u.elapsed_steps.float() / self.max_episode_steps).reshape(-1, 1)]
+        if self._spec.target_colors:
+            parts.append(self.u.target.float().reshape(-1, 1))
+        return torch.cat([p.to(parts[0].device) for p in parts], -1).cpu()
+
     def _obs(self, raw: dict) -> Obs:
-        images = raw["sensor_data"][CAMERA]["rgb"].unsqueeze(1).cpu()
-        return Obs(images, self._state(raw), list(self._instructions))
+        if self._rgb:
+            images = raw["sensor_data"][CAMERA]["rgb"].unsqueeze(1).cpu()
+        else:
+            size = self.cfg.image_size
+            images = torch.zeros((self.num_envs, 0, size, size, 3), dtype=torch.uint8)
+        priv = self._privileged_state() if self._privileged else None
+        return Obs(images, self._state(raw), list(self._instructions), priv)
 
     def _render(self, info: dict) -> Obs:
         """The only place a step renders: ``get_obs`` updates the render scene and captures."""
@@ -229,6 +252,8 @@ class ManiSkillVecEnv(VecEnv):
         reset and chunk renders the current state, so nothing has to be rendered again)."""
         if self._last is None:
             raise RuntimeError("call reset(seeds) before render_frames")
+        if not self._rgb:
+            raise RuntimeError("env.obs_mode=state has no camera: nothing to render")
         return self._last.images[:, 0]
 
     def close(self) -> None:
@@ -237,9 +262,15 @@ class ManiSkillVecEnv(VecEnv):
 
 def _merge(base: Obs | None, new: Obs, rows: torch.Tensor) -> Obs:
     """``base`` with the ``rows`` (bool [N]) replaced by ``new``'s (copies ``new`` if no base)."""
+    def clone(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.clone()
+
     if base is None:
-        return Obs(new.images.clone(), new.state.clone(), list(new.instructions))
-    images, state = base.images.clone(), base.state.clone()
+        return Obs(new.images.clone(), new.state.clone(), list(new.instructions),
+                   clone(new.privileged))
+    images, state, priv = base.images.clone(), base.state.clone(), clone(base.privileged)
     images[rows], state[rows] = new.images[rows], new.state[rows]
+    if priv is not None and new.privileged is not None:
+        priv[rows] = new.privileged[rows]
     instr = [new.instructions[i] if rows[i] else base.instructions[i] for i in range(len(rows))]
-    return Obs(images, state, instr)
+    return Obs(images, state, instr, priv)

@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlarl.config import ConfigError, PolicyConfig, _set
+from vlarl.types import Obs
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -64,20 +66,46 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class ValueHead(nn.Module):
-    """State-value critic ``V(s)`` on pooled backbone features: ``[N, H] -> [N]``.
+    """State-value critic ``V(s)``: ``[N, H] -> [N]`` (pooled backbone features or privileged state).
 
-    A small MLP in fp32 (the backbone may be bf16). The last layer starts at zero so the
-    initial values are exactly 0 and the first PPO updates are not dominated by a random critic.
+    A small MLP in fp32 (the backbone may be bf16) with ``depth`` hidden layers. The last
+    layer starts at zero so the initial values are exactly 0 and the first PPO updates are
+    not dominated by a random critic.
     """
 
-    def __init__(self, hidden_size: int, width: int = 256):
+    def __init__(self, hidden_size: int, width: int = 256, depth: int = 1):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(hidden_size, width), nn.Tanh(), nn.Linear(width, 1))
-        nn.init.zeros_(self.net[2].weight)
-        nn.init.zeros_(self.net[2].bias)
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Linear(hidden_size if i == 0 else width, width), nn.Tanh()]
+        self.net = nn.Sequential(*layers, nn.Linear(width, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features.float()).squeeze(-1)
+
+
+def make_value_head(cfg: PolicyConfig, hidden_size: int) -> ValueHead | None:
+    """The policy's critic: None, on backbone features, or (``critic_input: privileged``) a
+    2-layer MLP on the zero-padded simulator state - the asymmetric actor-critic of sim-to-real
+    robot RL (the actor never sees the privileged state)."""
+    if not cfg.value_head:
+        return None
+    if cfg.critic_input == "privileged":
+        return ValueHead(cfg.privileged_dim, depth=2)
+    return ValueHead(hidden_size)
+
+
+def privileged_input(obs: Obs, dim: int, device: torch.device | str) -> torch.Tensor:
+    """``obs.privileged`` zero-padded to ``[N, dim]`` (the privileged critic's input)."""
+    priv = obs.privileged
+    if priv is None:
+        raise ValueError("policy.critic_input=privileged but the observation has no privileged "
+                         "state: set env.privileged_state=true")
+    if priv.shape[-1] > dim:
+        raise ValueError(f"privileged state has {priv.shape[-1]} values > policy.privileged_dim={dim}")
+    return F.pad(priv.float(), (0, dim - priv.shape[-1])).to(device)
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -175,6 +203,10 @@ def load_saved_heads(policy: nn.Module, path: str | Path, meta: dict) -> None:
     name; heads the current config drops (attribute None) are skipped on purpose."""
     saved = set(meta.get("heads", []))
     heads = {n: getattr(policy, n) for n in saved if getattr(policy, n, None) is not None}
+    cfg = getattr(policy, "cfg", None)
+    saved_critic = meta.get("config", {}).get("critic_input", "features")
+    if cfg is not None and getattr(cfg, "critic_input", saved_critic) != saved_critic:
+        heads.pop("value_head", None)  # another critic input: the new critic starts fresh
     load_heads(path, heads, skip=tuple(saved - heads.keys()))
 
 

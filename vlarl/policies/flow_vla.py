@@ -39,7 +39,9 @@ from vlarl.policies.common import (
     is_peft,
     load_base,
     load_saved_heads,
+    make_value_head,
     masked_mean,
+    privileged_input,
     read_policy_json,
     save_checkpoint,
 )
@@ -165,7 +167,7 @@ class FlowVLAPolicy(Policy):
         self.processor = processor
         self.model = model if is_peft(model) else apply_lora(model, cfg)
         hidden = mc.vlm_config.text_config.hidden_size
-        self.value_head = (value_head or ValueHead(hidden)) if cfg.value_head else None
+        self.value_head = (value_head or make_value_head(cfg, hidden)) if cfg.value_head else None
         self.register_buffer("_mask", flow_math.action_mask(
             mc.chunk_size, mc.max_action_dim, cfg.chunk_size, cfg.action_dim), persistent=False)
 
@@ -275,8 +277,13 @@ class FlowVLAPolicy(Policy):
         cache.crop(prefix_len - cache.get_seq_length())
         return v.float()
 
-    def _values(self, pooled: torch.Tensor) -> torch.Tensor | None:
-        return None if self.value_head is None else self.value_head(pooled)
+    def _values(self, pooled: torch.Tensor | None, obs: Obs) -> torch.Tensor | None:
+        if self.value_head is None:
+            return None
+        if self.cfg.critic_input == "privileged":
+            return self.value_head(privileged_input(obs, self.cfg.privileged_dim, self._device))
+        assert pooled is not None
+        return self.value_head(pooled)
 
     # -- the policy protocol -----------------------------------------------------------------
     def act(self, obs: Obs, deterministic: bool = False,
@@ -300,7 +307,8 @@ class FlowVLAPolicy(Policy):
                 log_prob = log_prob + flow_math.transition_log_prob(x, mean, sigma, self._mask)
             traj.append(x)
         actions = x[:, : self.chunk_size, : self.action_dim].clamp(-1.0, 1.0)
-        return ActOutput(actions=actions, log_probs=log_prob, values=self._values(pooled),
+        return ActOutput(actions=actions, log_probs=log_prob, values=None if self.cfg.critic_input == "privileged" and obs.privileged is None
+                         else self._values(pooled, obs),
                          stored={"x_traj": torch.stack(traj, 1)})
 
     def evaluate(self, obs: Obs, stored: dict[str, torch.Tensor]
@@ -319,12 +327,14 @@ class FlowVLAPolicy(Policy):
             if sigma > 0.0:
                 log_prob = log_prob + flow_math.transition_log_prob(x_traj[:, i + 1], mean, sigma, self._mask)
         entropy = flow_math.chunk_entropy(sigma, steps, self._mask, x_traj.shape[0], self._device)
-        return log_prob, entropy, self._values(pooled)
+        return log_prob, entropy, self._values(pooled, obs)
 
     def value(self, obs: Obs) -> torch.Tensor | None:
         if self.value_head is None:
             return None
-        return self._values(self._prefix(self._inputs(obs))[1])
+        if self.cfg.critic_input == "privileged":  # no backbone pass needed
+            return self._values(None, obs)
+        return self._values(self._prefix(self._inputs(obs))[1], obs)
 
     def sft_loss(self, obs: Obs, actions: torch.Tensor) -> torch.Tensor:
         """pi0's own flow-matching loss (MSE of the velocity) on demonstration chunks ``[N, k, A]``."""

@@ -18,7 +18,8 @@ proprio state binned to 0..255 as text).
   placeholder id instead of the previous action tokens, so one forward gives every token's
   distribution (sampled independently); training, SFT and evaluate use the same layout.
 * ``evaluate``: one teacher-forced forward over prefix + tokens -> the same log-probs.
-* ``values``: :class:`ValueHead` on the masked mean of the prefix's last hidden states.
+* ``values``: :class:`ValueHead` on the masked mean of the prefix's last hidden states, or
+  (``critic_input: privileged``) on the simulator state.
 * LoRA (peft) or full fine-tuning; ``reference()`` = peft ``disable_adapter()``.
 """
 
@@ -41,13 +42,14 @@ from vlarl.policies.common import (
     ADAPTER_DIR,
     BASE_DIR,
     POLICY_FILE,
-    ValueHead,
     apply_lora,
     is_peft,
     load_adapter,
     load_base,
     load_saved_heads,
+    make_value_head,
     masked_mean,
+    privileged_input,
     read_policy_json,
     save_checkpoint,
 )
@@ -103,7 +105,7 @@ class TokenVLAPolicy(Policy):
                         for c in type(self._base()).__mro__)
         self.position_offset = 1 if paligemma else 0
         self.image_token = image_placeholder(processor)  # per camera; see token_inputs
-        self.value_head = ValueHead(text_cfg.hidden_size) if cfg.value_head else None
+        self.value_head = make_value_head(cfg, text_cfg.hidden_size)
         # Parallel decoding's inputs: slot j of the chunk is fed the fixed id
         # action_start - k*A + j (on PaliGemma checkpoints: its rarely used <loc>/<seg> ids).
         # Distinct ids tell the slots apart; one shared id (e.g. pad, whose embedding is zero
@@ -217,9 +219,13 @@ class TokenVLAPolicy(Policy):
         ids = slice(self.action_start, self.action_start + self.cfg.action_bins)
         return logits[..., ids].float() / self.temperature
 
-    def _values(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+    def _values(self, hidden: torch.Tensor | None, mask: torch.Tensor,
+                obs: Obs) -> torch.Tensor | None:
         if self.value_head is None:
             return None
+        if self.cfg.critic_input == "privileged":
+            return self.value_head(privileged_input(obs, self.cfg.privileged_dim, self.device))
+        assert hidden is not None
         pooled = masked_mean(hidden, mask)
         if self.cfg.detach_value_features:  # critic gradients stay out of the actor's adapters
             pooled = pooled.detach()
@@ -236,7 +242,7 @@ class TokenVLAPolicy(Policy):
             return self._act_parallel(obs, deterministic, generator)
         batch = self._encode(obs)
         out = self.model(**batch, use_cache=True, output_hidden_states=True, logits_to_keep=1)
-        values = self._values(out.hidden_states[-1], batch["attention_mask"])
+        values = self._act_values(out.hidden_states[-1], batch["attention_mask"], obs)
         mask, pos = batch["attention_mask"], batch["position_ids"][..., -1:]
         tokens = torch.empty(n, steps, dtype=torch.long, device=self.device)
         # Summed in float64 so act() and evaluate() round to the same float32 chunk log-prob.
@@ -276,7 +282,7 @@ class TokenVLAPolicy(Policy):
         log_probs = logp.gather(-1, tokens[..., None]).squeeze(-1).double().sum(-1).float()
         values = None
         if self.value_head is not None:
-            values = self._values(out.hidden_states[-1][:, :prefix], batch["attention_mask"])
+            values = self._act_values(self._prefix_hidden(out, prefix), batch["attention_mask"], obs)
         actions = self.action_tokenizer.detokenize(tokens).view(n, self.chunk_size, self.action_dim)
         return ActOutput(actions=actions, log_probs=log_probs, values=values,
                          stored={"tokens": tokens})
@@ -292,7 +298,7 @@ class TokenVLAPolicy(Policy):
         if self.cfg.decoding == "parallel":  # the inputs never depend on the sampled tokens
             feed = self.placeholder_ids[: feed.shape[1]].to(feed.device).expand_as(feed)
         full = extend(batch, feed)
-        kwargs: dict[str, Any] = {"output_hidden_states": self.value_head is not None}
+        kwargs: dict[str, Any] = {"output_hidden_states": self._critic_on_features}
         if labels:
             lab = torch.full_like(full["input_ids"], -100)
             lab[:, prefix:] = ids
@@ -315,16 +321,33 @@ class TokenVLAPolicy(Policy):
         entropy = -(logp.exp() * logp).sum(-1).double().sum(-1).float()
         values = None
         if self.value_head is not None:
-            values = self._values(out.hidden_states[-1][:, :prefix], batch["attention_mask"])
+            values = self._values(self._prefix_hidden(out, prefix), batch["attention_mask"], obs)
         return log_probs, entropy, values
 
     def value(self, obs: Obs) -> torch.Tensor | None:
         """Value estimates ``[N]`` from one prefix forward (no sampling)."""
         if self.value_head is None:
             return None
+        if not self._critic_on_features:  # the privileged critic needs no backbone pass
+            return self._values(None, torch.ones(0), obs)
         batch = self._encode(obs)
         out = self.model(**batch, output_hidden_states=True, logits_to_keep=1)
-        return self._values(out.hidden_states[-1], batch["attention_mask"])
+        return self._values(out.hidden_states[-1], batch["attention_mask"], obs)
+
+    def _act_values(self, hidden: torch.Tensor | None, mask: torch.Tensor,
+                    obs: Obs) -> torch.Tensor | None:
+        """Values for ``act``: None when a privileged critic gets no privileged state (eval
+        envs do not produce it; training envs always do - the trainer checks)."""
+        if self.cfg.critic_input == "privileged" and obs.privileged is None:
+            return None
+        return self._values(hidden, mask, obs)
+
+    @property
+    def _critic_on_features(self) -> bool:
+        return self.value_head is not None and self.cfg.critic_input == "features"
+
+    def _prefix_hidden(self, out: Any, prefix: int) -> torch.Tensor | None:
+        return out.hidden_states[-1][:, :prefix] if self._critic_on_features else None
 
     def sft_loss(self, obs: Obs, actions: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of expert chunks ``actions [N, k, A]`` as action tokens.
