@@ -122,8 +122,14 @@ class PolicyConfig:
     the actor still sees only images + proprioception; needs ``env.privileged_state``, which
     is switched on for it)."""
     privileged_dim: int = 128
-    """Width the privileged state is zero-padded to for ``critic_input: privileged`` (PushCube /
-    PickCube: 71 values); a larger state is refused."""
+    """Width the privileged state is zero-padded to for ``critic_input: privileged`` and
+    ``student_input: privileged`` (PushCube / PickCube: 71 values); a larger state is refused."""
+    student_input: Literal["full", "privileged"] = "full"
+    """mlp_student's input: ``full`` = camera images + hashed instruction + proprioception (a
+    student of a VLA); ``privileged`` = only the simulator state ``Obs.privileged``,
+    zero-padded to ``privileged_dim`` (a state-based RL expert, RLDG: images and words are
+    ignored, the critic reads the same state; needs ``env.privileged_state``, which is
+    switched on for it, and trains fastest with ``env.obs_mode: state``)."""
     detach_value_features: bool = False
     """Feed the value head detached backbone features, so the value loss does not move the
     actor's adapters (token_vla; default False = the shared backbone of RL4VLA)."""
@@ -255,6 +261,11 @@ class DataConfig:
     """Collection worker processes."""
     seed: int = 10_000
     """First seed of the demonstration episodes (disjoint from eval seeds)."""
+    expert: str = "scripted"
+    """Who acts during ``vlarl collect``: ``scripted`` (the state-machine experts of
+    ``vlarl.envs.experts``) or a policy directory (e.g. a state-based RL expert's
+    ``<run>/policy``, RLDG), run with deterministic actions; only its successful episodes
+    are written. The directory's content hash is part of the dataset's cache key."""
 
 
 @dataclass
@@ -354,7 +365,12 @@ class Config:
         _choice("env.obs_mode", e.obs_mode, {"rgb", "state"})
         _choice("policy.critic_input", p.critic_input, {"features", "privileged"})
         _positive("policy.privileged_dim", p.privileged_dim)
-        if p.critic_input == "privileged" or e.obs_mode == "state":
+        _choice("policy.student_input", p.student_input, {"full", "privileged"})
+        if p.student_input == "privileged" and p.name != "mlp_student":
+            raise ConfigError(f"policy.student_input=privileged needs policy.name=mlp_student "
+                              f"(got policy.name={p.name!r}); a VLA actor never reads the sim state")
+        if p.critic_input == "privileged" or p.student_input == "privileged" or \
+                e.obs_mode == "state":
             e.privileged_state = True  # the policy reads it: the env must return it
         if p.critic_input == "privileged" and not p.value_head:
             raise ConfigError("policy.critic_input=privileged needs policy.value_head=true")
@@ -416,6 +432,8 @@ class Config:
         _positive("eval.num_episodes", self.eval.num_episodes)
         _positive("sft.batch_size", self.sft.batch_size)
         _positive("data.num_episodes", self.data.num_episodes)
+        if not str(self.data.expert).strip():
+            raise ConfigError("data.expert='' is not allowed; use 'scripted' or a policy directory")
         _choice("distill.method", self.distill.method, {"bc", "dagger", "rpd"})
         ire = self.ire
         for key, low in (("rounds", 1), ("rl_updates", 1), ("sft_steps", 0)):
