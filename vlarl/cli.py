@@ -1,4 +1,4 @@
-"""`vlarl <command>`: collect, sft, train, eval, diagnose, distill, bench, quickstart, doctor.
+"""`vlarl <command>`: collect, sft, train, ire, eval, diagnose, distill, bench, quickstart, doctor.
 
 Every command takes ``--config recipe.yaml`` and ``--section.field value`` overrides (one
 style everywhere). Heavy libraries are imported only inside the command that needs them, so
@@ -16,6 +16,7 @@ SECTIONS = {
     "collect": ["env", "data"],
     "sft": ["env", "policy", "data", "sft"],
     "train": ["env", "policy", "algo", "train", "eval"],
+    "ire": ["ire", "env", "policy", "algo", "train", "data", "sft", "eval"],
     "eval": ["env", "policy", "eval"],
     "diagnose": ["env", "policy", "eval"],
     "distill": ["env", "policy", "distill", "eval", "algo", "train"],
@@ -28,6 +29,7 @@ HELP = {
     "collect": "collect scripted-expert demonstrations into a datasets directory",
     "sft": "supervised fine-tuning of a VLA on demonstrations (the RL starting point)",
     "train": "RL fine-tuning (PPO / GRPO / RLOO) of a VLA with LoRA, under accelerate",
+    "ire": "iRe-VLA: rounds of RL (LoRA) then SFT on successful rollouts + demos",
     "eval": "evaluate checkpoints on seeded episodes with 95%% CIs, OOD splits, reports",
     "diagnose": "failure-mode search: sweep the OOD axes for one checkpoint, rank by success drop",
     "distill": "distill a (RL-tuned) VLA teacher into a small fast student (BC / DAgger / RPD)",
@@ -45,7 +47,7 @@ def _options_epilog(sections: list[str]) -> str:
 
     classes = {"env": C.EnvConfig, "policy": C.PolicyConfig, "algo": C.AlgoConfig,
                "train": C.TrainConfig, "data": C.DataConfig, "sft": C.SFTConfig,
-               "eval": C.EvalConfig, "distill": C.DistillConfig}
+               "eval": C.EvalConfig, "distill": C.DistillConfig, "ire": C.IreConfig}
     lines = ["config fields (YAML recipe keys; override any as --section.field VALUE):"]
     for sec in sections:
         cls = classes[sec]
@@ -157,6 +159,10 @@ def _dispatch(args, rest: list[str], parser) -> int:
         from vlarl.trainer import train
 
         print(train(cfg))
+    elif cmd == "ire":
+        from vlarl.ire import run_ire
+
+        print(run_ire(cfg))
     elif cmd == "eval":
         from vlarl.eval import run_eval
 
