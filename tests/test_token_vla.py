@@ -234,3 +234,19 @@ def test_parallel_decoding_one_forward_matches_evaluate_and_sft(tmp_path):
     assert load_policy(tmp_path).cfg.decoding == "parallel"
     with pytest.raises(ValueError, match="decoding='parallel'"):
         load_policy(tmp_path, decoding="autoregressive")
+
+
+def test_run_config_keeps_the_checkpoints_state_range(tmp_path):
+    """RL builds the policy from the run's PolicyConfig, whose ``state_low/high`` are None:
+    the SFT checkpoint's saved range must survive (else the state is binned on [-4, 4], a
+    different input than the one the base learned); an explicit value still overrides."""
+    low, high = [-0.5] * 9, [0.5] * 9
+    sft = build_policy(PolicyConfig(chunk_size=2, action_bins=16, state_low=low, state_high=high))
+    sft.save_pretrained(tmp_path)
+    obs = Obs(torch.zeros(1, 1, 64, 64, 3, dtype=torch.uint8), torch.full((1, 9), 0.25), ["push"])
+    rl = build_policy(PolicyConfig(path=str(tmp_path), chunk_size=2, action_bins=16))
+    assert rl.cfg.state_low == low and rl.cfg.state_high == high
+    assert rl.prompts(obs) == sft.prompts(obs)  # the same state tokens
+    wide = build_policy(PolicyConfig(path=str(tmp_path), chunk_size=2, action_bins=16,
+                                     state_low=[-4.0] * 9, state_high=[4.0] * 9))
+    assert wide.prompts(obs) != sft.prompts(obs)

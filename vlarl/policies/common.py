@@ -184,7 +184,13 @@ def read_policy_json(path: str | Path, **overrides: Any) -> tuple[str, PolicyCon
         raise FileNotFoundError(f"{path} is not a vlarl policy directory: {POLICY_FILE} not found")
     data = json.loads(f.read_text())
     cfg = PolicyConfig()
-    for key, value in {**data.get("config", {}), **overrides}.items():
+    saved = data.get("config", {})
+    # An override of None never erases a saved value: ``from_config`` passes every field of
+    # the run's PolicyConfig, and the data-derived ones (the SFT demos' ``state_low`` /
+    # ``state_high``) are None there - RL would otherwise bin the state on another scale than
+    # the one the checkpoint was trained on.
+    kept = {k: v for k, v in overrides.items() if v is not None or saved.get(k) is None}
+    for key, value in {**saved, **kept}.items():
         _set(cfg, key, value, "policy.")
     return data["policy"], cfg, data
 
