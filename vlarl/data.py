@@ -1,7 +1,8 @@
-"""Scripted-expert demonstrations: collection, the on-disk format, and SFT samples.
+"""Expert demonstrations: collection, the on-disk format, and SFT samples.
 
-Data flow: ``make_env`` (N worker envs) -> ``expert_actions()`` at every control step ->
-one row per control step in a Hugging Face ``datasets`` parquet file + ``meta/info.json``
+Data flow: ``make_env`` (N worker envs) -> the expert's action at every control step (the
+scripted ``expert_actions()``, or a saved policy's deterministic chunks executed one
+control step at a time: ``data.expert``, RLDG) -> one row per control step in a Hugging Face ``datasets`` parquet file + ``meta/info.json``
 (LeRobot-like) -> :class:`ChunkDataset` turns rows into ``(Obs, actions [k, A])`` samples.
 The format is described in ``docs/dataset.md``.
 
@@ -50,13 +51,29 @@ def cache_root() -> Path:
 
 
 def dataset_key(cfg: Config) -> str:
-    """Hash of everything that determines the recorded data (env + data config + format)."""
-    payload = {
+    """Hash of everything that determines the recorded data (env + data config + format +
+    the expert: a policy expert's directory content hash; the scripted experts add nothing,
+    so the keys of scripted datasets are those of earlier versions)."""
+    payload: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "env": {k: getattr(cfg.env, k) for k in _ENV_KEY_FIELDS},
         "data": {"num_episodes": cfg.data.num_episodes, "seed": cfg.data.seed},
     }
+    if cfg.data.expert != "scripted":
+        payload["expert"] = expert_identity(cfg.data.expert)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def expert_identity(expert: str) -> str:
+    """sha256 of a policy expert's directory (every file except an ``eval/`` report inside it);
+    FileNotFoundError naming ``data.expert`` if it is not a policy directory."""
+    from vlarl.report import checkpoint_sha256
+
+    path = Path(expert).expanduser()
+    if not (path / "vlarl_policy.json").is_file():
+        raise FileNotFoundError(f"data.expert={expert!r} is neither 'scripted' nor a policy "
+                                "directory (no vlarl_policy.json there)")
+    return checkpoint_sha256(path, exclude=path / "eval")["sha256"]
 
 
 def dataset_path(cfg: Config) -> Path:
@@ -91,12 +108,54 @@ def _features(image_size: int, cams: int, state_dim: int, action_dim: int):
     return Features(feats)
 
 
-def collect_demos(cfg: Config, force: bool = False) -> Path:
-    """Record ``cfg.data.num_episodes`` successful scripted-expert episodes; return the dir.
+class _ScriptedExpert:
+    """The state-machine experts of ``vlarl.envs.experts``, one per worker env."""
 
-    ``cfg.data.num_workers`` envs step in lockstep with chunks of one action (every control
-    step is a possible decision start, so every step's image is stored). Failed episodes
-    are dropped and counted. Episode seeds are ``cfg.data.seed, +1, ...`` (disjoint from
+    name = "scripted"
+    needs_privileged_state = False
+
+    def actions(self, env, obs: Obs) -> torch.Tensor:
+        return env.expert_actions().float()
+
+    def episode_ended(self, i: int) -> None:
+        pass  # the env resets its expert at the auto-reset
+
+
+class _PolicyExpert:
+    """A saved policy acting deterministically. Its chunks of k actions are executed one
+    control step at a time, so every executed action is recorded with the image before it
+    (as for the scripted expert); it is queried again when an env's chunk is used up or its
+    episode ended (the rest of that chunk is dropped)."""
+
+    def __init__(self, path: str, num_envs: int):
+        from vlarl.policies import load_policy
+
+        self.name = str(path)
+        self.policy = load_policy(Path(path).expanduser()).eval()
+        self.needs_privileged_state = bool(getattr(self.policy, "needs_privileged_state", False))
+        self.queue: list[list[torch.Tensor]] = [[] for _ in range(num_envs)]
+
+    def actions(self, env, obs: Obs) -> torch.Tensor:
+        need = [i for i, q in enumerate(self.queue) if not q]
+        if need:
+            with torch.no_grad():
+                chunks = self.policy.act(obs.index(need), deterministic=True).actions.float()
+            for j, i in enumerate(need):
+                self.queue[i] = list(chunks[j].cpu())
+        return torch.stack([q.pop(0) for q in self.queue])
+
+    def episode_ended(self, i: int) -> None:
+        self.queue[i] = []
+
+
+def collect_demos(cfg: Config, force: bool = False) -> Path:
+    """Record ``cfg.data.num_episodes`` successful expert episodes; return the dir.
+
+    The expert is ``cfg.data.expert``: ``scripted`` or a policy directory (deterministic
+    actions; an env with privileged state is made for a policy that reads it). The
+    ``cfg.data.num_workers`` envs step in lockstep one control step at a time (every
+    control step is a possible decision start, so every step's image is stored). Failed
+    episodes are dropped and counted. Episode seeds are ``cfg.data.seed, +1, ...`` (disjoint from
     the eval seeds). An existing complete dataset at the target path is reused unless
     ``force``; the data are written to a temporary directory and renamed when complete.
     """
@@ -106,15 +165,30 @@ def collect_demos(cfg: Config, force: bool = False) -> Path:
 
     out = dataset_path(cfg)
     if is_complete(out) and not force:
-        log.info("reusing demonstrations at %s", out)
+        saved = read_info(out)
+        if saved.get("key") != dataset_key(cfg):  # e.g. `vlarl sft --data.dataset_dir <RLDG data>`
+            log.warning("using the dataset at %s as it is: it was recorded with another config "
+                        "(expert %r, key %s; this config's key %s)", out,
+                        saved.get("data_config", {}).get("expert", "scripted"), saved.get("key"),
+                        dataset_key(cfg))
+        else:
+            log.info("reusing demonstrations at %s", out)
         return out
     if out.exists() and not force:
         raise DatasetError(f"{out} exists but has no {INFO_FILE} (incomplete or foreign); "
                            "delete it or collect with force=True")
+    if cfg.env.obs_mode != "rgb":
+        raise ValueError(f"env.obs_mode={cfg.env.obs_mode!r}: a dataset records camera images; "
+                         "collect with env.obs_mode=rgb (the expert may still read privileged state)")
     n, target = cfg.data.num_workers, cfg.data.num_episodes
     max_attempts = 4 * target + n  # stop even if the expert is much worse than expected
+    dataset_key(cfg)  # before any env starts: a missing policy expert fails here, naming the key
+    expert = _ScriptedExpert() if cfg.data.expert == "scripted" else \
+        _PolicyExpert(cfg.data.expert, n)
     # the experts read one simulator each: a worker process per env (cpu), or this process
-    env_cfg = dataclasses.replace(cfg.env, num_envs=n, backend="inline" if n == 1 else "cpu")
+    env_cfg = dataclasses.replace(
+        cfg.env, num_envs=n, backend="inline" if n == 1 else "cpu",
+        privileged_state=cfg.env.privileged_state or expert.needs_privileged_state)
     rows: dict[str, list] = {}
     ep_seed = [cfg.data.seed + i for i in range(n)]
     pending = [cfg.data.seed + n + i for i in range(n)]  # seed env i uses at its next reset
@@ -124,16 +198,21 @@ def collect_demos(cfg: Config, force: bool = False) -> Path:
     lengths: list[int] = []
     t0 = time.perf_counter()
     with make_env(env_cfg) as env, tqdm(total=target, desc="expert demos", unit="ep") as bar:
+        if isinstance(expert, _PolicyExpert):
+            from vlarl.eval import check_compatible
+
+            check_compatible(expert.policy, env, cfg.data.expert)
         fps = float(getattr(env, "control_freq", 20))
         obs = env.reset(ep_seed)
         t_env = time.perf_counter()  # env start-up (~6 s per RGB env) is not collection speed
         while kept < target and ended < max_attempts:
-            actions = env.expert_actions().float()
+            actions = expert.actions(env, obs)
             step = env.step_chunk(actions[:, None, :], reset_seeds=list(pending))
             for i in range(n):
                 buffers[i].append(_frame(obs, i, actions[i], step, env.task))
                 if not bool(step.done[i]):
                     continue
+                expert.episode_ended(i)
                 ended += 1
                 ok = any(f["success"] for f in buffers[i])
                 solved += ok
@@ -149,12 +228,12 @@ def collect_demos(cfg: Config, force: bool = False) -> Path:
         cams, h = obs.images.shape[1], obs.images.shape[2]
         state_dim, action_dim = int(obs.state.shape[1]), int(actions.shape[1])
     if kept == 0:
-        raise DatasetError(f"the expert solved 0 of {ended} episodes of {cfg.env.task!r}; "
-                           "nothing to write")
+        raise DatasetError(f"the expert {expert.name!r} solved 0 of {ended} episodes of "
+                           f"{cfg.env.task!r}; nothing to write")
     if kept < target:
         log.warning("only %d of %d requested episodes succeeded in %d attempts", kept, target, ended)
     wall = time.perf_counter() - t0
-    stats = {"episodes_attempted": ended, "episodes_failed": ended - solved,
+    stats = {"expert": expert.name, "episodes_attempted": ended, "episodes_failed": ended - solved,
              "expert_success_rate": solved / ended, "mean_episode_length": float(np.mean(lengths)),
              "wall_time_s": round(wall, 2),
              "frames_per_s": round(sum(lengths) / (time.perf_counter() - t_env), 2)}

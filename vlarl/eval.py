@@ -187,14 +187,17 @@ def run_eval(checkpoints: list[str], cfg, out_dir: str | Path | None = None) -> 
     labels = _labels(checkpoints)
     hashes = [checkpoint_sha256(c, exclude=out) for c in checkpoints]
     results: list[dict] = []
-    envs: dict[str, VecEnv] = {}
+    envs: dict[tuple[str, bool], VecEnv] = {}
     try:
         for ck, label in zip(checkpoints, labels):
             policy = load_policy(ck)
+            # a state-based expert (RLDG) reads Obs.privileged: give it an env that returns it
+            priv = cfg.env.privileged_state or bool(getattr(policy, "needs_privileged_state", False))
             for split in cfg.eval.splits:
-                if split not in envs:
-                    envs[split] = make_env(dataclasses.replace(cfg.env, split=split))
-                env = envs[split]
+                if (split, priv) not in envs:
+                    envs[split, priv] = make_env(dataclasses.replace(
+                        cfg.env, split=split, privileged_state=priv))
+                env = envs[split, priv]
                 check_compatible(policy, env, ck)
                 eps = evaluate_policy(policy, env, seeds, cfg.eval.deterministic,
                                       cfg.eval.video_episodes)

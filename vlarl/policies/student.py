@@ -13,6 +13,15 @@ Architecture (``obs -> features -> heads``)::
     concat -> trunk MLP(256, 256) -> action mean [k*A]   (+ state-independent log-std)
                                   -> ValueHead -> V(s)   (PPO critic, optional)
 
+With ``policy.student_input: privileged`` (a state-based RL expert, RLDG) images, words and
+proprioception are ignored; the input is the simulator state ``Obs.privileged`` zero-padded
+to ``policy.privileged_dim``::
+
+    privileged [N, P] -> pad to privileged_dim -> Linear + tanh (256) -> trunk -> action mean
+    privileged [N, P] -> pad -> ValueHead(depth 2) -> V(s)   (a separate critic network on
+                                                               the same input, as CleanRL's
+                                                               and ManiSkill's state PPO)
+
 Instructions are hashed word by word into a fixed-size ``nn.EmbeddingBag`` ("hashing
 trick", Weinberger et al. 2009): no tokenizer to download or ship, any vocabulary works,
 and collisions only merge rare words. ``zlib.crc32`` (not ``hash()``, which Python salts
@@ -93,15 +102,24 @@ class MLPStudentPolicy(Policy):
         if cfg.chunk_size < 1 or cfg.action_dim < 1:
             raise ValueError(f"policy.chunk_size={cfg.chunk_size} and policy.action_dim="
                              f"{cfg.action_dim} must both be >= 1")
+        if cfg.student_input not in ("full", "privileged"):
+            raise ValueError(f"policy.student_input={cfg.student_input!r} is not allowed; "
+                             "choose one of ['full', 'privileged']")
         self.cfg = dataclasses.replace(cfg, name=NAME, path=None)
         self.chunk_size, self.action_dim = cfg.chunk_size, cfg.action_dim
         self.arch = {"state_dim": state_dim, "vocab_size": vocab_size, "hidden": hidden}
         out = cfg.chunk_size * cfg.action_dim
-        self.image_encoder = ImageEncoder()
-        self.text_encoder = nn.EmbeddingBag(vocab_size, 32, mode="mean")
-        self.state_encoder = nn.Sequential(nn.Linear(state_dim, 64), nn.ReLU()) \
-            if cfg.use_state else None
-        feat = 128 + 32 + (64 if cfg.use_state else 0)
+        self.image_encoder = self.text_encoder = self.state_encoder = None
+        self.privileged_encoder = None
+        if self.needs_privileged_state:
+            self.privileged_encoder = nn.Sequential(nn.Linear(cfg.privileged_dim, hidden), nn.Tanh())
+            feat = hidden
+        else:
+            self.image_encoder = ImageEncoder()
+            self.text_encoder = nn.EmbeddingBag(vocab_size, 32, mode="mean")
+            self.state_encoder = nn.Sequential(nn.Linear(state_dim, 64), nn.ReLU()) \
+                if cfg.use_state else None
+            feat = 128 + 32 + (64 if cfg.use_state else 0)
         self.trunk = nn.Sequential(nn.Linear(feat, hidden), nn.ReLU(),
                                    nn.Linear(hidden, hidden), nn.ReLU())
         self.action_mean = nn.Linear(hidden, out)
@@ -109,7 +127,16 @@ class MLPStudentPolicy(Policy):
         nn.init.normal_(self.action_mean.weight, std=0.01)
         nn.init.zeros_(self.action_mean.bias)
         self.log_std = nn.Parameter(torch.full((out,), LOG_STD_INIT))
-        self.value_head = ValueHead(hidden, width=64) if cfg.value_head else None
+        self.value_head = None
+        if cfg.value_head:
+            self.value_head = ValueHead(cfg.privileged_dim, depth=2) \
+                if self.needs_privileged_state else ValueHead(hidden, width=64)
+
+    @property
+    def needs_privileged_state(self) -> bool:
+        """True when the policy reads ``Obs.privileged`` (``vlarl eval`` / ``collect`` then
+        switch ``env.privileged_state`` on)."""
+        return self.cfg.student_input == "privileged"
 
     # ------------------------------------------------------------------ construction
 
@@ -136,7 +163,7 @@ class MLPStudentPolicy(Policy):
         if name != NAME:
             raise ValueError(f"{path} holds a {name!r} policy, not {NAME!r}")
         saved = meta["config"]
-        for key in ("chunk_size", "action_dim", "use_state"):
+        for key in ("chunk_size", "action_dim", "use_state", "student_input", "privileged_dim"):
             if getattr(cfg, key) != saved[key]:
                 raise ValueError(f"{key}={getattr(cfg, key)} differs from the checkpoint's "
                                  f"{key}={saved[key]} at {path}; the student's heads are fixed")
@@ -173,8 +200,20 @@ class MLPStudentPolicy(Policy):
                              f"build it with MLPStudentPolicy(cfg, state_dim>={d})")
         return nn.functional.pad(state.float(), (0, width - d))
 
+    def _privileged(self, obs: Obs) -> torch.Tensor:
+        """``Obs.privileged`` zero-padded to ``policy.privileged_dim``."""
+        priv, width = obs.privileged, self.cfg.privileged_dim
+        if priv is None:
+            raise ValueError("policy.student_input=privileged reads Obs.privileged, but the env "
+                             "returned none; set env.privileged_state=true (or env.obs_mode=state)")
+        if priv.shape[1] > width:
+            raise ValueError(f"Obs.privileged has P={priv.shape[1]} > policy.privileged_dim={width}")
+        return nn.functional.pad(priv.to(self.device).float(), (0, width - priv.shape[1]))
+
     def features(self, obs: Obs) -> torch.Tensor:
         """Trunk features ``[N, hidden]`` of a batch of observations."""
+        if self.privileged_encoder is not None:
+            return self.trunk(self.privileged_encoder(self._privileged(obs)))
         dev = self.device
         ids = [hash_words(s, self.arch["vocab_size"]) for s in obs.instructions]
         flat = torch.tensor([i for row in ids for i in row], dtype=torch.long, device=dev)
@@ -183,6 +222,11 @@ class MLPStudentPolicy(Policy):
         if self.state_encoder is not None:
             parts.append(self.state_encoder(self._state(obs.state.to(dev))))
         return self.trunk(torch.cat(parts, dim=-1))
+
+    def _value(self, obs: Obs, feats: torch.Tensor | None) -> torch.Tensor | None:
+        if self.value_head is None:
+            return None
+        return self.value_head(self._privileged(obs) if self.needs_privileged_state else feats)
 
     def _dist(self, feats: torch.Tensor) -> torch.distributions.Normal:
         mean = self.action_mean(feats)
@@ -202,7 +246,7 @@ class MLPStudentPolicy(Policy):
             noise = torch.randn(dist.mean.shape, generator=generator, device="cpu").to(self.device)
             raw = dist.mean + dist.stddev * noise
         log_probs = dist.log_prob(raw).sum(-1)
-        values = self.value_head(feats) if self.value_head is not None else None
+        values = self._value(obs, feats)
         actions = raw.clamp(-1.0, 1.0).view(len(obs), self.chunk_size, self.action_dim)
         return ActOutput(actions=actions, log_probs=log_probs, values=values,
                          stored={"raw_actions": raw})
@@ -213,11 +257,13 @@ class MLPStudentPolicy(Policy):
         feats = self.features(obs)
         dist = self._dist(feats)
         raw = stored["raw_actions"].to(self.device)
-        values = self.value_head(feats) if self.value_head is not None else None
+        values = self._value(obs, feats)
         return dist.log_prob(raw).sum(-1), dist.entropy().sum(-1), values
 
     def value(self, obs: Obs) -> torch.Tensor | None:
-        return self.value_head(self.features(obs)) if self.value_head is not None else None
+        if self.value_head is None:
+            return None
+        return self._value(obs, None if self.needs_privileged_state else self.features(obs))
 
     def predict(self, obs: Obs) -> torch.Tensor:
         """Mean action chunk ``[N, k, A]`` with grad (unclipped): the regression output."""
