@@ -24,7 +24,7 @@ def test_quickstart_smoke_runs_every_stage_and_caches(tmp_path):
         assert (run_dir / f"stage_{stage}.json").is_file(), stage
     table = (run_dir / "summary.md").read_text()
     assert table.count("\n| ") == 6  # 3 policies x 2 splits
-    assert "SFT base" in table and "RL (PPO+LoRA)" in table and "student" in table
+    assert "SFT base" in table and "RL (GRPO+LoRA)" in table and "student" in table
     report = json.loads((run_dir / "eval" / "report.json").read_text())
     assert {r["split"] for r in report["results"]} == {"train", "unseen_color"}
     assert all(r["n"] == 4 for r in report["results"])

@@ -1,6 +1,6 @@
 """`vlarl quickstart`: the whole story on one machine, no GPU, no downloads.
 
-demos -> SFT base VLA -> RL (PPO + LoRA) -> eval (ID + OOD) -> distill -> eval student -> table.
+demos -> SFT base VLA -> RL (GRPO + LoRA by default) -> eval (ID + OOD) -> distill -> eval student -> table.
 
 Every stage is cached in the run directory under a key of its config: a rerun resumes at
 the first stage whose output is missing or whose config changed. The recipe is
@@ -130,7 +130,8 @@ def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool 
                             for r in report["results"]]}
 
     res = stages.run("eval", k_eval, _eval)
-    table = _table(res["results"], {base: "SFT base", rl: "RL (PPO+LoRA)", student: "student"})
+    rl_label = f"RL ({cfg.algo.name.upper()}+LoRA)"
+    table = _table(res["results"], {base: "SFT base", rl: rl_label, student: "student"})
     summary = {"run_dir": str(root), "wall_time_s": time.perf_counter() - t_start,
                "stage_seconds": stages.timings, "table": table, "plot": str(out / "success.png"),
                "report": str(out / "report.md")}
