@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # RLDG on PushCube-v1 (docs/rldg.md): state-based RL expert -> 100 rendered expert episodes ->
 # SFT of the quickstart's tiny token VLA on them -> eval against the SFT on 100 scripted demos.
-#   bash scripts/rldg.sh [OUT_DIR]          (default /tmp/runs/rldg; ~35 min on 2 cores)
+#   bash scripts/rldg.sh [OUT_DIR]          (default /tmp/runs/rldg; not yet timed end to end)
 # Needs the quickstart's SFT base (~/.cache/vlarl/quickstart/sft, from `vlarl quickstart`)
 # for the comparison. Every stage logs to OUT_DIR/<stage>.log.
 set -euo pipefail
