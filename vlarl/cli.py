@@ -26,7 +26,7 @@ SECTIONS = {
     "doctor": [],
 }
 HELP = {
-    "collect": "collect scripted-expert demonstrations into a datasets directory",
+    "collect": "collect demonstrations (scripted expert, or a policy: --data.expert DIR) into a dataset",
     "sft": "supervised fine-tuning of a VLA on demonstrations (the RL starting point)",
     "train": "RL fine-tuning (PPO / GRPO / RLOO) of a VLA with LoRA, under accelerate",
     "ire": "iRe-VLA: rounds of RL (LoRA) then SFT on successful rollouts + demos",
