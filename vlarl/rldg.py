@@ -35,24 +35,16 @@ from vlarl.types import Obs
 
 def env_speed(env_cfg: EnvConfig, steps: int = 400, repeats: int = 2) -> dict[str, float]:
     """Env control steps/s (all envs, random actions, chunks of one action) of ``env_cfg``
-    with ``obs_mode`` ``state`` and ``rgb``, measured one after the other in this process;
-    the best of ``repeats`` timed runs each (env start-up excluded)."""
+    with ``obs_mode`` ``state`` and ``rgb``, measured one after the other in this process by
+    ``vlarl bench env``'s timing loop (median of ``repeats``; env start-up excluded)."""
     from vlarl.envs import make_env
+    from vlarl.envs.bench import _vlarl
 
     out: dict[str, float] = {}
     for mode in ("state", "rgb"):
         cfg = dataclasses.replace(env_cfg, obs_mode=mode, privileged_state=mode == "state")
         with make_env(cfg) as env:
-            n = env.num_envs
-            env.reset(list(range(n)))
-            g = torch.Generator().manual_seed(0)
-            rates = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for _ in range(max(1, steps // n)):
-                    env.step_chunk(torch.rand(n, 1, env.action_dim, generator=g) * 2 - 1)
-                rates.append(max(1, steps // n) * n / (time.perf_counter() - t0))
-            out[f"{mode}_steps_per_s"] = round(max(rates), 1)
+            out[f"{mode}_steps_per_s"] = round(_vlarl(env, 1, steps // env.num_envs, repeats), 1)
     out["ratio_state_over_rgb"] = round(out["state_steps_per_s"] / out["rgb_steps_per_s"], 2)
     return out
 

@@ -97,12 +97,14 @@ def make_value_head(cfg: PolicyConfig, hidden_size: int) -> ValueHead | None:
     return ValueHead(hidden_size)
 
 
-def privileged_input(obs: Obs, dim: int, device: torch.device | str) -> torch.Tensor:
-    """``obs.privileged`` zero-padded to ``[N, dim]`` (the privileged critic's input)."""
+def privileged_input(obs: Obs, dim: int, device: torch.device | str,
+                     reader: str = "policy.critic_input=privileged") -> torch.Tensor:
+    """``obs.privileged`` zero-padded to ``[N, dim]`` (the input of a privileged critic or a
+    state-based student; ``reader`` names the setting that asked for it in the error)."""
     priv = obs.privileged
     if priv is None:
-        raise ValueError("policy.critic_input=privileged but the observation has no privileged "
-                         "state: set env.privileged_state=true")
+        raise ValueError(f"{reader} but the observation has no privileged state: set "
+                         "env.privileged_state=true (or env.obs_mode=state)")
     if priv.shape[-1] > dim:
         raise ValueError(f"privileged state has {priv.shape[-1]} values > policy.privileged_dim={dim}")
     return F.pad(priv.float(), (0, dim - priv.shape[-1])).to(device)

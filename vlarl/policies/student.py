@@ -51,7 +51,13 @@ from torch import nn
 from vlarl.config import PolicyConfig
 from vlarl.policies import POLICIES
 from vlarl.policies.base import Policy
-from vlarl.policies.common import POLICY_FILE, ValueHead, read_policy_json, write_policy_json
+from vlarl.policies.common import (
+    POLICY_FILE,
+    ValueHead,
+    privileged_input,
+    read_policy_json,
+    write_policy_json,
+)
 from vlarl.types import ActOutput, Obs
 
 NAME = "mlp_student"
@@ -201,14 +207,8 @@ class MLPStudentPolicy(Policy):
         return nn.functional.pad(state.float(), (0, width - d))
 
     def _privileged(self, obs: Obs) -> torch.Tensor:
-        """``Obs.privileged`` zero-padded to ``policy.privileged_dim``."""
-        priv, width = obs.privileged, self.cfg.privileged_dim
-        if priv is None:
-            raise ValueError("policy.student_input=privileged reads Obs.privileged, but the env "
-                             "returned none; set env.privileged_state=true (or env.obs_mode=state)")
-        if priv.shape[1] > width:
-            raise ValueError(f"Obs.privileged has P={priv.shape[1]} > policy.privileged_dim={width}")
-        return nn.functional.pad(priv.to(self.device).float(), (0, width - priv.shape[1]))
+        return privileged_input(obs, self.cfg.privileged_dim, self.device,
+                                "policy.student_input=privileged")
 
     def features(self, obs: Obs) -> torch.Tensor:
         """Trunk features ``[N, hidden]`` of a batch of observations."""
