@@ -83,3 +83,45 @@ def test_action_dim_mismatch_names_both(env_cache: Path) -> None:
     cfg.policy.action_dim = 6
     with pytest.raises(ValueError, match=r"action_dim=7 but the policy has action_dim=6"):
         run_sft(cfg, max_steps=1)
+
+
+@pytest.mark.slow
+def test_multi_task_sft_pads_the_shorter_state(env_cache: Path) -> None:
+    """data.extra_tasks: PickCube (state D=20) + PushCube (D=16) demos train one policy; its
+    state range covers 20 dims, PushCube states are zero-padded in training batches and at
+    inference, and the run's SFT key differs from the single-task one."""
+    from vlarl.config import ConfigError
+    from vlarl.policies import load_policy
+    from vlarl.policies.common import pad_state
+    from vlarl.sft import demo_dirs
+
+    cfg = sft_config(env_cache)
+    cfg.sft.output_dir = str(env_cache / "sft_multi")
+    cfg.data.extra_tasks = ["PushCube-v1"]
+    cfg.validate()
+    pick, push = demo_dirs(cfg)
+    out = run_sft(cfg, max_steps=2)
+    done = json.loads((out / DONE_FILE).read_text())
+    assert done["dataset"] == [str(pick), str(push)] and done["steps"] == 2
+    single = json.loads((pick / "meta/info.json").read_text())["key"]
+    assert done["key"] != sft_key(sft_config(env_cache), single, 2, 1)
+
+    policy = load_policy(out)
+    assert len(policy.cfg.state_low) == 20
+    push_rows = ChunkDataset(load_demos(push).select(range(2)), policy.chunk_size)
+    pick_rows = ChunkDataset(load_demos(pick).select(range(2)), policy.chunk_size)
+    obs, _ = collate_chunks([push_rows[0], pick_rows[0]])  # a mixed batch
+    assert obs.state.shape == (2, 20) and obs.state[0, 16:].abs().sum() == 0
+    push_obs, _ = collate_chunks([push_rows[0], push_rows[1]])
+    assert push_obs.state.shape == (2, 16)
+    text = policy.prompts(push_obs)[0]
+    assert len(text.split(" state: ")[1].split()) == 20  # padded to the policy's width
+    zero_bin = policy.state_tokenizer.tokenize(torch.zeros(20))[16:].tolist()
+    assert text.split()[-4:] == [str(b) for b in zero_bin]
+    with torch.no_grad():
+        assert policy.act(push_obs, deterministic=True).actions.shape == (2, policy.chunk_size, 7)
+    with pytest.raises(ValueError, match="D=21 > the policy's state width 20"):
+        pad_state(torch.zeros(21), 20, "fix")
+    cfg.data.extra_tasks = ["NoSuchTask-v1"]
+    with pytest.raises(ConfigError, match="data.extra_tasks: 'NoSuchTask-v1' is not allowed"):
+        demo_dirs(cfg)

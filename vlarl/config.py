@@ -266,6 +266,11 @@ class DataConfig:
     ``vlarl.envs.experts``) or a policy directory (e.g. a state-based RL expert's
     ``<run>/policy``, RLDG), run with deterministic actions; only its successful episodes
     are written. The directory's content hash is part of the dataset's cache key."""
+    extra_tasks: list[str] = field(default_factory=list)
+    """More tasks for a multi-task SFT base: ``vlarl sft`` also collects ``num_episodes``
+    scripted demos of each (same env settings and seeds, cached by key under
+    ``<cache>/datasets``) and trains on all of them; the instruction tells the tasks apart.
+    Used by the KL forgetting check (``docs/kl.md``). Empty: ``env.task`` only."""
 
 
 @dataclass
@@ -352,6 +357,17 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     ire: IreConfig = field(default_factory=IreConfig)
 
+    def _check_extra_tasks(self) -> None:
+        # task names are checked by vlarl.sft.demo_dirs (the registry imports torch)
+        d = self.data
+        if self.env.task in d.extra_tasks:
+            raise ConfigError(f"data.extra_tasks={d.extra_tasks} repeats env.task={self.env.task!r}")
+        if len(set(d.extra_tasks)) != len(d.extra_tasks):
+            raise ConfigError(f"data.extra_tasks={d.extra_tasks} repeats a task")
+        if d.expert != "scripted":
+            raise ConfigError(f"data.extra_tasks needs data.expert=scripted (got {d.expert!r}: "
+                              "a policy expert acts on env.task only)")
+
     def validate(self) -> Config:
         """Check every value that can be checked without importing ManiSkill or torch."""
         e, p, a, t = self.env, self.policy, self.algo, self.train
@@ -434,6 +450,8 @@ class Config:
         _positive("data.num_episodes", self.data.num_episodes)
         if not str(self.data.expert).strip():
             raise ConfigError("data.expert='' is not allowed; use 'scripted' or a policy directory")
+        if self.data.extra_tasks:
+            self._check_extra_tasks()
         _choice("distill.method", self.distill.method, {"bc", "dagger", "rpd"})
         ire = self.ire
         for key, low in (("rounds", 1), ("rl_updates", 1), ("sft_steps", 0)):

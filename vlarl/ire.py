@@ -156,31 +156,11 @@ def rl_phase(cfg: Config, r: int, start: str | None) -> dict:
             "dataset": None if out is None else str(out)}
 
 
-def sft_dataset(paths: list[Path], chunk_size: int, action_dim: int):
-    """``(ConcatDataset of SFT samples, samples per dataset)``: every row of scripted demos,
-    the decision rows of recorded RL episodes (see ``vlarl.envs.recorder``)."""
-    from torch.utils.data import ConcatDataset, Subset
-
-    from vlarl.data import ChunkDataset, load_demos, read_info
-    from vlarl.envs.recorder import decision_rows
-    from vlarl.sft import check_action_dim, pad_mode
-
-    parts = []
-    for path in paths:
-        info = read_info(path)
-        check_action_dim(info["action_dim"], action_dim, str(path))
-        ds = load_demos(path)
-        chunks = ChunkDataset(ds, chunk_size, pad=pad_mode(info["control_mode"]))
-        rows = decision_rows(ds, info, chunk_size)
-        parts.append(chunks if rows is None else Subset(chunks, rows.tolist()))
-    return ConcatDataset(parts), [len(p) for p in parts]
-
-
 def sft_phase(cfg: Config, r: int, rl_policy: Path, datasets: list[Path], out: Path) -> dict:
     """Merge ``rl_policy``'s adapters, fine-tune every weight on ``datasets`` for
     ``ire.sft_steps`` steps (0: merge only), save to ``out``; return the loss stats."""
     from vlarl.policies import load_policy
-    from vlarl.sft import fit_sft
+    from vlarl.sft import fit_sft, sft_dataset
 
     policy = load_policy(rl_policy, use_lora=False)  # peft merge_and_unload, all trainable
     chunks, sizes = sft_dataset(datasets, policy.chunk_size, policy.action_dim)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlarl.config import Config
+from vlarl.config import Config, ConfigError, DataConfig
 from vlarl.data import ChunkDataset, collate_chunks, collect_demos, load_demos, read_info
 from vlarl.types import Obs
 
@@ -76,15 +76,56 @@ def pad_mode(control_mode: str) -> str:
 
 
 def state_range(demos, margin: float = 0.1) -> tuple[list[float], list[float]]:
-    """Per-dimension state range of the demonstrations, widened by ``margin`` of its width
-    (at least 1e-3), stored in the policy config so every later stage bins / normalises the
-    state the same way (LeRobot keeps such statistics with the policy too)."""
+    """Per-dimension state range of the demonstrations (one dataset or a list of them),
+    widened by ``margin`` of its width (at least 1e-3), stored in the policy config so every
+    later stage bins / normalises the state the same way (LeRobot keeps such statistics with
+    the policy too)."""
     import numpy as np
 
-    states = np.asarray(demos.with_format("numpy")["state"], dtype=np.float64)
+    parts = [np.asarray(d.with_format("numpy")["state"], dtype=np.float64)
+             for d in (demos if isinstance(demos, list) else [demos])]
+    width = max(p.shape[1] for p in parts)  # multi-task: shorter states zero-padded
+    states = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in parts])
     lo, hi = states.min(0), states.max(0)
     pad = np.maximum((hi - lo) * margin, 1e-3)
     return (lo - pad).round(5).tolist(), (hi + pad).round(5).tolist()
+
+
+def demo_dirs(cfg: Config) -> list[Path]:
+    """The demonstration datasets of an SFT run, collected if missing: ``env.task``'s (at
+    ``data.dataset_dir`` or the cache), then each of ``data.extra_tasks`` (in the cache)."""
+    from vlarl.envs.experts import EXPERTS
+
+    for task in cfg.data.extra_tasks:  # before any collection starts
+        if task not in EXPERTS:
+            raise ConfigError(f"data.extra_tasks: {task!r} is not allowed; choose tasks with a "
+                              f"scripted expert: {sorted(EXPERTS.names())}")
+    dirs = [collect_demos(cfg)]
+    for task in cfg.data.extra_tasks:
+        other = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, task=task),
+                                    data=dataclasses.replace(cfg.data, dataset_dir=DataConfig().dataset_dir,
+                                                             extra_tasks=[]))
+        dirs.append(collect_demos(other))
+    return dirs
+
+
+def sft_dataset(paths: list[Path], chunk_size: int, action_dim: int):
+    """``(ConcatDataset of SFT samples, samples per dataset)``: every row of scripted demos,
+    only the decision rows of recorded RL episodes (see ``vlarl.envs.recorder``); chunks
+    never cross a dataset's episode boundaries."""
+    from torch.utils.data import ConcatDataset, Subset
+
+    from vlarl.envs.recorder import decision_rows
+
+    parts = []
+    for path in paths:
+        info = read_info(path)
+        check_action_dim(info["action_dim"], action_dim, str(path))
+        ds = load_demos(path)
+        chunks = ChunkDataset(ds, chunk_size, pad=pad_mode(info["control_mode"]))
+        rows = decision_rows(ds, info, chunk_size)
+        parts.append(chunks if rows is None else Subset(chunks, rows.tolist()))
+    return ConcatDataset(parts), [len(p) for p in parts]
 
 
 def run_sft(cfg: Config, force: bool = False, *, max_steps: int | None = None,
@@ -99,9 +140,11 @@ def run_sft(cfg: Config, force: bool = False, *, max_steps: int | None = None,
     from vlarl.policies import build_policy
 
     out = Path(cfg.sft.output_dir).expanduser()
-    data_dir = collect_demos(cfg)
-    info = read_info(data_dir)
-    key = sft_key(cfg, info.get("key", str(data_dir)), max_steps, gradient_accumulation_steps)
+    data_dirs = demo_dirs(cfg)
+    keys = [read_info(d).get("key", str(d)) for d in data_dirs]
+    # one task: the key of earlier versions (cached checkpoints stay valid)
+    key = sft_key(cfg, keys[0] if len(keys) == 1 else "+".join(keys), max_steps,
+                  gradient_accumulation_steps)
     marker = out / DONE_FILE
     if marker.is_file() and not force:
         done = json.loads(marker.read_text())
@@ -109,14 +152,17 @@ def run_sft(cfg: Config, force: bool = False, *, max_steps: int | None = None,
             log.info("reusing SFT checkpoint %s (loss %.4f)", out, done.get("final_loss", float("nan")))
             return out
         log.warning("%s holds an SFT run of another config; retraining", out)
-    check_action_dim(info["action_dim"], cfg.policy.action_dim, str(data_dir))
+    for d in data_dirs:
+        check_action_dim(read_info(d)["action_dim"], cfg.policy.action_dim, str(d))
 
-    demos = load_demos(data_dir)
-    low, high = state_range(demos)
+    low, high = state_range([load_demos(d) for d in data_dirs])
     policy = build_policy(dataclasses.replace(cfg.policy, use_lora=not cfg.sft.full_finetune,
                                               state_low=low, state_high=high))
-    check_action_dim(info["action_dim"], policy.action_dim, str(data_dir))
-    chunks = ChunkDataset(demos, policy.chunk_size, pad=pad_mode(info["control_mode"]))
+    chunks, sizes = sft_dataset(data_dirs, policy.chunk_size, policy.action_dim)
+    if len(data_dirs) > 1:
+        log.info("multi-task SFT: %s", ", ".join(f"{read_info(d)['task']} {n} samples"
+                                                 for d, n in zip(data_dirs, sizes)))
+    data_dir = str(data_dirs[0]) if len(data_dirs) == 1 else [str(d) for d in data_dirs]
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -124,7 +170,7 @@ def run_sft(cfg: Config, force: bool = False, *, max_steps: int | None = None,
                     gradient_accumulation_steps=gradient_accumulation_steps,
                     metrics_path=tmp / METRICS_FILE)
     policy.save_pretrained(tmp)
-    (tmp / DONE_FILE).write_text(json.dumps({"key": key, "dataset": str(data_dir), **stats}, indent=2))
+    (tmp / DONE_FILE).write_text(json.dumps({"key": key, "dataset": data_dir, **stats}, indent=2))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -97,6 +97,16 @@ def make_value_head(cfg: PolicyConfig, hidden_size: int) -> ValueHead | None:
     return ValueHead(hidden_size)
 
 
+def pad_state(state: torch.Tensor, width: int, fix: str) -> torch.Tensor:
+    """``state [..., D]`` zero-padded on the right to ``width`` dims: one policy serves tasks
+    whose proprioceptive state differs in length (a multi-task base, ``data.extra_tasks``),
+    as LeRobot's pi0 pads to ``max_state_dim``. ``D > width`` is an error naming ``fix``."""
+    d = state.shape[-1]
+    if d > width:
+        raise ValueError(f"obs.state has D={d} > the policy's state width {width}; {fix}")
+    return F.pad(state.float(), (0, width - d))
+
+
 def privileged_input(obs: Obs, dim: int, device: torch.device | str,
                      reader: str = "policy.critic_input=privileged") -> torch.Tensor:
     """``obs.privileged`` zero-padded to ``[N, dim]`` (the input of a privileged critic or a

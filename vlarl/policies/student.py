@@ -54,6 +54,7 @@ from vlarl.policies.base import Policy
 from vlarl.policies.common import (
     POLICY_FILE,
     ValueHead,
+    pad_state,
     privileged_input,
     read_policy_json,
     write_policy_json,
@@ -200,11 +201,8 @@ class MLPStudentPolicy(Policy):
     # ------------------------------------------------------------------ features
 
     def _state(self, state: torch.Tensor) -> torch.Tensor:
-        d, width = state.shape[1], self.arch["state_dim"]
-        if d > width:
-            raise ValueError(f"obs.state has D={d} > the student's state_dim={width}; "
-                             f"build it with MLPStudentPolicy(cfg, state_dim>={d})")
-        return nn.functional.pad(state.float(), (0, width - d))
+        return pad_state(state, self.arch["state_dim"],
+                         f"build it with MLPStudentPolicy(cfg, state_dim>={state.shape[1]})")
 
     def _privileged(self, obs: Obs) -> torch.Tensor:
         return privileged_input(obs, self.cfg.privileged_dim, self.device,

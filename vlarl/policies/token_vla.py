@@ -49,6 +49,7 @@ from vlarl.policies.common import (
     load_saved_heads,
     make_value_head,
     masked_mean,
+    pad_state,
     privileged_input,
     read_policy_json,
     save_checkpoint,
@@ -203,7 +204,11 @@ class TokenVLAPolicy(Policy):
             task = instr.strip().rstrip(".?").lower()
             text = self.image_token * cams + self.cfg.prompt_template.replace("{instruction}", task)
             if self.cfg.use_state and obs.state.numel():
-                bins = self.state_tokenizer.tokenize(obs.state[i].float().cpu()).tolist()
+                state = obs.state[i].float().cpu()
+                if self.cfg.state_low is not None:  # a multi-task base: shorter states padded
+                    state = pad_state(state, len(self.cfg.state_low),
+                                      "the SFT demos had fewer state dims than this env")
+                bins = self.state_tokenizer.tokenize(state).tolist()
                 text += " state: " + " ".join(map(str, bins))
             out.append(text)
         return out
