@@ -71,3 +71,12 @@ def test_every_field_has_a_docstring():
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in docs]
         assert missing == [], f"{cls.__name__} fields without docstring: {missing}"
     assert isinstance(Config().validate(), Config)
+
+
+def test_cache_keys_hash_only_non_default_fields():
+    """A field added to vlarl (with its default) must not change the keys of cached stages."""
+    from vlarl.config import PolicyConfig, non_default
+
+    cfg = load_config(None, ["--policy.chunk_size", "6", "--policy.lora_r", "8"])
+    assert non_default(cfg.policy) == {"chunk_size": 6, "lora_r": 8}
+    assert non_default(PolicyConfig()) == {}

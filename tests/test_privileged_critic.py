@@ -15,8 +15,8 @@ P = 71  # PushCube: get_state() 70 values (table, cube, goal: 13 each; panda: 31
 
 
 def _env_cfg(**kw) -> EnvConfig:
-    base = dict(task="PushCube-v1", num_envs=1, backend="inline", image_size=32,
-                max_episode_steps=8, privileged_state=True)
+    base = {"task": "PushCube-v1", "num_envs": 1, "backend": "inline", "image_size": 32,
+            "max_episode_steps": 8, "privileged_state": True}
     return EnvConfig(**{**base, **kw})
 
 
@@ -90,7 +90,7 @@ def policies(tmp_path_factory):
 def test_privileged_critic_reads_only_the_sim_state(policies, tmp_path):
     from vlarl.policies import build_policy
 
-    feat, priv, _ = policies
+    _, priv, _ = policies
     with make_env(_env_cfg(image_size=64)) as env:
         obs = env.reset([3])
     obs2 = dataclasses.replace(obs, images=255 - obs.images, instructions=["push it"])

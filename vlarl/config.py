@@ -614,6 +614,14 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def non_default(section: Any) -> dict:
+    """The fields of a config section that differ from the dataclass defaults: what cache keys
+    hash, so adding a field (with a default) to vlarl does not invalidate cached stages."""
+    default = type(section)()
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
+            if getattr(section, f.name) != getattr(default, f.name)}
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from vlarl.config import Config, load_config, to_dict
+from vlarl.config import Config, load_config, non_default
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "cpu"
 
@@ -91,12 +91,12 @@ def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool 
 
     # 1. demonstrations (scripted experts on privileged state)
     cfg.data = dataclasses.replace(cfg.data, dataset_dir=str(root / "demos"))
-    k_data = _key(to_dict(cfg.env), to_dict(cfg.data))
+    k_data = _key(non_default(cfg.env), non_default(cfg.data))
     stages.run("collect", k_data, lambda: {"path": str(collect_demos(cfg, force=force))})
 
     # 2. SFT base VLA (full fine-tune of the tiny PaliGemma VLA)
     cfg.sft = dataclasses.replace(cfg.sft, output_dir=str(root / "sft"))
-    k_sft = _key(k_data, to_dict(cfg.policy), to_dict(cfg.sft))
+    k_sft = _key(k_data, non_default(cfg.policy), non_default(cfg.sft))
     base = stages.run("sft", k_sft, lambda: {"path": str(run_sft(cfg, force=force))})["path"]
 
     # 3. RL fine-tuning from the SFT base with LoRA
@@ -104,7 +104,7 @@ def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool 
         cfg, policy=dataclasses.replace(cfg.policy, path=base, use_lora=True),
         train=dataclasses.replace(cfg.train, output_dir=str(root / "rl"), overwrite=True,
                                   resume=False))
-    k_rl = _key(k_sft, to_dict(rl_cfg.algo), to_dict(rl_cfg.train))
+    k_rl = _key(k_sft, non_default(rl_cfg.algo), non_default(rl_cfg.train))
 
     def _rl() -> dict:
         run = train(rl_cfg)
@@ -116,11 +116,11 @@ def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool 
     d_cfg = dataclasses.replace(
         cfg, distill=dataclasses.replace(cfg.distill, teacher=rl, output_dir=str(root / "student")),
         policy=dataclasses.replace(cfg.policy, name="mlp_student", path=None))
-    k_dist = _key(k_rl, to_dict(d_cfg.distill))
+    k_dist = _key(k_rl, non_default(d_cfg.distill))
     student = stages.run("distill", k_dist, lambda: {"path": str(run_distill(d_cfg))})["path"]
 
     # 5. one paired evaluation of the three checkpoints, ID + OOD, same seeds
-    k_eval = _key(k_dist, to_dict(cfg.eval), to_dict(cfg.env))
+    k_eval = _key(k_dist, non_default(cfg.eval), non_default(cfg.env))
     out = root / "eval"
 
     def _eval() -> dict:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlarl.config import Config, ConfigError, DataConfig
+from vlarl.config import Config, ConfigError, DataConfig, non_default
 from vlarl.data import ChunkDataset, collate_chunks, collect_demos, load_demos, read_info
 from vlarl.types import Obs
 
@@ -54,9 +54,10 @@ class _SFTLoss(nn.Module):
 
 
 def sft_key(cfg: Config, data_key: str, max_steps: int | None, grad_accum: int) -> str:
-    """Hash of data + policy + sft config: equal keys mean an equal checkpoint (cache hit)."""
-    sft = {k: v for k, v in dataclasses.asdict(cfg.sft).items() if k != "output_dir"}
-    payload = {"data": data_key, "policy": dataclasses.asdict(cfg.policy), "sft": sft,
+    """Hash of data + policy + sft config: equal keys mean an equal checkpoint (cache hit).
+    Only non-default fields are hashed, so a new config field keeps old checkpoints valid."""
+    sft = {k: v for k, v in non_default(cfg.sft).items() if k != "output_dir"}
+    payload = {"data": data_key, "policy": non_default(cfg.policy), "sft": sft,
                "mixed_precision": cfg.train.mixed_precision, "max_grad_norm": cfg.algo.max_grad_norm,
                "max_steps": max_steps, "grad_accum": grad_accum}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
