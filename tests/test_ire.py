@@ -189,6 +189,30 @@ def test_vlarl_ire_tiny_run(tmp_path, demos):
     assert all(torch.equal(final[k], sft1[k]) for k in sft1)
 
 
+def test_sft_only_control_arm(tmp_path, demos, capsys):
+    """ire.rl_updates=0: the same SFT phases on the demos alone from policy.path - no env
+    steps, each round fine-tunes the previous round's output; policy.path is required."""
+    from safetensors.torch import load_file
+
+    from vlarl.cli import main
+    from vlarl.policies import build_policy
+
+    args = _ire_args(tmp_path / "ctl", demos) + ["--ire.rl_updates", "0"]
+    assert main(args) == 2 and "policy.path" in capsys.readouterr().err
+    cfg = load_config(None, args[1:])
+    build_policy(cfg.policy).save_pretrained(tmp_path / "base")
+    assert main(args + ["--policy.path", str(tmp_path / "base"), "--train.overwrite", "true"]) == 0
+    s = json.loads((tmp_path / "ctl" / "summary.json").read_text())
+    assert s["complete"] and s["total_env_steps"] == 0 == s["total_rl_updates"]
+    assert not (tmp_path / "ctl" / "round_0" / "rl" / "metrics.jsonl").exists()
+    assert [rd["sft"]["steps"] for rd in s["rounds"]] == [3, 3]
+    assert [rd["sft"]["samples_rl"] for rd in s["rounds"]] == [0, 0]
+    assert s["rounds"][1]["start_policy"] == str(tmp_path / "ctl" / "round_0" / "sft")
+    w0, w1 = (load_file(str(tmp_path / "ctl" / f"round_{r}/sft/base/model.safetensors"))
+              for r in (0, 1))
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # round 1 trained further
+
+
 def _merged(path: Path, out: Path) -> Path:
     """The RL policy with its adapters merged, saved like an SFT output (same key names)."""
     from vlarl.policies import load_policy
@@ -198,7 +222,8 @@ def _merged(path: Path, out: Path) -> Path:
 
 
 @pytest.mark.parametrize("override, key", [
-    (["--ire.rounds", "0"], "ire.rounds"), (["--ire.rl_updates", "0"], "ire.rl_updates"),
+    (["--ire.rounds", "0"], "ire.rounds"), (["--ire.rl_updates", "-1"], "ire.rl_updates"),
+    (["--ire.rl_updates", "0", "--ire.sft_steps", "0"], "ire.rl_updates"),
     (["--ire.sft_steps", "-1"], "ire.sft_steps"), (["--ire.output_dir="], "ire.output_dir")])
 def test_config_errors_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key):

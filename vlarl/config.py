@@ -339,7 +339,8 @@ class IreConfig:
     rl_updates: int = 100
     """RL updates per round (LoRA, backbone frozen; ``algo.*`` / ``train.*`` apply, except
     ``train.num_updates``, which this replaces). rounds x rl_updates = the plain RL run's
-    ``train.num_updates`` gives the comparison at (nearly) equal env steps."""
+    ``train.num_updates`` gives the comparison at (nearly) equal env steps. 0: the SFT-only
+    control arm (the same SFT phases on the demonstrations alone, no env; needs policy.path)."""
     sft_steps: int = 200
     """Optimizer steps of each SFT phase (``sft.*`` apply; batch ``sft.batch_size``) on the
     demonstrations + every successful RL episode so far; 0 only merges the adapters."""
@@ -454,9 +455,12 @@ class Config:
             self._check_extra_tasks()
         _choice("distill.method", self.distill.method, {"bc", "dagger", "rpd"})
         ire = self.ire
-        for key, low in (("rounds", 1), ("rl_updates", 1), ("sft_steps", 0)):
+        for key, low in (("rounds", 1), ("rl_updates", 0), ("sft_steps", 0)):
             if getattr(ire, key) < low:
                 raise ConfigError(f"ire.{key}={getattr(ire, key)!r} must be >= {low}")
+        if ire.rl_updates == 0 and ire.sft_steps == 0:
+            raise ConfigError("ire.rl_updates=0 and ire.sft_steps=0 would do nothing; the SFT-only "
+                              "control arm (rl_updates 0) needs ire.sft_steps >= 1")
         if not str(ire.output_dir).strip():
             raise ConfigError("ire.output_dir must be a non-empty path")
         return self

@@ -48,7 +48,8 @@ def rl_config(cfg: Config, r: int, start: str | None) -> Config:
     return dataclasses.replace(
         cfg, policy=dataclasses.replace(cfg.policy, path=start, use_lora=True),
         train=dataclasses.replace(cfg.train, output_dir=str(round_dir(cfg, r) / "rl"),
-                                  num_updates=cfg.ire.rl_updates, seed=cfg.train.seed + r,
+                                  # (>= 1: the control arm's config is only preflighted)
+                                  num_updates=max(cfg.ire.rl_updates, 1), seed=cfg.train.seed + r,
                                   resume=False, overwrite=False))
 
 
@@ -90,6 +91,9 @@ def check_ire_config(cfg: Config) -> Path:
     if root.is_dir() and any(root.iterdir()) and not cfg.train.overwrite:
         raise ConfigError(f"ire.output_dir={cfg.ire.output_dir!r} is not empty; pass "
                           "--train.overwrite true to delete it (vlarl ire cannot resume)")
+    if cfg.ire.rl_updates == 0 and not cfg.policy.path:
+        raise ConfigError("ire.rl_updates=0 (SFT-only control) needs policy.path: the SFT "
+                          "phases fine-tune that checkpoint")
     prepare_run_dir(root, resume=False, overwrite=cfg.train.overwrite)
     preflight(rl_config(cfg, 0, cfg.policy.path))  # env + policy source, round_0/rl dir
     return demos
@@ -104,7 +108,7 @@ def run_ire(cfg: Config) -> Path:
     t_start = time.perf_counter()
     for r in range(cfg.ire.rounds):
         t0 = time.perf_counter()
-        rl = rl_phase(cfg, r, start)
+        rl = rl_phase(cfg, r, start) if cfg.ire.rl_updates else _no_rl(cfg, r, start)
         if rl["dataset"] is not None:
             datasets.append(Path(rl["dataset"]))
         t1 = time.perf_counter()
@@ -122,6 +126,15 @@ def run_ire(cfg: Config) -> Path:
     shutil.copytree(start, final)
     _write_summary(root, rounds, t_start, final=final)
     return final
+
+
+def _no_rl(cfg: Config, r: int, start: str) -> dict:
+    """The SFT-only control arm's round (``ire.rl_updates=0``): no env, nothing recorded; the
+    SFT phase fine-tunes ``start`` on the demonstrations alone. Separates iRe-VLA's gain from
+    that of its extra SFT steps on the same demos."""
+    return {"start_policy": start, "policy": start, "rl_updates": 0,
+            "train_seed": cfg.train.seed + r, "env_steps": 0, "rl_episodes": 0,
+            "rl_successes": 0, "successes_recorded": 0, "recorder": None, "dataset": None}
 
 
 def rl_phase(cfg: Config, r: int, start: str | None) -> dict:
