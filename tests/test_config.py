@@ -36,7 +36,6 @@ def test_defaults_validate_and_overrides_apply(tmp_path):
      "num_mini_batches"),
     (["--env.reward_mode", "shaped"], "env.reward_mode"),
     (["--policy.action_low", "1", "--policy.action_high", "0"], "policy.action_low"),
-    (["--env.task", "PushCube-v1", "--data.extra_tasks", "PushCube-v1"], "data.extra_tasks"),
     (["--data.extra_tasks", "PullCube-v1", "PullCube-v1"], "data.extra_tasks"),
     (["--data.extra_tasks", "PullCube-v1", "--data.expert", "/some/policy"], "data.expert"),
 ])

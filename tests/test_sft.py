@@ -122,6 +122,8 @@ def test_multi_task_sft_pads_the_shorter_state(env_cache: Path) -> None:
         assert policy.act(push_obs, deterministic=True).actions.shape == (2, policy.chunk_size, 7)
     with pytest.raises(ValueError, match="D=21 > the policy's state width 20"):
         pad_state(torch.zeros(21), 20, "fix")
+    cfg.data.extra_tasks = ["PushCube-v1", "PickCube-v1"]  # env.task listed too: not twice
+    assert demo_dirs(cfg) == [pick, push]
     cfg.data.extra_tasks = ["NoSuchTask-v1"]
     with pytest.raises(ConfigError, match="data.extra_tasks: 'NoSuchTask-v1' is not allowed"):
         demo_dirs(cfg)

@@ -270,7 +270,8 @@ class DataConfig:
     """More tasks for a multi-task SFT base: ``vlarl sft`` also collects ``num_episodes``
     scripted demos of each (same env settings and seeds, cached by key under
     ``<cache>/datasets``) and trains on all of them; the instruction tells the tasks apart.
-    Used by the KL forgetting check (``docs/kl.md``). Empty: ``env.task`` only."""
+    Used by the KL forgetting check (``docs/kl.md``). Empty: ``env.task`` only (which is
+    never collected twice if listed here too)."""
 
 
 @dataclass
@@ -360,9 +361,7 @@ class Config:
 
     def _check_extra_tasks(self) -> None:
         # task names are checked by vlarl.sft.demo_dirs (the registry imports torch)
-        d = self.data
-        if self.env.task in d.extra_tasks:
-            raise ConfigError(f"data.extra_tasks={d.extra_tasks} repeats env.task={self.env.task!r}")
+        d = self.data  # env.task listed too is skipped (eval of a recipe on its extra task)
         if len(set(d.extra_tasks)) != len(d.extra_tasks):
             raise ConfigError(f"data.extra_tasks={d.extra_tasks} repeats a task")
         if d.expert != "scripted":

@@ -102,7 +102,7 @@ def demo_dirs(cfg: Config) -> list[Path]:
             raise ConfigError(f"data.extra_tasks: {task!r} is not allowed; choose tasks with a "
                               f"scripted expert: {sorted(EXPERTS.names())}")
     dirs = [collect_demos(cfg)]
-    for task in cfg.data.extra_tasks:
+    for task in dict.fromkeys(t for t in cfg.data.extra_tasks if t != cfg.env.task):
         other = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, task=task),
                                     data=dataclasses.replace(cfg.data, dataset_dir=DataConfig().dataset_dir,
                                                              extra_tasks=[]))
