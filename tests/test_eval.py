@@ -153,3 +153,8 @@ def test_run_eval_report_files(checkpoint, tmp_path):
     frames = iio.imread(videos[0])
     assert frames.ndim == 4 and frames.shape[2] == 256 and frames.shape[0] >= 2
     assert report["results"][0]["n"] == 3
+    # vlarl compare on the real report reproduces eval's own in-report comparison
+    from vlarl.compare import compare_reports
+
+    (row,) = compare_reports([out, out / "report.json"])["rows"]
+    assert {k: row[k] for k in cmp} == cmp

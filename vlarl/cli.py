@@ -1,4 +1,4 @@
-"""`vlarl <command>`: collect, sft, train, ire, eval, diagnose, distill, bench, quickstart, doctor.
+"""`vlarl <command>`: collect, sft, train, ire, eval, compare, diagnose, distill, bench, quickstart, doctor.
 
 Every command takes ``--config recipe.yaml`` and ``--section.field value`` overrides (one
 style everywhere). Heavy libraries are imported only inside the command that needs them, so
@@ -18,6 +18,7 @@ SECTIONS = {
     "train": ["env", "policy", "algo", "train", "eval"],
     "ire": ["ire", "env", "policy", "algo", "train", "data", "sft", "eval"],
     "eval": ["env", "policy", "eval"],
+    "compare": [],
     "diagnose": ["env", "policy", "eval"],
     "distill": ["env", "policy", "distill", "eval", "algo", "train"],
     "quickstart": [],
@@ -31,6 +32,7 @@ HELP = {
     "train": "RL fine-tuning (PPO / GRPO / RLOO) of a VLA with LoRA, under accelerate",
     "ire": "iRe-VLA: rounds of RL (LoRA) then SFT on successful rollouts + demos",
     "eval": "evaluate checkpoints on seeded episodes with 95%% CIs, OOD splits, reports",
+    "compare": "pair checkpoints across separate eval reports (same seeds): differences, CIs, p",
     "diagnose": "failure-mode search: sweep the OOD axes for one checkpoint, rank by success drop",
     "distill": "distill a (RL-tuned) VLA teacher into a small fast student (BC / DAgger / RPD)",
     "quickstart": "the whole chain: demos -> SFT -> RL -> eval -> distill -> eval, one table",
@@ -73,6 +75,10 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
         if name == "eval":
             p.add_argument("checkpoints", nargs="*", help="checkpoint directories (default: --policy.path)")
             p.add_argument("--out", help="report directory", default=None)
+        if name == "compare":
+            p.add_argument("reports", nargs="+", help="report.json files or their directories; "
+                           "the first report's first checkpoint is the baseline")
+            p.add_argument("--json", default=None, help="also write the comparison to this file")
         if name == "diagnose":
             p.add_argument("--out", help="report directory (default <policy.path>/diagnose)",
                            default=None)
@@ -136,6 +142,17 @@ def _dispatch(args, rest: list[str], parser) -> int:
         from vlarl.bench import run_bench
 
         run_bench(args.parts, json_path=args.json, quick=args.quick, extra=rest)
+        return 0
+    if cmd == "compare":
+        import json
+
+        from vlarl.compare import compare_reports, comparison_table
+
+        result = compare_reports(args.reports)
+        print(comparison_table(result))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
         return 0
     if cmd == "quickstart":
         from vlarl.quickstart import run_quickstart
