@@ -140,6 +140,12 @@ def test_bc_warm_start_then_ppo_on_the_state_env_then_eval_with_rgb(tmp_path):
     assert ev.env.obs_mode == "rgb" and not ev.env.privileged_state
     rep = run_eval([str(expert)], ev, tmp_path / "eval")
     assert rep["results"][0]["n"] == 2
+    # vlarl diagnose gives it privileged state too, on every axis split
+    from vlarl.diagnose import run_diagnose
+
+    ev.policy.path, ev.eval.num_episodes = str(expert), 1
+    diag = run_diagnose(ev, tmp_path / "diagnose")
+    assert len(diag["splits"]) >= 5 and {r["n"] for r in diag["splits"].values()} == {1}
 
 
 # --------------------------------------------------------------------------- collect with a policy

@@ -116,7 +116,13 @@ def run_diagnose(cfg, out_dir: str | Path | None = None) -> dict:
     Envs are built one split at a time and closed before the next (memory on small machines)."""
     from vlarl.config import to_dict
     from vlarl.envs import make_env
-    from vlarl.eval import _validate, aggregate, check_compatible, evaluate_policy
+    from vlarl.eval import (
+        _validate,
+        aggregate,
+        check_compatible,
+        evaluate_policy,
+        needs_privileged_env,
+    )
     from vlarl.policies import load_policy
     from vlarl.report import checkpoint_sha256, git_commit, vlarl_version
 
@@ -132,7 +138,8 @@ def run_diagnose(cfg, out_dir: str | Path | None = None) -> dict:
     per_split: dict[str, dict] = {}
     for split in splits:
         t0 = time.perf_counter()
-        with make_env(dataclasses.replace(cfg.env, split=split)) as env:
+        with make_env(dataclasses.replace(cfg.env, split=split,
+                                          privileged_state=needs_privileged_env(policy, cfg.env))) as env:
             check_compatible(policy, env, ckpt)
             eps = evaluate_policy(policy, env, seeds, cfg.eval.deterministic)
         per_split[split] = {**aggregate(eps), "episodes": list(eps),

@@ -165,6 +165,12 @@ def _labels(checkpoints: list[str]) -> list[str]:
     return [f"{i}:{s}" if short.count(s) > 1 else s for i, s in enumerate(short)]
 
 
+def needs_privileged_env(policy, env_cfg) -> bool:
+    """Whether ``policy`` must be evaluated on an env that returns ``Obs.privileged``: a
+    state-based expert (RLDG) reads it to act; a privileged critic does not need it here."""
+    return env_cfg.privileged_state or bool(getattr(policy, "needs_privileged_state", False))
+
+
 def run_eval(checkpoints: list[str], cfg, out_dir: str | Path | None = None) -> dict:
     """Evaluate every checkpoint on every split of ``cfg.eval.splits`` and write the report.
 
@@ -191,8 +197,7 @@ def run_eval(checkpoints: list[str], cfg, out_dir: str | Path | None = None) -> 
     try:
         for ck, label in zip(checkpoints, labels):
             policy = load_policy(ck)
-            # a state-based expert (RLDG) reads Obs.privileged: give it an env that returns it
-            priv = cfg.env.privileged_state or bool(getattr(policy, "needs_privileged_state", False))
+            priv = needs_privileged_env(policy, cfg.env)
             for split in cfg.eval.splits:
                 if (split, priv) not in envs:
                     envs[split, priv] = make_env(dataclasses.replace(
