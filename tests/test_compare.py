@@ -70,4 +70,10 @@ def test_cli_prints_the_table_and_exits_2_on_bad_input(tmp_path, capsys):
     assert "+100.0 [" in capsys.readouterr().out
     assert json.loads((tmp_path / "c.json").read_text())["rows"][0]["only_candidate"] == 10
     assert main(["compare", str(base)]) == 2
-    assert "at least two reports" in capsys.readouterr().err
+    assert "at least two checkpoints" in capsys.readouterr().err
+    # --baseline: the candidate becomes the baseline
+    assert main(["compare", str(base), str(cand), "--baseline", "rl"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline rl." in out and "| base | 0.0 [" in out and "-100.0 [" in out
+    assert main(["compare", str(base), str(cand), "--baseline", "nobody"]) == 2
+    assert "choose one of ['base', 'rl']" in capsys.readouterr().err

@@ -79,6 +79,8 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
             p.add_argument("reports", nargs="+", help="report.json files or their directories; "
                            "the first report's first checkpoint is the baseline")
             p.add_argument("--json", default=None, help="also write the comparison to this file")
+            p.add_argument("--baseline", default=None,
+                           help="label or path of the baseline checkpoint (default: the first)")
         if name == "diagnose":
             p.add_argument("--out", help="report directory (default <policy.path>/diagnose)",
                            default=None)
@@ -148,7 +150,7 @@ def _dispatch(args, rest: list[str], parser) -> int:
 
         from vlarl.compare import compare_reports, comparison_table
 
-        result = compare_reports(args.reports)
+        result = compare_reports(args.reports, baseline=args.baseline)
         print(comparison_table(result))
         if args.json:
             with open(args.json, "w") as f:

@@ -5,7 +5,8 @@ times (a new RL run against last week's base) have their own reports; as long as
 evaluated the same episodes - same seeds, task, split and episode settings - the
 per-episode records pair exactly the same way, without evaluating the base again.
 ``vlarl compare BASE.json OTHER.json ...`` checks that, then reports each candidate's
-difference to the baseline (the first checkpoint of the first report) per (task, split)
+difference to the baseline (``--baseline LABEL``, else the first checkpoint of the first
+report) per (task, split)
 with the same statistics as eval: Newcombe's paired interval and the exact McNemar p.
 Mismatched episodes are an error naming the setting, never a silent mispairing.
 """
@@ -50,17 +51,26 @@ def _check_same_episodes(base: dict, other: dict) -> None:
                              f"{other['_path']}; the episodes would not pair")
 
 
-def compare_reports(paths: list[str | Path]) -> dict[str, Any]:
-    """Every result of every report against the baseline result of the same (task, split);
-    the baseline checkpoint is the first report's first checkpoint."""
-    if len(paths) < 2:
-        raise ValueError("vlarl compare needs at least two reports (a baseline and a candidate)")
+def compare_reports(paths: list[str | Path], baseline: str | None = None) -> dict[str, Any]:
+    """Every result of every report against the baseline result of the same (task, split).
+    The baseline checkpoint is ``baseline`` (a label or path found in the reports) or the
+    first report's first checkpoint. One report with several checkpoints works too."""
     reports = [load_report(p) for p in paths]
+    if len(reports) < 2 and len({r["checkpoint"] for r in reports[0]["results"]}) < 2:
+        raise ValueError("vlarl compare needs at least two checkpoints (a baseline and a candidate)")
     for other in reports[1:]:
         _check_same_episodes(reports[0], other)
-    base_ck = reports[0]["results"][0]["checkpoint"]
-    baselines = {(r["task"], r["split"]): r for r in reports[0]["results"]
-                 if r["checkpoint"] == base_ck}
+    found = [r for rep in reports for r in rep["results"]]
+    if baseline is None:
+        base_ck = found[0]["checkpoint"]
+    else:
+        matches = {r["checkpoint"] for r in found if baseline in (r["label"], r["checkpoint"])}
+        if len(matches) != 1:
+            labels = sorted({r["label"] for r in found})
+            raise ValueError(f"--baseline {baseline!r} matches {len(matches)} checkpoints; "
+                             f"choose one of {labels}")
+        base_ck = matches.pop()
+    baselines = {(r["task"], r["split"]): r for r in found if r["checkpoint"] == base_ck}
     rows, seen = [], set()
     for report in reports:
         for r in report["results"]:
@@ -82,7 +92,7 @@ def compare_reports(paths: list[str | Path]) -> dict[str, Any]:
                          **cmp.to_dict()})
     if not rows:
         raise ValueError("no candidate result shares a (task, split) with the baseline "
-                         f"{reports[0]['results'][0]['label']}")
+                         f"{next(iter(baselines.values()))['label']}")
     return {"baseline": base_ck, "n": len(reports[0]["seeds"]), "rows": rows,
             "reports": [r["_path"] for r in reports]}
 
