@@ -143,7 +143,7 @@ def run_sft(cfg: Config, force: bool = False, *, max_steps: int | None = None,
     out = Path(cfg.sft.output_dir).expanduser()
     data_dirs = demo_dirs(cfg)
     keys = [read_info(d).get("key", str(d)) for d in data_dirs]
-    # one task: the key of earlier versions (cached checkpoints stay valid)
+    # one task: that dataset's key alone, as before extra_tasks existed
     key = sft_key(cfg, keys[0] if len(keys) == 1 else "+".join(keys), max_steps,
                   gradient_accumulation_steps)
     marker = out / DONE_FILE
