@@ -140,7 +140,7 @@ def test_instruction_hashing_is_stable_and_informative():
 
 def test_bad_inputs_named():
     p = make_student()
-    with pytest.raises(ValueError, match="D=40 > the student's state_dim=32"):
+    with pytest.raises(ValueError, match="D=40 > the policy's state width 32; build it with MLPStudentPolicy"):
         p.act(make_obs(1, state_dim=40))
     with pytest.raises(ValueError, match=r"must be \[N, 4, 7\]"):
         p.sft_loss(make_obs(2), torch.zeros(2, 3, 7))

@@ -56,44 +56,48 @@ def compare_reports(paths: list[str | Path], baseline: str | None = None) -> dic
     The baseline checkpoint is ``baseline`` (a label or path found in the reports) or the
     first report's first checkpoint. One report with several checkpoints works too."""
     reports = [load_report(p) for p in paths]
-    if len(reports) < 2 and len({r["checkpoint"] for r in reports[0]["results"]}) < 2:
+    if len(reports) < 2 and len({r["label"] for r in reports[0]["results"]}) < 2:
         raise ValueError("vlarl compare needs at least two checkpoints (a baseline and a candidate)")
     for other in reports[1:]:
         _check_same_episodes(reports[0], other)
-    found = [r for rep in reports for r in rep["results"]]
+    # a result is identified by (report file, label): labels are unique inside a report,
+    # and one checkpoint may be evaluated twice in it
+    found = [(str(Path(rep["_path"]).resolve()), r, rep["_path"]) for rep in reports
+             for r in rep["results"]]
     if baseline is None:
-        base_ck = found[0]["checkpoint"]
+        base_id = (found[0][0], found[0][1]["label"])
     else:
-        matches = {r["checkpoint"] for r in found if baseline in (r["label"], r["checkpoint"])}
-        if len(matches) != 1:
-            labels = sorted({r["label"] for r in found})
-            raise ValueError(f"--baseline {baseline!r} matches {len(matches)} checkpoints; "
-                             f"choose one of {labels}")
-        base_ck = matches.pop()
-    baselines = {(r["task"], r["split"]): r for r in found if r["checkpoint"] == base_ck}
+        matches = [(f, r["label"], r["checkpoint"]) for f, r, _ in found
+                   if baseline in (r["label"], r["checkpoint"])]
+        if len({m[2] for m in matches}) != 1:
+            labels = sorted({r["label"] for _, r, _ in found})
+            raise ValueError(f"--baseline {baseline!r} matches {len({m[2] for m in matches})} "
+                             f"checkpoints; choose one of {labels}")
+        base_id = matches[0][:2]  # its first occurrence
+    baselines = {(r["task"], r["split"]): r for f, r, _ in found if (f, r["label"]) == base_id}
     rows, seen = [], set()
-    for report in reports:
-        for r in report["results"]:
-            key = (r["task"], r["split"])
-            if r["checkpoint"] == base_ck or key not in baselines \
-                    or (r["checkpoint"], *key) in seen:
-                continue
-            seen.add((r["checkpoint"], *key))
-            b = baselines[key]
-            if [e["seed"] for e in b["episodes"]] != [e["seed"] for e in r["episodes"]]:
-                raise ValueError(f"episode seeds of {r['label']} ({report['_path']}) do not "
-                                 f"match the baseline's on {key}")
-            cmp = paired_comparison([e["success_once"] for e in b["episodes"]],
-                                    [e["success_once"] for e in r["episodes"]])
-            rows.append({"task": key[0], "split": key[1], "baseline": b["label"],
-                         "baseline_success": format_success(b["success_rate"], b["ci_low"], b["ci_high"]),
-                         "candidate": r["label"], "candidate_report": report["_path"],
-                         "candidate_success": format_success(r["success_rate"], r["ci_low"], r["ci_high"]),
-                         **cmp.to_dict()})
+    for f, r, path in found:
+        key = (r["task"], r["split"])
+        if (f, r["label"]) == base_id or key not in baselines or (f, r["label"], *key) in seen:
+            continue
+        seen.add((f, r["label"], *key))
+        b = baselines[key]
+        if [e["seed"] for e in b["episodes"]] != [e["seed"] for e in r["episodes"]]:
+            raise ValueError(f"episode seeds of {r['label']} ({path}) do not match the "
+                             f"baseline's on {key}")
+        cmp = paired_comparison([e["success_once"] for e in b["episodes"]],
+                                [e["success_once"] for e in r["episodes"]])
+        rows.append({"task": key[0], "split": key[1], "baseline": b["label"],
+                     "baseline_success": format_success(b["success_rate"], b["ci_low"], b["ci_high"]),
+                     "candidate": r["label"], "candidate_report": path,
+                     "candidate_success": format_success(r["success_rate"], r["ci_low"], r["ci_high"]),
+                     **cmp.to_dict()})
     if not rows:
         raise ValueError("no candidate result shares a (task, split) with the baseline "
                          f"{next(iter(baselines.values()))['label']}")
-    return {"baseline": base_ck, "n": len(reports[0]["seeds"]), "rows": rows,
+    base = next(iter(baselines.values()))
+    return {"baseline": base["checkpoint"], "baseline_label": base["label"],
+            "n": len(reports[0]["seeds"]), "rows": rows,
             "reports": [r["_path"] for r in reports]}
 
 
