@@ -34,7 +34,7 @@ def load_report(path: str | Path) -> dict:
         raise FileNotFoundError(f"no eval report at {path} (expected a report.json or its "
                                 "directory, as written by vlarl eval --out DIR)")
     report = json.loads(p.read_text())
-    report["_path"] = str(p)
+    report["_path"] = str(p.resolve())  # one file given twice is one report
     return report
 
 
@@ -62,25 +62,25 @@ def compare_reports(paths: list[str | Path], baseline: str | None = None) -> dic
         _check_same_episodes(reports[0], other)
     # a result is identified by (report file, label): labels are unique inside a report,
     # and one checkpoint may be evaluated twice in it
-    found = [(str(Path(rep["_path"]).resolve()), r, rep["_path"]) for rep in reports
-             for r in rep["results"]]
+    found = [(rep["_path"], r) for rep in reports for r in rep["results"]]
     if baseline is None:
         base_id = (found[0][0], found[0][1]["label"])
     else:
-        matches = [(f, r["label"], r["checkpoint"]) for f, r, _ in found
+        matches = [(f, r["label"], r["checkpoint"]) for f, r in found
                    if baseline in (r["label"], r["checkpoint"])]
         if len({m[2] for m in matches}) != 1:
-            labels = sorted({r["label"] for _, r, _ in found})
+            labels = sorted({r["label"] for _, r in found})
             raise ValueError(f"--baseline {baseline!r} matches {len({m[2] for m in matches})} "
                              f"checkpoints; choose one of {labels}")
         base_id = matches[0][:2]  # its first occurrence
-    baselines = {(r["task"], r["split"]): r for f, r, _ in found if (f, r["label"]) == base_id}
+    baselines = {(r["task"], r["split"]): r for f, r in found if (f, r["label"]) == base_id}
     rows, seen = [], set()
-    for f, r, path in found:
+    for path, r in found:
         key = (r["task"], r["split"])
-        if (f, r["label"]) == base_id or key not in baselines or (f, r["label"], *key) in seen:
+        ident = (path, r["label"])
+        if ident == base_id or key not in baselines or (*ident, *key) in seen:
             continue
-        seen.add((f, r["label"], *key))
+        seen.add((*ident, *key))
         b = baselines[key]
         if [e["seed"] for e in b["episodes"]] != [e["seed"] for e in r["episodes"]]:
             raise ValueError(f"episode seeds of {r['label']} ({path}) do not match the "
