@@ -3,6 +3,7 @@
 #   - system: a Vulkan driver SAPIEN can render with (lavapipe from Mesa >= 24.3 where no
 #     NVIDIA GPU exists; Debian 12 needs bookworm-backports for it, see docs/troubleshooting.md)
 #   - python: a project-local virtualenv .venv with torch (CPU wheel without a GPU) + vlarl[dev]
+#     at the versions in scripts/constraints.txt (VLARL_UNPINNED=1: the newest allowed)
 # The second run only checks and returns in a few seconds (stamp keyed by pyproject.toml).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,7 +49,7 @@ install_vulkan() {
 install_python() {
   [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PY" -m venv "$VENV"; }
   local stamp="$VENV/.vlarl-stamp" want
-  want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-$(have_gpu && echo gpu || echo cpu)"
+  want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/constraints.txt" | sha256sum | cut -c1-16)-$(have_gpu && echo gpu || echo cpu)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then log "python env up to date"; return; fi
   "$VENV/bin/python" -m pip install -q --upgrade pip
   if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
@@ -59,7 +60,10 @@ install_python() {
       "$VENV/bin/python" -m pip install -q "torch==2.13.0"
     fi
   fi
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
+  # the tested versions (scripts/constraints.txt); VLARL_UNPINNED=1 takes the newest instead
+  local pins=(-c "$ROOT/scripts/constraints.txt")
+  [ "${VLARL_UNPINNED:-0}" = 1 ] && pins=()
+  "$VENV/bin/python" -m pip install -q "${pins[@]}" -e "$ROOT[dev]"
   echo "$want" > "$stamp"
 }
 

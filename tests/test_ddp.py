@@ -33,10 +33,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(out: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def _torchrun(out: Path, *args: str, timeout: float = 300,
+              cache: Path | None = None) -> subprocess.CompletedProcess:
     cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(SCRIPT), str(out), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    if cache is not None:
+        env["VLARL_CACHE"] = str(cache)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env,
                           check=False)
 
@@ -47,8 +50,13 @@ def _dumps(out: Path, update: int) -> tuple[dict, dict]:
 
 
 def test_ddp_two_ranks_keep_identical_parameters(tmp_path):
-    res = _torchrun(tmp_path, "--updates", "2")
+    # an empty cache, as on a fresh machine: both ranks need the tiny model, the local main
+    # process builds it (transformers >= 5.24 saves nothing on rank 1), the other loads it
+    cache = tmp_path / "cache"
+    res = _torchrun(tmp_path, "--updates", "2", cache=cache)
     assert res.returncode == 0, res.stderr[-3000:]
+    (entry,) = (cache / "tiny").glob("paligemma-*")
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {f.name for f in entry.iterdir()}
     for update in (1, 2):
         r0, r1 = _dumps(tmp_path, update)
         assert r0["world_size"] == r1["world_size"] == 2

@@ -101,7 +101,10 @@ def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
     algo = ALGORITHMS.get(cfg.algo.name)(cfg.algo)  # unknown name -> lists the known ones
     _seed_everything(t.seed + accelerator.process_index * RANK_SEED_STRIDE)
 
-    policy = (make_policy_fn or _build_policy)(cfg)
+    # the local main process builds any cached tiny model first; the others then load it
+    # (transformers' save_pretrained writes nothing on a rank other than 0)
+    with accelerator.local_main_process_first():
+        policy = (make_policy_fn or _build_policy)(cfg)
     _check_action_space(cfg, policy)
     value_lr = t.value_learning_rate or t.learning_rate
     groups = [{"params": policy.policy_parameters(), "lr": t.learning_rate}]

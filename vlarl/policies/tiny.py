@@ -118,10 +118,18 @@ def cached_build(kind: str, key: dict[str, Any], build: Callable[[Path], None]) 
     """Run ``build(tmp_dir)`` once per ``key`` and cache the result; return the directory.
 
     The directory is renamed into place only when complete, so concurrent processes (parallel
-    tests) never load half a checkpoint.
+    tests) never load half a checkpoint. The caller's torch RNG state is the same whether
+    the entry was built or found.
     """
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return str(build_once(cache_root() / "tiny" / f"{kind}-{digest}", "config.json", build))
+
+    def build_keeping_rng(out_dir: Path) -> None:
+        # builders seed torch; the caller's RNG must not depend on whether the cache was warm
+        with torch.random.fork_rng(devices=[]):
+            build(out_dir)
+
+    return str(build_once(cache_root() / "tiny" / f"{kind}-{digest}", "config.json",
+                          build_keeping_rng))
 
 
 def tiny_checkpoint(name: str = "paligemma", action_bins: int = 256) -> str:

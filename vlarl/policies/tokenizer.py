@@ -19,6 +19,7 @@ corpus and the training settings, so a change to either builds a new one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -103,17 +104,34 @@ def _train(out_dir: Path) -> None:
 def build_once(final: Path, marker: str, build: Callable[[Path], None]) -> Path:
     """Run ``build(tmp_dir)`` unless ``final/marker`` exists, then rename ``tmp_dir`` to
     ``final``: a cache entry appears only when complete, so parallel processes (tests) never
-    load half of one; if two build it at once, the loser's identical copy is dropped."""
+    load half of one; if two build it at once, the loser's identical copy is dropped.
+
+    A build that does not write ``marker`` raises instead of caching half an entry (e.g.
+    transformers >= 5.24 ``save_pretrained`` writes nothing on a torch.distributed rank other
+    than 0: build caches on the local main process first). An entry without its marker,
+    left by an older vlarl, is replaced.
+    """
     if (final / marker).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
     try:
         build(tmp)
+        if not (tmp / marker).is_file():
+            raise RuntimeError(
+                f"building the cache entry {final} wrote no {marker} (wrote: "
+                f"{sorted(f.name for f in tmp.iterdir())}); under torch.distributed, build it on "
+                "the local main process first (accelerator.local_main_process_first())")
+        if final.exists() and not (final / marker).is_file():
+            stale = Path(tempfile.mkdtemp(dir=final.parent, prefix=".stale-"))
+            with contextlib.suppress(OSError):  # another process may have moved it already
+                final.rename(stale / final.name)
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             tmp.rename(final)
         except OSError:  # another process won the race: its copy is identical
-            pass
+            if not (final / marker).is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
