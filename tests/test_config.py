@@ -38,6 +38,8 @@ def test_defaults_validate_and_overrides_apply(tmp_path):
     (["--policy.action_low", "1", "--policy.action_high", "0"], "policy.action_low"),
     (["--data.extra_tasks", "PullCube-v1", "PullCube-v1"], "data.extra_tasks"),
     (["--data.extra_tasks", "PullCube-v1", "--data.expert", "/some/policy"], "data.expert"),
+    (["--policy.lora_lm_head", "true", "--policy.name", "flow_vla"], "policy.lora_lm_head"),
+    (["--policy.lora_lm_head", "true", "--policy.use_lora", "false"], "policy.lora_lm_head"),
 ])
 def test_bad_values_name_the_key(overrides, needle):
     t0 = time.perf_counter()

@@ -250,3 +250,38 @@ def test_run_config_keeps_the_checkpoints_state_range(tmp_path):
     wide = build_policy(PolicyConfig(path=str(tmp_path), chunk_size=2, action_bins=16,
                                      state_low=[-4.0] * 9, state_high=[4.0] * 9))
     assert wide.prompts(obs) != sft.prompts(obs)
+
+
+def test_lora_lm_head_adapts_the_output_layer_and_merges_untied(tmp_path):
+    """``policy.lora_lm_head``: the tied output layer gets an adapter; training moves it; a merge
+    folds it into the output layer only (input embeddings unchanged) and reloads identically."""
+    policy = make_policy(lora_lm_head=True)
+    base = policy.model.get_base_model()
+    head = base.get_output_embeddings()
+    assert head.base_layer.weight is base.get_input_embeddings().weight  # tied in PaliGemma
+    assert {n for n, p in policy.model.named_parameters() if p.requires_grad and "lm_head" in n} \
+        == {"base_model.model.lm_head.lora_A.default.weight", "base_model.model.lm_head.lora_B.default.weight"}
+    emb0 = base.get_input_embeddings().weight.detach().clone()
+    obs = make_obs()
+    trained_step(policy, obs, steps=2)
+    assert float(head.lora_B["default"].weight.abs().sum()) > 0  # the output layer moved
+    policy.save_pretrained(tmp_path / "adapted")
+    loaded = load_policy(tmp_path / "adapted")
+    a = policy.act(obs, generator=torch.Generator().manual_seed(7))
+    b = loaded.act(obs, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a.stored["tokens"], b.stored["tokens"])
+    assert (a.log_probs - b.log_probs).abs().max().item() < 1e-6
+
+    merged = loaded.merge_and_unload()
+    mbase = merged.model
+    assert mbase.get_output_embeddings().weight is not mbase.get_input_embeddings().weight
+    assert torch.equal(mbase.get_input_embeddings().weight, emb0)  # the adapter went to lm_head only
+    c = merged.act(obs, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(c.stored["tokens"], a.stored["tokens"])
+    assert (c.log_probs - a.log_probs).abs().max().item() < 1e-4
+    merged.save_pretrained(tmp_path / "merged")  # reloads untied (tie_word_embeddings false)
+    d = load_policy(tmp_path / "merged").act(obs, generator=torch.Generator().manual_seed(7))
+    assert (d.log_probs - a.log_probs).abs().max().item() < 1e-4
+    e = load_policy(tmp_path / "adapted", use_lora=False).act(
+        obs, generator=torch.Generator().manual_seed(7))  # merge on load (iRe-VLA's SFT phase)
+    assert (e.log_probs - a.log_probs).abs().max().item() < 1e-4

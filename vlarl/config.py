@@ -114,6 +114,11 @@ class PolicyConfig:
     """LoRA dropout (0 keeps rollout and update log-probs identical)."""
     lora_target_modules: str = "all-linear"
     """peft target modules: ``all-linear`` or a comma-separated list of module names."""
+    lora_lm_head: bool = False
+    """Token VLAs: also LoRA-adapt the output layer (``lm_head``, the action tokens' logits),
+    which peft's ``all-linear`` leaves out. Frozen, it is tied to the input embeddings and
+    bounds how far RL can move the action distribution (docs/ppo.md, "the frozen output
+    layer"). A tied output layer gets its own weight before adapters are merged."""
     value_head: bool = True
     """Add a value head on pooled backbone features (PPO's critic)."""
     critic_input: Literal["features", "privileged"] = "features"
@@ -390,6 +395,9 @@ class Config:
             e.privileged_state = True  # the policy reads it: the env must return it
         if p.critic_input == "privileged" and not p.value_head:
             raise ConfigError("policy.critic_input=privileged needs policy.value_head=true")
+        if p.lora_lm_head and (p.name != "token_vla" or not p.use_lora):
+            raise ConfigError(f"policy.lora_lm_head=true needs policy.name=token_vla and "
+                              f"policy.use_lora=true (got {p.name!r}, use_lora={p.use_lora})")
         _positive("policy.chunk_size", p.chunk_size)
         _positive("policy.action_dim", p.action_dim)
         if p.action_bins < 2:

@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,8 +123,9 @@ def privileged_input(obs: Obs, dim: int, device: torch.device | str,
 
 # ----------------------------------------------------------------------------- LoRA
 
-def lora_config(cfg: PolicyConfig):
-    """peft ``LoraConfig`` from the policy config (``all-linear`` or a comma-separated list)."""
+def lora_config(cfg: PolicyConfig, model: nn.Module | None = None):
+    """peft ``LoraConfig`` from the policy config (``all-linear`` or a comma-separated list;
+    ``cfg.lora_lm_head`` adds ``model``'s output layer)."""
     from peft import LoraConfig
 
     targets: str | list[str] = cfg.lora_target_modules
@@ -132,6 +134,17 @@ def lora_config(cfg: PolicyConfig):
         if not targets:
             raise ConfigError(f"policy.lora_target_modules={cfg.lora_target_modules!r} is empty; "
                               "use 'all-linear' or module names like 'q_proj,v_proj'")
+    if cfg.lora_lm_head:
+        if model is None or model.get_output_embeddings() is None:
+            raise ValueError("policy.lora_lm_head needs a model with an output layer")
+        head = next(n for n, m in model.named_modules() if m is model.get_output_embeddings())
+        if targets == "all-linear":
+            # peft's all-linear = every nn.Linear but the output layer; peft cannot mix the
+            # keyword with names, so spell it out: the leaf names of every nn.Linear
+            targets = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                              if isinstance(m, nn.Linear)})
+        else:
+            targets = sorted({*targets, head.rsplit(".", 1)[-1]})
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, bias="none")
 
@@ -147,7 +160,32 @@ def apply_lora(model: PreTrainedModel, cfg: PolicyConfig) -> nn.Module:
         return model
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(cfg))
+    with warnings.catch_warnings():  # tied lm_head: untie_output_layer runs before any merge
+        warnings.filterwarnings("ignore", message=".*tie_word_embeddings=True.*")
+        return get_peft_model(model, lora_config(cfg, model))
+
+
+def untie_output_layer(model: nn.Module) -> None:
+    """Give a LoRA-adapted output layer that shares its weight with the input embeddings
+    (``tie_word_embeddings``) its own copy, so ``merge_and_unload`` folds the adapter into the
+    output layer only (peft's warning about tied target modules); also records
+    ``tie_word_embeddings=False`` in the config so the merged checkpoint reloads untied."""
+    base = model.get_base_model() if is_peft(model) else model
+    out, inp = base.get_output_embeddings(), base.get_input_embeddings()
+    layer = getattr(out, "base_layer", out)
+    if out is None or inp is None or layer.weight is not inp.weight:
+        return
+    layer.weight = nn.Parameter(layer.weight.detach().clone(),
+                                requires_grad=layer.weight.requires_grad)
+    for c in (base.config, getattr(base.config, "text_config", None)):
+        if c is not None and getattr(c, "tie_word_embeddings", False):
+            c.tie_word_embeddings = False
+
+
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """peft ``merge_and_unload`` after :func:`untie_output_layer`."""
+    untie_output_layer(model)
+    return model.merge_and_unload()
 
 
 def is_peft(model: nn.Module) -> bool:

@@ -41,6 +41,7 @@ from vlarl.policies.common import (
     load_saved_heads,
     make_value_head,
     masked_mean,
+    merge_adapters,
     privileged_input,
     read_policy_json,
     save_checkpoint,
@@ -205,7 +206,7 @@ class FlowVLAPolicy(Policy):
         if Path(path, ADAPTER_DIR).is_dir():
             model = _load_adapter(model, path)
             if not cfg.use_lora:
-                model = model.merge_and_unload().requires_grad_(True)
+                model = merge_adapters(model).requires_grad_(True)
         policy = cls(model, processor, cfg)
         load_saved_heads(policy, path, meta)
         return policy

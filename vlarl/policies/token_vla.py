@@ -49,6 +49,7 @@ from vlarl.policies.common import (
     load_saved_heads,
     make_value_head,
     masked_mean,
+    merge_adapters,
     pad_state,
     privileged_input,
     read_policy_json,
@@ -159,7 +160,7 @@ class TokenVLAPolicy(Policy):
         if Path(path, ADAPTER_DIR).is_dir():
             model = load_adapter(model, path)
             if not cfg.use_lora:
-                model = model.merge_and_unload().requires_grad_(True)
+                model = merge_adapters(model).requires_grad_(True)
         else:
             model = apply_lora(model, cfg)
         policy = cls(model, processor, cfg)
@@ -174,7 +175,7 @@ class TokenVLAPolicy(Policy):
     def merge_and_unload(self) -> TokenVLAPolicy:
         """Fold the LoRA adapters into the base weights (deployment); a no-op without LoRA."""
         if is_peft(self.model):
-            self.model = self.model.merge_and_unload()
+            self.model = merge_adapters(self.model)
             self.cfg = dataclasses.replace(self.cfg, use_lora=False)
         return self
 
