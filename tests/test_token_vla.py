@@ -252,6 +252,23 @@ def test_run_config_keeps_the_checkpoints_state_range(tmp_path):
     assert wide.prompts(obs) != sft.prompts(obs)
 
 
+def test_run_config_cannot_silently_change_what_the_checkpoint_reads(tmp_path):
+    """A run whose recipe leaves ``use_state`` / ``action_bins`` at another value than the
+    checkpoint was trained with is refused, naming the key and the value to write (RL from a
+    no-state SFT base with a recipe saying ``use_state: true`` would feed it state tokens)."""
+    sft = build_policy(PolicyConfig(chunk_size=2, action_bins=16, use_state=False))
+    sft.save_pretrained(tmp_path)
+    obs = Obs(torch.zeros(1, 1, 64, 64, 3, dtype=torch.uint8), torch.full((1, 9), 0.25), ["push"])
+    with pytest.raises(ValueError, match=r"policy\.use_state=True differs .*use_state=False.*"
+                                         r"set policy\.use_state: false"):
+        build_policy(PolicyConfig(path=str(tmp_path), chunk_size=2, action_bins=16))
+    with pytest.raises(ValueError, match=r"policy\.action_bins=64 differs .*action_bins=16"):
+        build_policy(PolicyConfig(path=str(tmp_path), chunk_size=2, action_bins=64, use_state=False))
+    rl = build_policy(PolicyConfig(path=str(tmp_path), chunk_size=2, action_bins=16, use_state=False))
+    assert "state:" not in rl.prompts(obs)[0] and rl.prompts(obs) == sft.prompts(obs)
+    assert load_policy(tmp_path).cfg.use_state is False  # no overrides: the checkpoint's own
+
+
 def test_lora_lm_head_adapts_the_output_layer_and_merges_untied(tmp_path):
     """``policy.lora_lm_head``: the tied output layer gets an adapter; training moves it; a merge
     folds it into the output layer only (input embeddings unchanged) and reloads identically."""

@@ -245,6 +245,22 @@ def read_policy_json(path: str | Path, **overrides: Any) -> tuple[str, PolicyCon
     return data["policy"], cfg, data
 
 
+def refuse_changed(path: str | Path, cfg: PolicyConfig, meta: dict, keys: tuple[str, ...],
+                   why: str) -> None:
+    """Raise if ``cfg`` (the checkpoint's config with the run's overrides) changes one of
+    ``keys`` from the value the checkpoint was trained with. For fields that define what the
+    model reads or writes (``use_state``, ``action_bins``, ``decoding``): a run config whose
+    default differs would otherwise silently feed a no-state policy its state, or read its
+    action tokens on another grid. Checkpoints saved before a field existed are not checked."""
+    saved = meta.get("config", {})
+    for key in keys:
+        if key in saved and getattr(cfg, key) != saved[key]:
+            want = json.dumps(saved[key])
+            raise ValueError(f"policy.{key}={getattr(cfg, key)!r} differs from the checkpoint's "
+                             f"{key}={saved[key]!r} at {path}: {why} (set policy.{key}: {want} "
+                             f"in the recipe, or leave it out)")
+
+
 def save_heads(path: str | Path, heads: dict[str, nn.Module]) -> None:
     """Save small heads (``{"value_head": module}``) into one safetensors file."""
     from safetensors.torch import save_file

@@ -44,6 +44,7 @@ from vlarl.policies.common import (
     merge_adapters,
     privileged_input,
     read_policy_json,
+    refuse_changed,
     save_checkpoint,
 )
 from vlarl.policies.tiny import SEED, cached_build
@@ -201,6 +202,7 @@ class FlowVLAPolicy(Policy):
         name, cfg, meta = read_policy_json(path, **overrides)
         if name != "flow_vla":
             raise ValueError(f"{path} holds a {name!r} policy, not 'flow_vla'")
+        refuse_changed(path, cfg, meta, ("use_state",), "the model would misread its inputs")
         model, processor = load_base(Path(path, BASE_DIR), cfg, auto_class=PI0_CLASS)
         model.requires_grad_(False)
         if Path(path, ADAPTER_DIR).is_dir():

@@ -53,6 +53,7 @@ from vlarl.policies.common import (
     pad_state,
     privileged_input,
     read_policy_json,
+    refuse_changed,
     save_checkpoint,
 )
 from vlarl.policies.token_inputs import encode, extend, image_placeholder
@@ -151,11 +152,8 @@ class TokenVLAPolicy(Policy):
             cfg.path = str(path)
             return cls.from_config(cfg)
         _, cfg, meta = read_policy_json(path, **overrides)
-        saved = meta.get("config", {}).get("decoding", "autoregressive")
-        if cfg.decoding != saved:
-            raise ValueError(f"{path} was trained with policy.decoding={saved!r}; loading it with "
-                             f"policy.decoding={cfg.decoding!r} would misread its outputs (set "
-                             f"policy.decoding: {saved} in the recipe)")
+        refuse_changed(path, cfg, meta, ("decoding", "use_state", "action_bins"),
+                       "the model would misread its inputs or outputs")
         model, processor = load_base(Path(path, BASE_DIR), cfg)
         if Path(path, ADAPTER_DIR).is_dir():
             model = load_adapter(model, path)
