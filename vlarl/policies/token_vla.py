@@ -152,6 +152,7 @@ class TokenVLAPolicy(Policy):
             cfg.path = str(path)
             return cls.from_config(cfg)
         _, cfg, meta = read_policy_json(path, **overrides)
+        meta.setdefault("config", {}).setdefault("decoding", "autoregressive")  # saved before it existed
         refuse_changed(path, cfg, meta, ("decoding", "use_state", "action_bins"),
                        "the model would misread its inputs or outputs")
         model, processor = load_base(Path(path, BASE_DIR), cfg)
