@@ -8,6 +8,7 @@ from vlarl.algorithms.advantages import (
     explained_variance,
     gae,
     group_advantages,
+    normalize_advantages,
 )
 
 
@@ -126,3 +127,17 @@ def test_explained_variance():
     y = torch.tensor([1.0, 2.0, 3.0])
     assert explained_variance(y, y) == pytest.approx(1.0)
     assert explained_variance(torch.zeros(3) + 2.0, y) == pytest.approx(0.0)
+
+
+def test_normalize_advantages_in_one_process_and_with_a_summing_reduce():
+    a = torch.tensor([1.0, 2.0, 4.0, 7.0])
+    ref = (a - a.mean()) / (a.std() + 1e-8)
+    torch.testing.assert_close(normalize_advantages(a), ref)
+    # a reduce that sums over two identical "ranks": the union [a, a] has the same mean,
+    # and its unbiased std is std(a) * sqrt(2 * (n - 1) / (2n - 1))
+    twice = normalize_advantages(a, lambda t: 2 * t)
+    union = torch.cat([a, a])
+    torch.testing.assert_close(twice, ((a - union.mean()) / (union.std() + 1e-8)))
+    assert not torch.allclose(twice, ref)
+    one = torch.tensor([3.0])
+    assert torch.equal(normalize_advantages(one), one)  # nothing to normalise by

@@ -107,3 +107,29 @@ def test_ddp_nan_on_one_rank_stops_both_together(tmp_path):
     last = load(tmp_path / "run" / "checkpoints" / "update_000002")
     for k, t in last.tensors["trainable"].items():
         assert torch.equal(t, r0_1["params"][k]), k
+
+
+def test_two_ranks_update_as_one_process_on_their_union(tmp_path):
+    # tests/scripts/ddp_update_check.py: ranks hold 8 and 12 valid decisions of one rollout;
+    # PPO normalises advantages over the union and both algorithms weight each rank's loss by
+    # its share, so the all-reduced gradient is the one-process gradient on all the data
+    script = ROOT / "tests" / "scripts" / "ddp_update_check.py"
+    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(script), str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert r0["world_size"] == r1["world_size"] == 2
+    for algo in ("ppo", "grpo"):
+        single = r0[algo]["single"]
+        assert sum(float(g.abs().sum()) for g in single.values()) > 0
+        for mode in ("global", "local"):
+            assert r0[algo][mode].keys() == r1[algo][mode].keys() == single.keys()
+            for k in single:
+                assert torch.equal(r0[algo][mode][k], r1[algo][mode][k]), (algo, mode, k)
+        rel = {mode: max(float((r0[algo][mode][k] - g).norm() / (g.norm() + 1e-12))
+                         for k, g in single.items()) for mode in ("global", "local")}
+        assert rel["global"] < 1e-5, (algo, rel)
+        # per-rank statistics (the identity all_reduce_sum) give another gradient
+        assert rel["local"] > 0.05, (algo, rel)

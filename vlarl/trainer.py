@@ -161,10 +161,10 @@ def _check_action_space(cfg: Config, policy) -> None:
                           f"emits {policy.action_dim}-D actions")
 
 
-def _update_context(run: _Run):
+def update_context(acc, wrapped: torch.nn.Module | None):
+    """The distributed pieces of ``Algorithm.update`` from an ``Accelerator`` (``wrapped``: the
+    DDP-wrapped policy, or None in one process)."""
     from vlarl.algorithms import UpdateContext
-
-    acc = run.accelerator
 
     def clip(params, max_norm):
         return float(acc.clip_grad_norm_(params, max_norm))
@@ -173,12 +173,15 @@ def _update_context(run: _Run):
         t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
         return bool(acc.reduce(t, reduction="sum").item() > 0)
 
-    wrapped = getattr(run.trainable, "_wrapped", None)
+    def reduce_sum(t: torch.Tensor) -> torch.Tensor:
+        return acc.reduce(t.to(acc.device), reduction="sum").to(t.device)
+
     return UpdateContext(
         backward=acc.backward,
         clip_grad_norm=clip,
         no_sync=(lambda: acc.no_sync(wrapped)) if wrapped is not None else nullcontext,
         all_ranks_any=any_rank,
+        all_reduce_sum=reduce_sum,
     )
 
 
@@ -194,7 +197,7 @@ def train(cfg: Config, *, make_env_fn=None, make_policy_fn=None,
 
     run = setup(cfg, make_env_fn=make_env_fn, make_policy_fn=make_policy_fn)
     t, acc = cfg.train, run.accelerator
-    ctx = _update_context(run)
+    ctx = update_context(acc, getattr(run.trainable, "_wrapped", None))
     mode = "episodic" if cfg.algo.name in ("grpo", "rloo") else "continuous"
     group = cfg.algo.num_generations if mode == "episodic" else 1
     progress = _progress(acc, run.start_update, t.num_updates)

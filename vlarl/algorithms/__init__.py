@@ -38,6 +38,10 @@ def _clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> float:
     return float(torch.nn.utils.clip_grad_norm_(list(params), max_norm))
 
 
+def _local_sum(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
 def _evaluate(policy: Policy, obs: Obs, stored: dict[str, torch.Tensor]):
     return policy.evaluate(obs, stored)
 
@@ -62,6 +66,9 @@ class UpdateContext:
     """True on every rank when the flag is True on any rank (collective decisions)."""
     evaluate: Callable[[Policy, Obs, dict[str, torch.Tensor]], tuple] = _evaluate
     """``evaluate(policy, obs, stored) -> (log_probs, entropy, values | None)`` with grad."""
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = _local_sum
+    """Sum of a tensor over the processes (the tensor itself in one process): global batch
+    statistics (advantage normalisation, the minibatch size that weights each rank's loss)."""
 
 
 def _float(v: Any) -> float:
@@ -84,8 +91,9 @@ class Algorithm:
         """Loss of one micro-batch and its named parts (checked for NaN/Inf in that order)."""
         raise NotImplementedError
 
-    def prepare(self, batch: Batch) -> Batch:
-        """Per-minibatch transform before the micro-batch split (e.g. advantage norm)."""
+    def prepare(self, batch: Batch, ctx: UpdateContext) -> Batch:
+        """Per-minibatch transform before the micro-batch split (e.g. advantage norm over the
+        minibatch of all ranks, through ``ctx.all_reduce_sum``)."""
         return batch
 
     def frozen_parameters(self, policy: Policy, update_idx: int) -> list[nn.Parameter]:
@@ -121,12 +129,17 @@ class Algorithm:
         sums: dict[str, float] = defaultdict(float)
         steps = skipped = epochs = 0
         nonfinite: str | None = None
+        # Each rank's loss is weighted by its share of the global minibatch (DDP then averages
+        # over ranks), so ranks with unequal sample counts (masked episodes, dynamic sampling)
+        # give the gradient of the mean over the union, as one process would.
+        world = float(ctx.all_reduce_sum(torch.ones(1, dtype=torch.float64)))
         policy.train()
         for _ in range(cfg.num_ppo_epochs):
             epochs += 1
             epoch_kl: list[float] = []
             for mb in iter_minibatches(buffer, cfg.num_mini_batches, generator, mask):
-                mb = self.prepare(mb)
+                mb = self.prepare(mb, ctx)
+                global_n = float(ctx.all_reduce_sum(torch.tensor([len(mb)], dtype=torch.float64)))
                 optimizer.zero_grad(set_to_none=True)
                 micro = mb.split(cfg.gradient_accumulation_steps)
                 bad: str | None = None
@@ -137,7 +150,7 @@ class Algorithm:
                         loss, parts = self.loss(policy, m, ctx, update_idx)
                         bad = bad or _first_nonfinite({**parts, "loss": loss})
                         # Backward even when non-finite: every rank keeps the same collectives.
-                        ctx.backward(loss * (len(m) / len(mb)))
+                        ctx.backward(loss * (len(m) * world / global_n))
                     for k, v in {**parts, "loss": loss}.items():
                         step_metrics[k] += _float(v) * len(m) / len(mb)
                 for p in frozen:

@@ -13,6 +13,7 @@ the GAE recursion (nothing propagates from the next episode back into this one):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -105,6 +106,32 @@ def dynamic_sampling_mask(outcomes: torch.Tensor, group_size: int,
     grouped = outcomes.float().view(-1, group_size)
     spread = grouped.max(dim=1).values - grouped.min(dim=1).values
     return (spread > atol).repeat_interleave(group_size)
+
+
+def _local_sum(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def normalize_advantages(adv: torch.Tensor,
+                         reduce_sum: Callable[[torch.Tensor], torch.Tensor] = _local_sum,
+                         eps: float = 1e-8) -> torch.Tensor:
+    """``(adv - mean) / (std + eps)`` with mean and (unbiased) std over the *global* batch.
+
+    ``reduce_sum`` sums a tensor over the processes (identity in one process); with it every
+    rank normalises its share of a minibatch by the statistics of the whole minibatch, so N
+    processes compute what one process would on their union. (Per-rank statistics do not: a
+    rank whose share holds no success gets pure critic noise scaled up to unit variance.)
+    Two passes, in float64, so the variance does not suffer cancellation. A global batch of
+    fewer than two elements is returned unchanged (no spread to normalise by).
+    """
+    a = adv.double()
+    n = float(reduce_sum(torch.tensor([a.numel()], dtype=torch.float64, device=a.device)))
+    if n < 2:
+        return adv
+    mean = reduce_sum(a.sum().reshape(1)) / n
+    centred = a - mean
+    var = reduce_sum((centred * centred).sum().reshape(1)) / (n - 1.0)
+    return (centred / (var.sqrt() + eps)).to(adv.dtype)
 
 
 def explained_variance(predictions: torch.Tensor, targets: torch.Tensor) -> float:

@@ -5,7 +5,8 @@ Implementation details (CleanRL / TRL PPOTrainer conventions):
 1. GAE over decisions with terminated (no bootstrap) vs truncated (bootstrap from the
    final observation's value) episode ends (``advantages.gae``).
 2. Advantages normalised per minibatch (``norm_adv``), before the micro-batch split so
-   gradient accumulation does not change the result.
+   gradient accumulation does not change the result, with the mean and std of the minibatch
+   of all ranks (``normalize_advantages``): N processes normalise as one would.
 3. Clipped surrogate with asymmetric clip ``[1 - epsilon, 1 + epsilon_high]``.
 4. Value loss, clipped only when ``cliprange_value`` is set (default None), weighted by ``vf_coef``.
 5. Entropy bonus ``ent_coef``; KL to the reference (adapters disabled) ``beta``, k3 estimator.
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from vlarl.algorithms import ALGORITHMS, Algorithm, UpdateContext
-from vlarl.algorithms.advantages import explained_variance, gae
+from vlarl.algorithms.advantages import explained_variance, gae, normalize_advantages
 from vlarl.algorithms.losses import (
     entropy_bonus,
     kl_to_reference,
@@ -56,10 +57,9 @@ class PPO(Algorithm):
                 "return_mean": float(r.mean()), "value_mean": float(v.mean()),
                 "explained_variance": explained_variance(v, r)}
 
-    def prepare(self, batch: Batch) -> Batch:
-        if self.cfg.norm_adv and len(batch) > 1:
-            a = batch.advantages
-            batch.advantages = (a - a.mean()) / (a.std() + 1e-8)
+    def prepare(self, batch: Batch, ctx: UpdateContext) -> Batch:
+        if self.cfg.norm_adv:
+            batch.advantages = normalize_advantages(batch.advantages, ctx.all_reduce_sum)
         return batch
 
     def frozen_parameters(self, policy: Policy, update_idx: int) -> list[nn.Parameter]:
