@@ -81,6 +81,9 @@ def test_ddp_two_ranks_keep_identical_parameters(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in lines] == [1, 2]
     assert lines[-1]["train/env_steps"] == 2 * 2 * 8  # 2 ranks x 2 decisions x 4 steps, x2 updates
+    # rollout/ figures are over both ranks' envs (one env each, 2 decisions of 4 steps)
+    assert [r["rollout/env_steps"] for r in lines] == [16.0, 16.0]
+    assert [r["rollout/decisions"] for r in lines] == [4.0, 4.0]
 
 
 def test_ddp_nan_on_one_rank_stops_both_together(tmp_path):

@@ -214,7 +214,8 @@ def train(cfg: Config, *, make_env_fn=None, make_policy_fn=None,
                                                update, run.generator))
                 metrics = _prefix("algo/", metrics)
                 run.scheduler.step()
-                run.env_steps += _global_steps(acc, stats["env_steps"])
+                stats = _all_ranks(acc, stats)
+                run.env_steps += int(stats["env_steps"])
                 metrics.update(_prefix("rollout/", stats))
                 metrics.update({"train/lr": run.scheduler.get_last_lr()[0],
                                 "train/env_steps": run.env_steps,
@@ -254,9 +255,17 @@ def _rank_seed(run: _Run) -> int:
     return run.cfg.train.seed + run.accelerator.process_index * RANK_SEED_STRIDE
 
 
-def _global_steps(acc, steps: int) -> int:
-    t = torch.tensor([float(steps)], device=acc.device)
-    return int(acc.reduce(t, reduction="sum").item())
+def _all_ranks(acc, stats: dict[str, float]) -> dict[str, float]:
+    """Rollout stats over every rank's envs: counts summed, episode means weighted by each
+    rank's finished episodes (NaN when none finished anywhere). One all-reduce."""
+    n = stats["num_episodes"]
+    means = ("episode_return", "episode_length", "success_rate")
+    vals = [n, stats["env_steps"], stats["decisions"]] + [stats[k] * n if n else 0.0 for k in means]
+    total = acc.reduce(torch.tensor(vals, dtype=torch.float64, device=acc.device),
+                       reduction="sum").tolist()
+    out = dict(stats, num_episodes=total[0], env_steps=total[1], decisions=total[2])
+    out.update({k: v / total[0] if total[0] else float("nan") for k, v in zip(means, total[3:])})
+    return out
 
 
 def _prefix(p: str, d: dict) -> dict:
@@ -278,7 +287,7 @@ def _log(run: _Run, step: int, metrics: dict, progress) -> None:
     run.tracker.log(metrics, step=step)
     if progress is not None:
         dt = metrics.get("time/update_s", 0.0)
-        sps = metrics.get("rollout/env_steps", 0) * run.accelerator.num_processes / max(dt, 1e-9)
+        sps = metrics.get("rollout/env_steps", 0) / max(dt, 1e-9)
         progress.set_postfix(steps=run.env_steps, sps=f"{sps:.0f}",
                              success=f"{metrics.get('rollout/success_rate', float('nan')):.2f}")
         progress.update(1)
