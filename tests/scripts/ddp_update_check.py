@@ -27,6 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
 from vlarl.algorithms import ALGORITHMS, UpdateContext
+from vlarl.algorithms.advantages import local_sum
 from vlarl.config import AlgoConfig, PolicyConfig
 from vlarl.policies.student import MLPStudentPolicy
 from vlarl.rollout import RolloutBuffer
@@ -99,7 +100,7 @@ def main() -> int:
     trainable = _DDPView(wrapped, policy)
     mine = [2 * rank, 2 * rank + 1]
     ctx = update_context(acc, wrapped)
-    local_ctx = dataclasses.replace(ctx, all_reduce_sum=lambda t: t)
+    local_ctx = dataclasses.replace(ctx, all_reduce_sum=local_sum)
     dump: dict = {"world_size": acc.num_processes}
     for algo_cfg in (AlgoConfig(name="ppo", num_ppo_epochs=1, num_mini_batches=1,
                                 max_grad_norm=1e6),

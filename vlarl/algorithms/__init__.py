@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlarl.algorithms.advantages import local_sum
 from vlarl.config import AlgoConfig
 from vlarl.policies.base import Policy
 from vlarl.registry import Registry
@@ -36,10 +37,6 @@ class NonFiniteError(RuntimeError):
 
 def _clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> float:
     return float(torch.nn.utils.clip_grad_norm_(list(params), max_norm))
-
-
-def _local_sum(t: torch.Tensor) -> torch.Tensor:
-    return t
 
 
 def _evaluate(policy: Policy, obs: Obs, stored: dict[str, torch.Tensor]):
@@ -66,7 +63,7 @@ class UpdateContext:
     """True on every rank when the flag is True on any rank (collective decisions)."""
     evaluate: Callable[[Policy, Obs, dict[str, torch.Tensor]], tuple] = _evaluate
     """``evaluate(policy, obs, stored) -> (log_probs, entropy, values | None)`` with grad."""
-    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = _local_sum
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = local_sum
     """Sum of a tensor over the processes (the tensor itself in one process): global batch
     statistics (advantage normalisation, the minibatch size that weights each rank's loss)."""
 

@@ -108,12 +108,13 @@ def dynamic_sampling_mask(outcomes: torch.Tensor, group_size: int,
     return (spread > atol).repeat_interleave(group_size)
 
 
-def _local_sum(t: torch.Tensor) -> torch.Tensor:
+def local_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum over processes in one process: the tensor itself."""
     return t
 
 
 def normalize_advantages(adv: torch.Tensor,
-                         reduce_sum: Callable[[torch.Tensor], torch.Tensor] = _local_sum,
+                         reduce_sum: Callable[[torch.Tensor], torch.Tensor] = local_sum,
                          eps: float = 1e-8) -> torch.Tensor:
     """``(adv - mean) / (std + eps)`` with mean and (unbiased) std over the *global* batch.
 
