@@ -26,7 +26,8 @@ def test_build_without_marker_raises_and_caches_nothing(tmp_path):
     with pytest.raises(RuntimeError, match=r"wrote no config\.json.*tokenizer\.json"):
         build_once(final, "config.json", _write({"tokenizer.json": "{}"}))
     assert not final.exists()
-    assert [p.name for p in tmp_path.iterdir()] == []  # the temporary build dir is gone too
+    # the temporary build dir is gone too (the build lock's file stays, unlocked)
+    assert [p.name for p in tmp_path.iterdir()] == [".entry.vlarl-lock"]
 
 
 def test_incomplete_entry_is_replaced_and_complete_one_reused(tmp_path):

@@ -246,7 +246,7 @@ def test_prepare_run_dir_flags_and_errors(tmp_path):
     prepare_run_dir(run, resume=True, overwrite=False)
     assert (run / "metrics.jsonl").exists()
     prepare_run_dir(run, resume=False, overwrite=True)
-    assert list(run.iterdir()) == []
+    assert [p.name for p in run.iterdir()] == [".vlarl-lock"]  # the lock this process holds
     with pytest.raises(RunDirError, match="choose one"):
         prepare_run_dir(run, resume=True, overwrite=True)
     with pytest.raises(RunDirError, match="GiB free"):

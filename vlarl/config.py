@@ -93,6 +93,11 @@ class PolicyConfig:
     """Upper clip of each action dimension before binning."""
     use_state: bool = True
     """Feed proprioceptive state to the policy."""
+    state_range: Literal["demos", "fixed"] = "demos"
+    """How SFT sets the range the state is binned / normalised on: ``demos`` = each
+    dimension's range in the demonstrations (+10 %), written to ``state_low`` /
+    ``state_high``; ``fixed`` = [-4, 4] on every dimension, the same for every task and
+    every state size (no per-dimension lists)."""
     state_low: list[float] | None = None
     """Per-dimension lower end of the state range used to bin / normalise it (SFT sets it
     from the demonstrations, like LeRobot's normalisation stats); None: -4 for every dim."""
@@ -409,6 +414,7 @@ class Config:
         _positive("policy.noise_level", p.noise_level, zero_ok=True)
         _choice("policy.dtype", p.dtype, {"float32", "bfloat16"})
         _choice("policy.action_token_layout", p.action_token_layout, {"vlarl", "openvla"})
+        _choice("policy.state_range", p.state_range, {"demos", "fixed"})
         if "{instruction}" not in p.prompt_template:
             raise ConfigError(f"policy.prompt_template={p.prompt_template!r} must contain the "
                               "placeholder '{instruction}'")

@@ -159,11 +159,19 @@ def collect_demos(cfg: Config, force: bool = False) -> Path:
     the eval seeds). An existing complete dataset at the target path is reused unless
     ``force``; the data are written to a temporary directory and renamed when complete.
     """
+    from vlarl import runlock
+
+    out = dataset_path(cfg)
+    # a second collector of the same dataset waits here, then reuses the first one's result
+    with runlock.building(out):
+        return _collect_demos(cfg, out, force)
+
+
+def _collect_demos(cfg: Config, out: Path, force: bool) -> Path:
     from tqdm.auto import tqdm
 
     from vlarl.envs import make_env
 
-    out = dataset_path(cfg)
     if is_complete(out) and not force:
         saved = read_info(out)
         if saved.get("key") != dataset_key(cfg):  # e.g. `vlarl sft --data.dataset_dir <RLDG data>`

@@ -243,6 +243,14 @@ def run_distill(cfg: Config, student: str | None = None, *, beta: float = 0.0) -
     decision (0 = pure student roll-outs). Writes the student checkpoint, ``report.json``,
     ``report.md`` and per-round ``metrics_round<r>.jsonl`` into the output directory.
     """
+    from vlarl import runlock
+
+    out = Path(cfg.distill.output_dir).expanduser()
+    with runlock.holding(out, "distill.output_dir", inside=False):  # replaced by a rename
+        return _run_distill(cfg, student, beta)
+
+
+def _run_distill(cfg: Config, student: str | None, beta: float) -> Path:
     from tqdm.auto import tqdm
 
     from vlarl.envs import make_env

@@ -180,15 +180,23 @@ def run_eval(checkpoints: list[str], cfg, out_dir: str | Path | None = None) -> 
     ``manifest.json`` (provenance of every number) and ``videos/*.mp4``. Returns the
     report dict.
     """
+
+    checkpoints = [str(c) for c in checkpoints]
+    _validate(checkpoints, cfg)
+    out = Path(out_dir) if out_dir is not None else Path(checkpoints[0]) / "eval"
+    from vlarl import runlock
+
+    with runlock.holding(out, "eval --out"):  # one writer per report directory
+        return _run_eval(checkpoints, cfg, out)
+
+
+def _run_eval(checkpoints: list[str], cfg, out: Path) -> dict:
     from vlarl.config import to_dict
     from vlarl.envs import make_env
     from vlarl.policies import load_policy
     from vlarl.report import checkpoint_sha256, git_commit, vlarl_version
     from vlarl.stats import paired_comparison
 
-    checkpoints = [str(c) for c in checkpoints]
-    _validate(checkpoints, cfg)
-    out = Path(out_dir) if out_dir is not None else Path(checkpoints[0]) / "eval"
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + cfg.eval.num_episodes))
     labels = _labels(checkpoints)
     hashes = [checkpoint_sha256(c, exclude=out) for c in checkpoints]

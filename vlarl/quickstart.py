@@ -86,6 +86,9 @@ def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool 
 
     root = Path(run_dir).expanduser() if run_dir else cache_root() / (
         "quickstart-smoke" if smoke else "quickstart")
+    from vlarl import runlock
+
+    runlock.hold(root, "quickstart run_dir")  # for this process's life: one quickstart per dir
     stages = _Stages(root, force)
     t_start = time.perf_counter()
 

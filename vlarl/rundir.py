@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from vlarl import checkpoint as _ck
+from vlarl import runlock
 from vlarl.config import ConfigError
 
 
@@ -25,8 +26,12 @@ class RunDirError(ConfigError):
 
 
 def prepare_run_dir(path: str | Path, resume: bool, overwrite: bool,
-                    min_free_bytes: int = 1 << 30) -> Path:
-    """Create / check the run directory before any training work starts.
+                    min_free_bytes: int = 1 << 30, what: str = "output_dir") -> Path:
+    """Lock, create and check the run directory before any training work starts.
+
+    The lock (:func:`vlarl.runlock.hold`) comes first and is kept for the process's life (or
+    until ``runlock.release``): a second process writing the same directory - a new run, a
+    resume, an overwrite - fails here naming the holder, instead of interleaving checkpoints.
 
     An existing non-empty directory needs ``train.resume`` (continue it) or
     ``train.overwrite`` (delete it first): silently mixing two runs' checkpoints and metrics
@@ -38,16 +43,35 @@ def prepare_run_dir(path: str | Path, resume: bool, overwrite: bool,
         raise RunDirError("train.resume and train.overwrite are both set; choose one")
     if path.exists() and not path.is_dir():
         raise RunDirError(f"output_dir {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not (resume or overwrite):
-        raise RunDirError(f"output_dir {path} is not empty; pass --train.resume true to continue "
-                          "it or --train.overwrite true to delete it")
     if overwrite and path.is_dir():
         resolved = path.resolve()
         if resolved in (Path("/").resolve(), Path.home().resolve(), Path.cwd().resolve()):
             raise RunDirError(f"refusing to overwrite {resolved} (root, home or working directory)")
-        shutil.rmtree(resolved)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        runlock.hold(path, what)
+    except OSError as err:
+        raise RunDirError(f"output_dir {path} is not writable ({err.strerror or err}); choose "
+                          "another --train.output_dir") from None
+    try:
+        _check_and_clear(path, resume, overwrite, min_free_bytes)
+    except BaseException:
+        runlock.release(path)
+        raise
+    return path
+
+
+def _check_and_clear(path: Path, resume: bool, overwrite: bool, min_free_bytes: int) -> None:
+    contents = [p for p in path.iterdir() if p.name != runlock.LOCK_NAME]
+    if contents and not (resume or overwrite):
+        raise RunDirError(f"output_dir {path} is not empty; pass --train.resume true to continue "
+                          "it or --train.overwrite true to delete it")
+    if overwrite:  # everything but the lock this process now holds
+        for p in contents:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    try:
         probe = path / f".write-test-{os.getpid()}"
         _ck._write_bytes(probe, b"ok")
         probe.unlink()
@@ -58,7 +82,6 @@ def prepare_run_dir(path: str | Path, resume: bool, overwrite: bool,
     if free < min_free_bytes:
         raise RunDirError(f"output_dir {path}: only {free / 2**30:.2f} GiB free, need at least "
                           f"{min_free_bytes / 2**30:.2f} GiB for checkpoints")
-    return path
 
 
 # ----------------------------------------------------------------------------- metrics log

@@ -138,9 +138,18 @@ def run_sft(cfg: Config, force: bool = False, *, max_steps: int | None = None,
     ``force``; a different config retrains and replaces it (atomically, on completion).
     ``max_steps`` caps the optimizer steps (tests / smoke runs).
     """
-    from vlarl.policies import build_policy
+    from vlarl import runlock
 
     out = Path(cfg.sft.output_dir).expanduser()
+    # the output is replaced by a rename when done: the lock file sits beside it
+    with runlock.holding(out, "sft.output_dir", inside=False):
+        return _run_sft(cfg, out, force, max_steps, gradient_accumulation_steps)
+
+
+def _run_sft(cfg: Config, out: Path, force: bool, max_steps: int | None,
+             gradient_accumulation_steps: int) -> Path:
+    from vlarl.policies import build_policy
+
     data_dirs = demo_dirs(cfg)
     keys = [read_info(d).get("key", str(d)) for d in data_dirs]
     # one task: that dataset's key alone, as before extra_tasks existed
@@ -156,7 +165,8 @@ def run_sft(cfg: Config, force: bool = False, *, max_steps: int | None = None,
     for d in data_dirs:
         check_action_dim(read_info(d)["action_dim"], cfg.policy.action_dim, str(d))
 
-    low, high = state_range([load_demos(d) for d in data_dirs])
+    low, high = (state_range([load_demos(d) for d in data_dirs])
+                 if cfg.policy.state_range == "demos" else (None, None))
     policy = build_policy(dataclasses.replace(cfg.policy, use_lora=not cfg.sft.full_finetune,
                                               state_low=low, state_high=high))
     chunks, sizes = sft_dataset(data_dirs, policy.chunk_size, policy.action_dim)

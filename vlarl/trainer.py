@@ -97,7 +97,11 @@ def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
         # critic warm-up updates leave the actor's parameters unused
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    accelerator.wait_for_everyone()  # rank 0 prepared the run dir in preflight
+    accelerator.wait_for_everyone()  # rank 0 prepared (and locked) the run dir in preflight
+    if not accelerator.is_main_process:
+        from vlarl import runlock
+
+        runlock.check_held_by_launch(run_dir, "train.output_dir")
     algo = ALGORITHMS.get(cfg.algo.name)(cfg.algo)  # unknown name -> lists the known ones
     _seed_everything(t.seed + accelerator.process_index * RANK_SEED_STRIDE)
 
@@ -192,6 +196,17 @@ def train(cfg: Config, *, make_env_fn=None, make_policy_fn=None,
     ``stop_after`` ends the loop after that many updates of this call (tests use it to
     simulate an interruption at an update boundary).
     """
+    from vlarl import runlock
+
+    held = runlock.hold_count(cfg.train.output_dir)
+    try:
+        return _train(cfg, make_env_fn, make_policy_fn, stop_after)
+    finally:  # the run dir's lock, taken in preflight, goes with this call
+        if runlock.hold_count(cfg.train.output_dir) > held:
+            runlock.release(cfg.train.output_dir)
+
+
+def _train(cfg: Config, make_env_fn, make_policy_fn, stop_after: int | None) -> Path:
     from vlarl.preemption import PreemptionHandler
     from vlarl.rollout import collect
 

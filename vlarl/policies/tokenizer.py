@@ -113,6 +113,15 @@ def build_once(final: Path, marker: str, build: Callable[[Path], None]) -> Path:
     """
     if (final / marker).is_file():
         return final
+    from vlarl.runlock import building
+
+    with building(final):  # a second builder waits, then finds the entry complete
+        if (final / marker).is_file():
+            return final
+        return _build(final, marker, build)
+
+
+def _build(final: Path, marker: str, build: Callable[[Path], None]) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
     try:
