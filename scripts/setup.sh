@@ -21,7 +21,16 @@ mesa_ok() {  # Mesa's lavapipe >= 24.3 has VK_KHR_external_semaphore_fd, which S
 }
 
 install_vulkan() {
-  if have_gpu; then log "NVIDIA GPU found: using its Vulkan driver"; return; fi
+  if have_gpu; then
+    # the NVIDIA driver's Vulkan ICD needs the loader and EGL; without them ManiSkill silently
+    # renders on the CPU (vlarl doctor reports it)
+    if ! dpkg -s libvulkan1 libegl1 >/dev/null 2>&1 && command -v apt-get >/dev/null; then
+      log "NVIDIA GPU found: installing libvulkan1 libegl1 for its Vulkan driver"
+      $SUDO apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libvulkan1 libegl1 >/dev/null
+    fi
+    return
+  fi
   if mesa_ok; then log "software Vulkan (Mesa lavapipe) present"; return; fi
   command -v apt-get >/dev/null || { log "no apt-get: install Mesa >= 24.3 Vulkan drivers by hand"; return; }
   . /etc/os-release

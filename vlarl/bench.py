@@ -42,7 +42,7 @@ def _median_rate(fn, repeats: int) -> float:
 
 def bench_policy(quick: bool = False) -> dict:
     """Actions/s of the tiny VLAs (batch 1 and 16, chunk 4) and their parameter counts."""
-    from vlarl.policies import build_policy
+    from vlarl.policies import build_policy, default_device
     from vlarl.types import Obs
 
     out: dict = {}
@@ -53,7 +53,7 @@ def bench_policy(quick: bool = False) -> dict:
             ("flow_vla", "flow_vla", "pi0", "autoregressive")):
         cfg = load_config(None, {"policy.name": name, "policy.tiny": tiny, "policy.chunk_size": 4,
                                  "policy.value_head": True, "policy.decoding": decoding})
-        policy = build_policy(cfg.policy).eval()
+        policy = build_policy(cfg.policy).eval().to(default_device())
         n_all = sum(p.numel() for p in policy.parameters())
         n_train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
         row = {"params": n_all, "trainable": n_train, "trainable_fraction": n_train / n_all}

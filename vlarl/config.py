@@ -111,6 +111,10 @@ class PolicyConfig:
     """Std of the noise injected into each flow denoising step (Flow-Noise / ReinFlow)."""
     use_lora: bool = True
     """Train LoRA adapters (peft) instead of the full backbone."""
+    gradient_checkpointing: bool = False
+    """Recompute the backbone's layer activations in backward (transformers'
+    ``gradient_checkpointing_enable``, non-reentrant): activation memory of the update falls
+    from all layers to one layer's inputs (docs/gpu.md, memory plan), at ~1 extra forward."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: int = 32
@@ -257,8 +261,10 @@ class TrainConfig:
     """Continue from the latest good checkpoint in ``output_dir``."""
     overwrite: bool = False
     """Delete an existing ``output_dir`` first."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """accelerate mixed precision (bf16 on GPU; not run on CPU here)."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """accelerate mixed precision: ``bf16`` autocasts rollout (act) and update (evaluate) alike,
+    the value head stays fp32. fp16 is refused: its loss scaler needs ``scaler.update()`` after
+    a skipped step, which the non-finite guard of the update would skip."""
 
 
 @dataclass
@@ -450,7 +456,11 @@ class Config:
                  "polynomial", "inverse_sqrt"})
         _choice("train.report_to", t.report_to, {"none", "wandb"})
         _choice("train.wandb_mode", t.wandb_mode, {"online", "offline", "disabled"})
-        _choice("train.mixed_precision", t.mixed_precision, {"no", "bf16", "fp16"})
+        if t.mixed_precision == "fp16":
+            raise ConfigError("train.mixed_precision='fp16' is not supported (a step skipped by "
+                              "the non-finite guard would leave fp16's loss scaler stuck); use "
+                              "'bf16' (GPUs since Ampere, and CPUs) or 'no'")
+        _choice("train.mixed_precision", t.mixed_precision, {"no", "bf16"})
         batch = e.num_envs * t.rollout_steps
         if a.name in ("ppo", "rpd") and batch % a.num_mini_batches:
             raise ConfigError(f"env.num_envs*train.rollout_steps={batch} must be divisible by "

@@ -52,6 +52,31 @@ def render_device(timeout: float = 60.0) -> tuple[str | None, str]:
     return name, text.strip()
 
 
+def nvidia_gpu() -> bool:
+    """Whether the machine has an NVIDIA GPU the driver sees (``nvidia-smi -L``)."""
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], check=False, capture_output=True,
+                              timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def render_problems(device: str | None, has_nvidia_gpu: bool) -> list[str]:
+    """What is wrong with SAPIEN's render device, each with its fix. On a machine with an
+    NVIDIA GPU a software renderer is a problem: ManiSkill then renders every camera on the
+    CPU (~100x slower) without any error."""
+    if not device:
+        return ["no Vulkan render device for SAPIEN: run `" + SETUP + "` (installs Mesa's "
+                "software Vulkan >= 24.3: on Debian 12 from bookworm-backports; on a GPU machine "
+                "libvulkan1 + libegl1 and the NVIDIA driver's Vulkan ICD)"]
+    if has_nvidia_gpu and "llvmpipe" in device.lower():
+        return [f"an NVIDIA GPU is present but SAPIEN renders with {device} (the CPU): install "
+                "libvulkan1 and libegl1 (`" + SETUP + "` does), make sure the NVIDIA Vulkan ICD "
+                "exists (/usr/share/vulkan/icd.d/nvidia_icd.json) and, in containers, set "
+                "NVIDIA_DRIVER_CAPABILITIES=all"]
+    return []
+
+
 def run_doctor() -> int:
     problems: list[str] = []
     rows = [("python", platform.python_version()), ("platform", platform.platform())]
@@ -76,8 +101,7 @@ def run_doctor() -> int:
         rows.append(("render device", f"{device} [{kind}]"))
     else:
         rows.append(("render device", "NONE"))
-        problems.append("no Vulkan render device for SAPIEN: run `" + SETUP + "` (installs Mesa's "
-                        "software Vulkan >= 24.3: on Debian 12 from bookworm-backports)")
+    problems += render_problems(device, cuda or nvidia_gpu())
     rows.append(("gpu simulation (physx_cuda)", "possible" if cuda else "no (needs CUDA); using physx_cpu workers"))
     rows.append(("wandb", ("train.wandb_mode (default offline; never blocks training); "
                            f"WANDB_API_KEY {'set' if os.environ.get('WANDB_API_KEY') else 'not set'}")))

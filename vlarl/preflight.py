@@ -20,6 +20,7 @@ def preflight(cfg: Config) -> None:
     from vlarl.checkpoint import CheckpointManager, check_resume_compat, prepare_run_dir
 
     cfg.validate()
+    _check_launcher()
     _check_env_config(cfg)
     _check_policy_source(cfg)
     t = cfg.train
@@ -34,6 +35,22 @@ def preflight(cfg: Config) -> None:
 
             saved = json.loads((path / "meta.json").read_text())
             check_resume_compat(saved, _run_meta(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
+
+
+def _check_launcher() -> None:
+    """FSDP and DeepSpeed launches are refused: the rollout calls the policy outside the
+    wrapped forward (FSDP keeps its weights sharded there), the update steps, clips and skips
+    the optimizer itself (DeepSpeed owns those), and vlarl's Policy wrapper names no layer
+    class to shard. LoRA trains a few % of the weights, so a bf16 copy of the backbone per GPU
+    fits: DDP + LoRA + ``policy.gradient_checkpointing`` is the multi-GPU path (docs/gpu.md)."""
+    import os
+
+    for var, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(var, "").lower() in ("1", "true", "yes"):
+            raise ConfigError(f"{name} launches are not supported ({var} is set by the accelerate "
+                              "config); use DDP: accelerate launch --config_file "
+                              "recipes/accelerate/multi_gpu_ddp.yaml with "
+                              "--policy.gradient_checkpointing true (docs/gpu.md)")
 
 
 def _check_env_config(cfg: Config) -> None:

@@ -277,6 +277,16 @@ class Batch:
         """``parts`` near-equal micro-batches (gradient accumulation)."""
         return [self.select(ids) for ids in torch.arange(len(self)).tensor_split(parts)]
 
+    def to(self, device: torch.device | str) -> Batch:
+        """The tensors the loss reads (log-probs, values, advantages, returns, stored action
+        tokens / noise, extras) on ``device``; images stay where they are (the policy's
+        processor reads them on the CPU). The rollout buffer lives on the CPU while a GPU
+        policy's ``evaluate`` returns CUDA tensors: the loss needs both on one device."""
+        move = lambda t: t.to(device, non_blocking=True)
+        return Batch(self.obs, {k: move(v) for k, v in self.stored.items()},
+                     move(self.log_probs), move(self.values), move(self.advantages),
+                     move(self.returns), self.index, {k: move(v) for k, v in self.extra.items()})
+
     def select(self, rows: torch.Tensor) -> Batch:
         return Batch(self.obs.index(rows), {k: v[rows] for k, v in self.stored.items()},
                      self.log_probs[rows], self.values[rows], self.advantages[rows],

@@ -222,11 +222,14 @@ def _train(cfg: Config, make_env_fn, make_policy_fn, stop_after: int | None) -> 
         with PreemptionHandler() as preempt:
             for update in range(run.start_update, t.num_updates):
                 t0 = time.perf_counter()
-                stats = collect(run.env, run.policy, run.buffer, base_seed=_rank_seed(run),
-                                update=update, mode=mode, group_size=group)
-                metrics = run.algo.process(run.buffer, run.policy)
-                metrics.update(run.algo.update(run.trainable, run.optimizer, run.buffer, ctx,
-                                               update, run.generator))
+                # one precision path for act (rollout) and evaluate (update): accelerate's
+                # autocast, which in one process `prepare` would not apply at all
+                with acc.autocast():
+                    stats = collect(run.env, run.policy, run.buffer, base_seed=_rank_seed(run),
+                                    update=update, mode=mode, group_size=group)
+                    metrics = run.algo.process(run.buffer, run.policy)
+                    metrics.update(run.algo.update(run.trainable, run.optimizer, run.buffer,
+                                                   ctx, update, run.generator))
                 metrics = _prefix("algo/", metrics)
                 run.scheduler.step()
                 stats = _all_ranks(acc, stats)

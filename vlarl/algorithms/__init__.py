@@ -130,12 +130,13 @@ class Algorithm:
         # over ranks), so ranks with unequal sample counts (masked episodes, dynamic sampling)
         # give the gradient of the mean over the union, as one process would.
         world = float(ctx.all_reduce_sum(torch.ones(1, dtype=torch.float64)))
+        device = next(policy.parameters()).device
         policy.train()
         for _ in range(cfg.num_ppo_epochs):
             epochs += 1
             epoch_kl: list[float] = []
             for mb in iter_minibatches(buffer, cfg.num_mini_batches, generator, mask):
-                mb = self.prepare(mb, ctx)
+                mb = self.prepare(mb.to(device), ctx)
                 global_n = float(ctx.all_reduce_sum(torch.tensor([len(mb)], dtype=torch.float64)))
                 optimizer.zero_grad(set_to_none=True)
                 micro = mb.split(cfg.gradient_accumulation_steps)

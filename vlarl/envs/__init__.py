@@ -73,8 +73,21 @@ def make_env(cfg: EnvConfig) -> VecEnv:
         return CpuVecEnv(cfg)
     from vlarl.envs.maniskill import ManiSkillVecEnv
 
-    sim = "physx_cuda" if backend == "gpu" or _cuda() else "physx_cpu"
-    return ManiSkillVecEnv(cfg, sim_backend=sim, num_envs=cfg.num_envs)
+    if backend == "gpu" or _cuda():
+        import torch
+
+        sim, render = gpu_backends(torch.cuda.current_device())
+    else:
+        sim, render = "physx_cpu", None
+    return ManiSkillVecEnv(cfg, sim_backend=sim, render_backend=render, num_envs=cfg.num_envs)
+
+
+def gpu_backends(device_index: int) -> tuple[str, str]:
+    """ManiSkill's ``sim_backend`` / ``render_backend`` for one CUDA device. Without the index
+    SAPIEN puts every process's simulator and renderer on GPU 0 (SAPIEN issues #139 / #247,
+    ManiSkill PR #1160); under ``accelerate launch`` each rank's current device is its local
+    GPU (accelerate sets it), so each rank simulates and renders on its own GPU."""
+    return f"physx_cuda:{device_index}", f"sapien_cuda:{device_index}"
 
 
 def check_env(env: VecEnv, seed: int = 0, chunk: int = 2):

@@ -39,6 +39,20 @@ CANDIDATES = 32
 TASK_IDS = ("PickCube-Color-v1",)
 
 
+def rng_rows(seeded: bool, env_idx: np.ndarray, num_envs: int) -> np.ndarray:
+    """Rows of ManiSkill's ``_batched_episode_rng`` that belong to the reset envs ``env_idx``.
+
+    mani_skill 3.0.1 rebuilds that RNG from the seeds of a seeded reset in the caller's order
+    (``seeds[k]`` for ``env_idx[k]``), and pads a single seed to ``num_envs`` with random ones;
+    an unseeded partial reset updates the RNG in place at ``env_idx``. So a seeded partial
+    reset reads rows ``0..len(env_idx)-1`` (indexing by env would read a padded, random
+    stream: equal seeds would not give equal targets), every other reset the envs' own rows.
+    """
+    if seeded and len(env_idx) != num_envs:
+        return np.arange(len(env_idx))
+    return np.asarray(env_idx)
+
+
 def _color_mixin():
     """The mixin class (made lazily: its methods use ManiSkill types only at call time)."""
     from mani_skill.utils.structs.pose import Pose
@@ -61,13 +75,15 @@ def _color_mixin():
         def cubes(self) -> tuple:
             return (self.cube, self.cube_yellow)
 
+        def _set_episode_rng(self, seed, env_idx):
+            self._seeded_reset = seed is not None
+            super()._set_episode_rng(seed, env_idx)  # type: ignore[misc]
+
         def _draw_targets(self, env_idx: torch.Tensor) -> torch.Tensor:
-            # Partial resets with seeds rebuild the RNG from only the reset envs' seeds
-            # (mani_skill 3.0.1), so index it by position when it is that short.
             rng = self._batched_episode_rng
-            if rng.batch_size == self.num_envs and len(env_idx) != self.num_envs:
-                rng = rng[env_idx.cpu().numpy()]
-            draws = np.asarray(rng.randint(0, len(TARGET_COLORS)))[: len(env_idx)]
+            rows = rng_rows(getattr(self, "_seeded_reset", False), env_idx.cpu().numpy(),
+                            self.num_envs)
+            draws = np.asarray(rng[rows].randint(0, len(TARGET_COLORS)))
             return torch.as_tensor(draws, dtype=torch.long, device=self.device)
 
         def _initialize_episode(self, env_idx: torch.Tensor, options: dict) -> None:

@@ -79,10 +79,25 @@ def check_actions(actions: torch.Tensor, n: int, a: int) -> torch.Tensor:
     return actions.float()
 
 
+def copy_rows(seeds: list[int], idx: list[int]) -> tuple[list[int], list[int]]:
+    """Which reset envs take another's state so that equal seeds give equal initial states:
+    ``(dst, src)``, each later env of a seed's group copying the group's first env. Envs not in
+    ``idx`` (still running) never appear."""
+    first: dict[int, int] = {}
+    dst, src = [], []
+    for i, s in zip(idx, seeds):
+        j = first.setdefault(s, i)
+        if j != i:
+            dst.append(i)
+            src.append(j)
+    return dst, src
+
+
 class ManiSkillVecEnv(VecEnv):
     """N envs of one ManiSkill batched env in this process (see module docstring)."""
 
-    def __init__(self, cfg: EnvConfig, sim_backend: str = "physx_cpu", num_envs: int | None = None):
+    def __init__(self, cfg: EnvConfig, sim_backend: str = "physx_cpu", num_envs: int | None = None,
+                 render_backend: str | None = None):
         import gymnasium as gym
 
         self.cfg = cfg
@@ -97,6 +112,7 @@ class ManiSkillVecEnv(VecEnv):
             env_id, num_envs=self.num_envs, obs_mode="rgb" if self._rgb else "state_dict",
             control_mode=cfg.control_mode,
             reward_mode=cfg.reward_mode, sim_backend=sim_backend,
+            **({"render_backend": render_backend} if render_backend else {}),
             sensor_configs={"width": cfg.image_size, "height": cfg.image_size},
             max_episode_steps=cfg.max_episode_steps)
         self.u = self._env.unwrapped
@@ -158,13 +174,19 @@ class ManiSkillVecEnv(VecEnv):
     def _equalize_groups(self, seeds: list[int], idx: list[int]) -> dict:
         """Batched (GPU) resets draw one torch stream for the whole batch, so envs with equal
         seeds would differ; copy the simulator state of each group's first env to the rest."""
-        first: dict[int, int] = {}
-        src = list(range(self.num_envs))
-        for i, s in zip(idx, seeds):
-            src[i] = first.setdefault(s, i)
-        state = self.u.get_state()
-        self.u.set_state(state[torch.tensor(src, device=state.device)])
-        self.u.agent.controller.reset()  # targets follow the copied joint positions
+        dst, src = copy_rows(seeds, idx)
+        if dst:  # only the copied rows: running episodes elsewhere are not touched
+            state = self.u.get_state()
+            rows = torch.tensor(dst, device=state.device)
+            self.u.set_state(state[torch.tensor(src, device=state.device)], env_idx=rows)
+            scene = self.u.scene  # controllers reset the rows of the scene's reset mask
+            prev = scene._reset_mask.clone()
+            scene._reset_mask[:] = False
+            scene._reset_mask[rows] = True
+            try:
+                self.u.agent.controller.reset()  # targets follow the copied joint positions
+            finally:
+                scene._reset_mask = prev
         return self.u.get_obs(self.u.get_info(), unflattened=True)
 
     def reset(self, seeds: list[int] | None = None) -> Obs:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,20 @@ def build_policy(cfg: PolicyConfig) -> Policy:
     return policy_class(cfg.name).from_config(cfg)  # type: ignore[attr-defined]
 
 
-def load_policy(path: str | Path, **overrides: Any) -> Policy:
-    """Load a ``save_pretrained`` directory (or a plain HF checkpoint / hub id).
+def default_device() -> str:
+    """Where policies run outside the trainer (eval, bench, drift, distill, diagnose): the
+    local CUDA device when there is one (``LOCAL_RANK`` under a launcher), else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', torch.cuda.current_device()))}"
+    return "cpu"
+
+
+def load_policy(path: str | Path, device: str | None = None, **overrides: Any) -> Policy:
+    """Load a ``save_pretrained`` directory (or a plain HF checkpoint / hub id) onto
+    ``device`` (default :func:`default_device`: the GPU when there is one; the trainer's
+    accelerator moves its own copy).
 
     The policy name comes from ``vlarl_policy.json``; for a plain checkpoint pass
     ``name=`` (default ``token_vla``). ``overrides`` are PolicyConfig fields
@@ -63,4 +76,5 @@ def load_policy(path: str | Path, **overrides: Any) -> Policy:
             raise ValueError(f"name={name!r} does not match the checkpoint's policy {saved!r}")
         name = saved
     cls = policy_class(name or "token_vla")
-    return cls.from_pretrained(path, **overrides)  # type: ignore[attr-defined]
+    policy = cls.from_pretrained(path, **overrides)  # type: ignore[attr-defined]
+    return policy.to(device or default_device())

@@ -84,7 +84,10 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features.float()).squeeze(-1)
+        # fp32 even inside a bf16 autocast region (train.mixed_precision: bf16): value
+        # targets are returns of size ~1-100 that bf16's 8-bit mantissa would round
+        with torch.autocast(features.device.type, enabled=False):
+            return self.net(features.float()).squeeze(-1)
 
 
 def make_value_head(cfg: PolicyConfig, hidden_size: int) -> ValueHead | None:
@@ -163,6 +166,22 @@ def apply_lora(model: PreTrainedModel, cfg: PolicyConfig) -> nn.Module:
     with warnings.catch_warnings():  # tied lm_head: untie_output_layer runs before any merge
         warnings.filterwarnings("ignore", message=".*tie_word_embeddings=True.*")
         return get_peft_model(model, lora_config(cfg, model))
+
+
+def enable_checkpointing(model: nn.Module, cfg: PolicyConfig) -> None:
+    """``policy.gradient_checkpointing``: transformers' activation checkpointing on the base
+    model (non-reentrant, so frozen embeddings under LoRA need no ``requires_grad`` inputs)."""
+    if not cfg.gradient_checkpointing:
+        return
+    base = model.get_base_model() if is_peft(model) else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ValueError(f"policy.gradient_checkpointing=true: {type(base).__name__} does not "
+                         "support gradient checkpointing; set it to false")
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.23's name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def untie_output_layer(model: nn.Module) -> None:

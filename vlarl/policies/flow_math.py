@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from vlarl.policies.sampling import randn
+
 
 def time_grid(num_steps: int) -> tuple[torch.Tensor, float]:
     """pi0's integration grid: times ``t_i = 1 - i / K`` for i < K (float32 ``[K]``) and ``dt = -1/K``."""
@@ -51,7 +53,7 @@ def noisy_euler_step(x: torch.Tensor, velocity: torch.Tensor, dt: float, sigma: 
     mean = x + dt * velocity.float()
     if deterministic or sigma == 0.0:
         return mean, mean
-    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    eps = randn(mean.shape, generator, mean.device, mean.dtype)
     return mean + sigma * eps * mask, mean
 
 

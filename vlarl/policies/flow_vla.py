@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlarl.config import ConfigError, PolicyConfig, _set
-from vlarl.policies import POLICIES, flow_math
+from vlarl.policies import POLICIES, flow_math, sampling
 from vlarl.policies.base import Policy
 from vlarl.policies.common import (
     ADAPTER_DIR,
@@ -36,6 +36,7 @@ from vlarl.policies.common import (
     POLICY_FILE,
     ValueHead,
     apply_lora,
+    enable_checkpointing,
     is_peft,
     load_base,
     load_saved_heads,
@@ -168,6 +169,7 @@ class FlowVLAPolicy(Policy):
         self.chunk_size, self.action_dim = cfg.chunk_size, cfg.action_dim
         self.processor = processor
         self.model = model if is_peft(model) else apply_lora(model, cfg)
+        enable_checkpointing(self.model, cfg)
         hidden = mc.vlm_config.text_config.hidden_size
         self.value_head = (value_head or make_value_head(cfg, hidden)) if cfg.value_head else None
         self.register_buffer("_mask", flow_math.action_mask(
@@ -300,8 +302,7 @@ class FlowVLAPolicy(Policy):
         inp = self._inputs(obs)
         cache, pooled = self._prefix(inp)
         times, dt = flow_math.time_grid(self.cfg.num_inference_steps)
-        x = torch.randn((n, mc.chunk_size, mc.max_action_dim), generator=generator,
-                        device=self._device, dtype=torch.float32)
+        x = sampling.randn((n, mc.chunk_size, mc.max_action_dim), generator, self._device)
         traj, log_prob = [x], torch.zeros(n, device=x.device)
         for t in times.tolist():
             v = self._velocity(inp, cache, x, t)

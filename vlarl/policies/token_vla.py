@@ -43,6 +43,7 @@ from vlarl.policies.common import (
     BASE_DIR,
     POLICY_FILE,
     apply_lora,
+    enable_checkpointing,
     is_peft,
     load_adapter,
     load_base,
@@ -56,6 +57,7 @@ from vlarl.policies.common import (
     refuse_changed,
     save_checkpoint,
 )
+from vlarl.policies.sampling import multinomial
 from vlarl.policies.token_inputs import encode, extend, image_placeholder
 from vlarl.types import ActOutput, Obs
 
@@ -63,6 +65,24 @@ STATE_BINS = 256
 """Bins of the proprio state rendered as text."""
 STATE_RANGE = 4.0
 """State values are clipped to [-STATE_RANGE, STATE_RANGE] before binning (joint angles in rad)."""
+
+
+def _check_forward_signature(model: nn.Module) -> None:
+    """Refuse at load a model whose ``forward`` cannot take the inputs ``act`` / ``evaluate``
+    pass (``position_ids`` for left-padded batches, ``logits_to_keep``, the KV cache): OpenVLA's
+    remote ``PrismaticForConditionalGeneration`` takes none of the first two and would raise a
+    TypeError at the first rollout instead (docs/adding_a_vla.md: it needs a batched adapter)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    missing = [k for k in ("position_ids", "logits_to_keep", "past_key_values") if k not in params]
+    if missing:
+        raise NotImplementedError(
+            f"{type(model).__name__}.forward takes no {missing}: token_vla needs them for batched, "
+            "left-padded decoding with a KV cache. OpenVLA's remote class needs a batched adapter "
+            "that vlarl does not have yet (docs/adding_a_vla.md)")
 
 
 @POLICIES.register("token_vla")
@@ -118,6 +138,8 @@ class TokenVLAPolicy(Policy):
             raise ValueError(f"policy.decoding=parallel needs chunk_size*action_dim={steps} "
                              f"placeholder ids below the action ids (only {self.action_start})")
         self.placeholder_ids = torch.arange(max(self.action_start - steps, 0), self.action_start)
+        _check_forward_signature(self._base())
+        enable_checkpointing(self.model, cfg)
         self.model.eval()
 
     # ------------------------------------------------------------------ construction
@@ -258,7 +280,7 @@ class TokenVLAPolicy(Policy):
             if deterministic:
                 tok = logp.argmax(-1)
             else:
-                tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+                tok = multinomial(logp.exp(), generator).squeeze(-1)
             tokens[:, t] = tok
             log_probs += logp.gather(-1, tok[:, None]).squeeze(-1).double()
             if t + 1 == steps:
@@ -282,8 +304,7 @@ class TokenVLAPolicy(Policy):
         if deterministic:
             tokens = logp.argmax(-1)
         else:
-            tokens = torch.multinomial(logp.exp().view(n * steps, -1), 1,
-                                       generator=generator).view(n, steps)
+            tokens = multinomial(logp.exp().view(n * steps, -1), generator).view(n, steps)
         log_probs = logp.gather(-1, tokens[..., None]).squeeze(-1).double().sum(-1).float()
         values = None
         if self.value_head is not None:
