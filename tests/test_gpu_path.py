@@ -48,7 +48,7 @@ def test_bf16_act_and_evaluate_share_one_precision_path():
 
 
 def test_gradient_checkpointing_changes_memory_not_numbers():
-    cfg = dict(chunk_size=2, action_dim=7, value_head=False)
+    cfg = {"chunk_size": 2, "action_dim": 7, "value_head": False}
     torch.manual_seed(0)
     plain = build_policy(PolicyConfig(**cfg))
     torch.manual_seed(0)
