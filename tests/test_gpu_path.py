@@ -5,6 +5,12 @@ unsupported launchers and precisions refused at start-up, the doctor's renderer 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +151,43 @@ def test_a_model_whose_forward_takes_no_position_ids_is_refused_at_load():
     with pytest.raises(NotImplementedError, match=r"position_ids.*logits_to_keep.*adapter"):
         _check_forward_signature(PrismaticLike())
     _check_forward_signature(build_policy(PolicyConfig(chunk_size=1, action_dim=7))._base())
+
+
+def test_gpu_check_exits_at_once_without_cuda(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    t0 = time.monotonic()
+    res = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh"), str(tmp_path / "out")],
+                         check=False, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHON": sys.executable})
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "no CUDA device" in res.stderr and "docs/gpu.md" in res.stderr
+    assert time.monotonic() - t0 < 30
+    assert not (tmp_path / "out").exists()
+
+
+def test_wheelhouse_prunes_unused_assets_and_their_record_lines(tmp_path):
+    import importlib.util
+    import zipfile
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_wheelhouse", Path(__file__).resolve().parent.parent / "scripts" / "gpu_wheelhouse.py")
+    wh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wh)
+    files = ["mani_skill/__init__.py", "mani_skill/assets/robots/panda/panda.urdf",
+             "mani_skill/assets/robots/fetch/fetch.urdf", "mani_skill/assets/environment_maps/a.ktx",
+             "mani_skill/utils/scene_builder/replicacad/builder.py",
+             "mani_skill/utils/scene_builder/replicacad/meta/scene.json",
+             "mani_skill/utils/scene_builder/table/table.glb"]
+    wheel = tmp_path / "mani_skill-3.0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for f in files:
+            z.writestr(f, "x" * 1000)
+        z.writestr("mani_skill-3.0.1.dist-info/RECORD", "".join(f"{f},sha256=x,1000\n" for f in files))
+    before, after = wh.prune_mani_skill(wheel, {"panda"}, keep_env_maps=False)
+    kept = ["mani_skill/__init__.py", "mani_skill/assets/robots/panda/panda.urdf",
+            "mani_skill/utils/scene_builder/replicacad/builder.py",
+            "mani_skill/utils/scene_builder/table/table.glb"]
+    with zipfile.ZipFile(wheel) as z:
+        assert sorted(n for n in z.namelist() if not n.endswith("RECORD")) == sorted(kept)
+        record = [x.split(",")[0] for x in z.read("mani_skill-3.0.1.dist-info/RECORD").decode().split()]
+    assert sorted(record) == sorted(kept) and after < before

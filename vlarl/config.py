@@ -60,6 +60,12 @@ class EnvConfig:
     """Render a frame at every control step (benchmark baseline); default renders only at decisions."""
     seed: int = 0
     """Base seed of the episode stream; env i of reset r gets a seed derived from it."""
+    reset_each_env: bool = False
+    """GPU backend: reset every env with a distinct seed alone (one partial reset each), so
+    seed s gives the same initial state in every batch position and for every ``num_envs``
+    (a batched ``physx_cuda`` reset draws the whole batch from its first seed). ``vlarl eval``
+    switches it on, so paired comparisons hold on GPU; it costs one render per env and reset.
+    CPU workers hold one env each and are exact already."""
     privileged_state: bool = False
     """Also return the simulator's full state (``Obs.privileged``: ManiSkill's ``get_state()``
     - every actor's pose and velocity, the robot's root pose, qpos, qvel - plus the episode's

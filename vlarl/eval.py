@@ -208,8 +208,8 @@ def _run_eval(checkpoints: list[str], cfg, out: Path) -> dict:
             priv = needs_privileged_env(policy, cfg.env)
             for split in cfg.eval.splits:
                 if (split, priv) not in envs:
-                    envs[split, priv] = make_env(dataclasses.replace(
-                        cfg.env, split=split, privileged_state=priv))
+                    envs[split, priv] = make_env(dataclasses.replace(  # seed s: one state
+                        cfg.env, split=split, privileged_state=priv, reset_each_env=True))
                 env = envs[split, priv]
                 check_compatible(policy, env, ck)
                 eps = evaluate_policy(policy, env, seeds, cfg.eval.deterministic,

@@ -388,21 +388,25 @@ def export_policy(run: _Run) -> Path | None:
 # ----------------------------------------------------------------------------- eval
 
 def evaluate_during_training(run: _Run) -> dict:
-    """Success on a small fixed seed set (the same seeds at every evaluation)."""
+    """Success on a small fixed seed set (the same seeds at every evaluation), split over the
+    ranks (rank r takes seeds r, r + world, ...) and summed: no rank idles in a collective
+    while another evaluates (a long eval on rank 0 alone could outlast the NCCL timeout)."""
     from vlarl.eval import evaluate_policy
     from vlarl.stats import wilson_interval
 
-    cfg = run.cfg
-    if not run.accelerator.is_main_process:
-        return {}
+    cfg, acc = run.cfg, run.accelerator
     seeds = [cfg.eval.seed + i for i in range(cfg.train.eval_episodes)]
-    env_cfg = dataclasses.replace(cfg.env, split="train")
-    env = _make_env(env_cfg)
-    try:
-        records = evaluate_policy(run.policy, env, seeds, deterministic=cfg.eval.deterministic)
-    finally:
-        env.close()
-    k = sum(int(r["success_once"]) for r in records)
-    lo, hi = wilson_interval(k, len(records))
-    return {"success_rate": k / len(records), "success_ci_low": lo, "success_ci_high": hi,
-            "n": len(records)}
+    seeds = seeds[acc.process_index::acc.num_processes]
+    k = 0
+    if seeds:
+        env = _make_env(dataclasses.replace(cfg.env, split="train", reset_each_env=True))
+        try:
+            records = evaluate_policy(run.policy, env, seeds, deterministic=cfg.eval.deterministic)
+        finally:
+            env.close()
+        k = sum(int(r["success_once"]) for r in records)
+    total = acc.reduce(torch.tensor([k, len(seeds)], dtype=torch.float64, device=acc.device),
+                       reduction="sum").tolist()
+    k, n = int(total[0]), int(total[1])
+    lo, hi = wilson_interval(k, n)
+    return {"success_rate": k / n, "success_ci_low": lo, "success_ci_high": hi, "n": n}

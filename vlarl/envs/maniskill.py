@@ -154,7 +154,13 @@ class ManiSkillVecEnv(VecEnv):
 
     # ------------------------------------------------------------------ reset
     def _reset_envs(self, seeds: list[int], idx: list[int]) -> Obs:
-        if len(idx) == self.num_envs:
+        if self.cfg.reset_each_env and self.num_envs > 1:
+            first: dict[int, int] = {}
+            for i, s in zip(idx, seeds):  # each distinct seed alone; equal seeds copied below
+                if first.setdefault(s, i) == i:
+                    env_idx = torch.tensor([i], device=self.u.device)
+                    raw, _ = self.u.reset(seed=[s], options={"env_idx": env_idx})
+        elif len(idx) == self.num_envs:
             raw, _ = self.u.reset(seed=seeds)
         else:
             env_idx = torch.tensor(idx, device=self.u.device)
