@@ -76,7 +76,24 @@ install_python() {
   echo "$want" > "$stamp"
 }
 
+install_mpi() {  # multi-process CPU launches: accelerate launch (MULTI_CPU) starts ranks with mpirun
+  if have_gpu || command -v mpirun >/dev/null; then return; fi
+  command -v apt-get >/dev/null || { log "no apt-get: install Open MPI (mpirun) by hand for multi-process CPU runs"; return; }
+  log "installing Open MPI (accelerate launch of several CPU processes)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openmpi-bin >/dev/null \
+    || log "WARNING: openmpi-bin not installed; use torchrun for several CPU processes"
+}
+
+mpi_as_root() {  # Open MPI refuses to start as root unless told: containers run as root
+  [ "$(id -u)" = 0 ] || return 0
+  grep -qs OMPI_ALLOW_RUN_AS_ROOT "$VENV/bin/activate" && return 0
+  printf '\n# vlarl: Open MPI (accelerate launch on CPU) as root\nexport OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1\n' >> "$VENV/bin/activate"
+}
+
 t0=$(date +%s)
 install_vulkan
+install_mpi
 install_python
+mpi_as_root
 log "done in $(( $(date +%s) - t0 )) s; activate with: source $VENV/bin/activate"

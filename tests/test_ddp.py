@@ -1,10 +1,9 @@
-"""Multi-process training on CPU: ``torchrun --nproc_per_node 2`` (gloo DDP) runs the real
-trainer on the tiny config (tests/scripts/ddp_check.py dumps each rank's parameters,
-gradients and rollout hash at every checkpoint).
-
-torchrun is the documented CPU launcher: ``accelerate launch --cpu`` needs mpirun for
-multi-CPU (FINDINGS). Every run has a timeout, so a collective that hangs fails the test.
-"""
+"""Multi-process training on CPU through the launcher users take: ``accelerate launch
+--config_file recipes/accelerate/multi_cpu.yaml`` (2 processes started by Open MPI's mpirun,
+gloo DDP) runs the real trainer on the tiny config (tests/scripts/ddp_check.py dumps each
+rank's parameters, gradients and rollout hash at every checkpoint). Every run has a timeout,
+so a collective that hangs fails the test. A launch that would silently run one process is
+refused (last test)."""
 
 from __future__ import annotations
 
@@ -24,7 +23,10 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "scripts" / "ddp_check.py"
-TORCHRUN = Path(sys.executable).with_name("torchrun")
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+MULTI_CPU = ROOT / "recipes" / "accelerate" / "multi_cpu.yaml"
+MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def _free_port() -> int:
@@ -33,11 +35,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(out: Path, *args: str, timeout: float = 300,
-              cache: Path | None = None) -> subprocess.CompletedProcess:
-    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(SCRIPT), str(out), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+def _launch(script: Path, *args: str, timeout: float = 300,
+            cache: Path | None = None) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``script`` on 2 CPU processes (the documented command)."""
+    cmd = [str(ACCELERATE), "launch", "--config_file", str(MULTI_CPU),
+           "--main_process_port", str(_free_port()), str(script), *args]
+    env = {**os.environ, **MPI_ENV}
     if cache is not None:
         env["VLARL_CACHE"] = str(cache)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env,
@@ -53,7 +56,7 @@ def test_ddp_two_ranks_keep_identical_parameters(tmp_path):
     # an empty cache, as on a fresh machine: both ranks need the tiny model, the local main
     # process builds it (transformers >= 5.24 saves nothing on rank 1), the other loads it
     cache = tmp_path / "cache"
-    res = _torchrun(tmp_path, "--updates", "2", cache=cache)
+    res = _launch(SCRIPT, str(tmp_path), "--updates", "2", cache=cache)
     assert res.returncode == 0, res.stderr[-3000:]
     (entry,) = (cache / "tiny").glob("paligemma-*")
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {f.name for f in entry.iterdir()}
@@ -88,7 +91,7 @@ def test_ddp_two_ranks_keep_identical_parameters(tmp_path):
 
 def test_ddp_nan_on_one_rank_stops_both_together(tmp_path):
     # rank 1's loss is NaN from update 2 on; max_nan_strikes=2 -> update 2 skipped, update 3 stops
-    res = _torchrun(tmp_path, "--updates", "4", "--nan-rank", "1", "--nan-from", "1",
+    res = _launch(SCRIPT, str(tmp_path), "--updates", "4", "--nan-rank", "1", "--nan-from", "1",
                     "--max-nan-strikes", "2", timeout=300)
     assert res.returncode != 0
     assert res.stderr.count("NonFiniteError") >= 2, res.stderr[-3000:]  # both ranks, not a hang
@@ -117,10 +120,7 @@ def test_two_ranks_update_as_one_process_on_their_union(tmp_path):
     # PPO normalises advantages over the union and both algorithms weight each rank's loss by
     # its share, so the all-reduced gradient is the one-process gradient on all the data
     script = ROOT / "tests" / "scripts" / "ddp_update_check.py"
-    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(script), str(tmp_path)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = _launch(script, str(tmp_path))
     assert res.returncode == 0, res.stderr[-3000:]
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert r0["world_size"] == r1["world_size"] == 2
@@ -136,3 +136,16 @@ def test_two_ranks_update_as_one_process_on_their_union(tmp_path):
         assert rel["global"] < 1e-5, (algo, rel)
         # per-rank statistics (the identity all_reduce_sum) give another gradient
         assert rel["local"] > 0.05, (algo, rel)
+
+
+def test_accelerate_launch_that_would_run_alone_is_refused(tmp_path):
+    """``accelerate launch --cpu --num_processes 2`` starts one plain process: vlarl says so at
+    start-up (before any env or model) instead of training alone."""
+    cmd = [str(ACCELERATE), "launch", "--cpu", "--num_processes", "2", "-m", "vlarl", "train",
+           "--train.output_dir", str(tmp_path / "run")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+                         env={**os.environ, **MPI_ENV})
+    assert res.returncode != 0
+    assert "asked for 2 processes but started this one alone" in res.stderr, res.stderr[-2000:]
+    assert "recipes/accelerate/multi_cpu.yaml" in res.stderr
+    assert not (tmp_path / "run").exists()

@@ -221,6 +221,16 @@ class AlgoConfig:
     """GRPO: drop groups whose rollouts all succeed or all fail (DAPO / SimpleVLA-RL)."""
     shaping_coef: float = 0.0
     """GRPO: weight of the env's dense return added to the 0/1 outcome reward."""
+    loss_type: Literal["dapo", "grpo", "dr_grpo"] = "dapo"
+    """GRPO/RLOO loss aggregation, TRL's ``GRPOConfig.loss_type`` with an episode as the
+    completion and a decision (chunk) as its token: ``dapo`` = mean over every decision of the
+    global batch; ``grpo`` = mean over episodes of each episode's decision mean (a short
+    episode's decisions weigh more); ``dr_grpo`` = sum over decisions / (episodes x
+    ``train.rollout_steps``), no length normalisation (Liu et al. 2025, Dr. GRPO). docs/grpo.md."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """GRPO advantage scaling, TRL's ``GRPOConfig.scale_rewards``: divide ``r - group mean`` by
+    the group's std (``group``), by the std of all outcomes of the update (``batch``), or not at
+    all (``none``, Dr. GRPO). RLOO never scales."""
     max_nan_strikes: int = 3
     """Non-finite losses/gradients tolerated (step skipped) before the run stops."""
     teacher_coef: float = 1.0
@@ -431,6 +441,8 @@ class Config:
             raise ConfigError(f"policy.prompt_template={p.prompt_template!r} must contain the "
                               "placeholder '{instruction}'")
         _choice("algo.name", a.name, {"ppo", "grpo", "rloo", "rpd"})
+        _choice("algo.loss_type", a.loss_type, {"dapo", "grpo", "dr_grpo"})
+        _choice("algo.scale_rewards", a.scale_rewards, {"group", "batch", "none"})
         for key in ("gamma", "gae_lambda"):
             v = getattr(a, key)
             if not (0.0 <= v <= 1.0):

@@ -77,6 +77,23 @@ def render_problems(device: str | None, has_nvidia_gpu: bool) -> list[str]:
     return []
 
 
+def multi_cpu_launch(cuda: bool) -> tuple[str, str | None]:
+    """Whether ``accelerate launch --config_file recipes/accelerate/multi_cpu.yaml`` can start
+    several CPU processes here (it needs mpirun; as root, Open MPI's run-as-root variables)."""
+    import shutil
+
+    if shutil.which("mpirun") is None:
+        if cuda:
+            return "no mpirun (not needed with GPUs; torchrun works too)", None
+        return "NO (mpirun missing)", ("accelerate launch of several CPU processes needs mpirun: "
+                                       f"run `{SETUP}` (installs openmpi-bin) or use torchrun")
+    if os.geteuid() == 0 and os.environ.get("OMPI_ALLOW_RUN_AS_ROOT") != "1":
+        return "mpirun found, but refuses root", (
+            "Open MPI refuses to run as root: `source .venv/bin/activate` (setup.sh exports "
+            "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 there)")
+    return "yes (accelerate launch --config_file recipes/accelerate/multi_cpu.yaml)", None
+
+
 def run_doctor() -> int:
     problems: list[str] = []
     rows = [("python", platform.python_version()), ("platform", platform.platform())]
@@ -102,12 +119,17 @@ def run_doctor() -> int:
     else:
         rows.append(("render device", "NONE"))
     problems += render_problems(device, cuda or nvidia_gpu())
+    mpi, mpi_note = multi_cpu_launch(cuda)
+    rows.append(("multi-process CPU launch", mpi))
+    notes = [mpi_note] if mpi_note else []  # optional: one process (or torchrun) works without
     rows.append(("gpu simulation (physx_cuda)", "possible" if cuda else "no (needs CUDA); using physx_cpu workers"))
     rows.append(("wandb", ("train.wandb_mode (default offline; never blocks training); "
                            f"WANDB_API_KEY {'set' if os.environ.get('WANDB_API_KEY') else 'not set'}")))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
+    for note in notes:
+        print(f"\nnote: {note}")
     if problems:
         print("\nproblems:")
         for p in problems:

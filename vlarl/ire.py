@@ -59,6 +59,7 @@ def check_ire_config(cfg: Config) -> Path:
     from vlarl.checkpoint import prepare_run_dir  # (vlarl.rundir first would be a circular import)
     from vlarl.data import DatasetError, dataset_path, read_info
     from vlarl.preflight import preflight
+    from vlarl.runlock import launch_env
 
     cfg.validate()
     if not cfg.sft.full_finetune:
@@ -73,7 +74,7 @@ def check_ire_config(cfg: Config) -> Path:
     if getattr(cfg.env, "obs_mode", "rgb") != "rgb":
         raise ConfigError(f"env.obs_mode={cfg.env.obs_mode!r}: vlarl ire records camera images "
                           "for SFT; use env.obs_mode rgb")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launch_env("WORLD_SIZE", 1) > 1:
         raise ConfigError("vlarl ire runs in one process (WORLD_SIZE > 1 found)")
     demos = dataset_path(cfg)
     try:

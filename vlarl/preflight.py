@@ -15,17 +15,18 @@ def preflight(cfg: Config) -> None:
 
     Runs on every rank; only rank 0 (``RANK`` unset or 0) creates / clears the run dir.
     """
-    import os
 
     from vlarl.checkpoint import CheckpointManager, check_resume_compat, prepare_run_dir
+    from vlarl.runlock import launch_env
 
     cfg.validate()
     _check_launcher()
+    _check_not_alone()
     _check_env_config(cfg)
     _check_policy_source(cfg)
     t = cfg.train
     run_dir = Path(t.output_dir).expanduser()
-    if os.environ.get("RANK", "0") == "0":
+    if launch_env("RANK", 0) == 0:
         prepare_run_dir(run_dir, resume=t.resume, overwrite=t.overwrite)
     if t.resume:
         # refuse a changed world size / num_envs now, not after minutes of env start-up
@@ -34,7 +35,7 @@ def preflight(cfg: Config) -> None:
             import json
 
             saved = json.loads((path / "meta.json").read_text())
-            check_resume_compat(saved, _run_meta(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
+            check_resume_compat(saved, _run_meta(cfg, launch_env("WORLD_SIZE", 1)))
 
 
 def _check_launcher() -> None:
@@ -51,6 +52,58 @@ def _check_launcher() -> None:
                               "config); use DDP: accelerate launch --config_file "
                               "recipes/accelerate/multi_gpu_ddp.yaml with "
                               "--policy.gradient_checkpointing true (docs/gpu.md)")
+
+
+def requested_processes(argv: list[str]) -> int | None:
+    """How many processes an ``accelerate launch`` command line asks for: ``--num_processes N``
+    (or ``=N``), else ``num_processes`` of its ``--config_file``; None if it says nothing."""
+    import yaml
+
+    for i, arg in enumerate(argv):
+        if arg == "--num_processes" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if arg.startswith("--num_processes="):
+            return int(arg.split("=", 1)[1])
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config_file" and i + 1 < len(argv) else (
+            arg.split("=", 1)[1] if arg.startswith("--config_file=") else None)
+        if path and Path(path).is_file():
+            n = (yaml.safe_load(Path(path).read_text()) or {}).get("num_processes")
+            return int(n) if n is not None else None
+    return None
+
+
+def _launcher_argv() -> list[str]:
+    """The parent process's command line (Linux ``/proc``), or [] where unreadable."""
+    import os
+
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a for a in raw.decode(errors="replace").split("\0") if a]
+
+
+def _check_not_alone() -> None:
+    """``accelerate launch --cpu --num_processes 2`` (and a MULTI_CPU config without mpirun)
+    starts ONE plain process with no distributed environment; training would silently run
+    alone. Detected from the launcher's own command line and refused, with the fix."""
+    import os
+
+    if "MASTER_ADDR" not in os.environ or any(
+            v in os.environ for v in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")):
+        return  # not launched by accelerate, or launched with a distributed environment
+    argv = _launcher_argv()
+    if not any(Path(a).name == "accelerate" or a.endswith("accelerate/commands/launch.py")
+               or a == "launch" for a in argv[:3]):
+        return
+    n = requested_processes(argv)
+    if n is not None and n > 1:
+        raise ConfigError(
+            f"accelerate launch asked for {n} processes but started this one alone (on CPU, "
+            "accelerate needs mpirun for several processes); launch with --config_file "
+            "recipes/accelerate/multi_cpu.yaml (Open MPI: scripts/setup.sh installs it; "
+            "`vlarl doctor` checks it) or use torchrun --nproc_per_node N -m vlarl ...")
 
 
 def _check_env_config(cfg: Config) -> None:

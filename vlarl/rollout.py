@@ -96,6 +96,9 @@ class RolloutBuffer:
         self.returns = zeros(T, N)
         self.train_mask: torch.Tensor | None = None
         """bool [T, N] of the entries to train on, set by ``process`` (None: ``valid``)."""
+        self.extra: dict[str, torch.Tensor] = {}
+        """Per-entry ``[T, N]`` tensors an algorithm's ``process`` adds for its loss (GRPO's
+        ``loss_weight``); minibatches carry them in ``Batch.extra``."""
         self.episodes: list[Episode] = []
         self.num_filled = 0
         """Decisions written by the last ``collect`` (< T when an episodic rollout stopped early)."""
@@ -198,6 +201,7 @@ def _collect(env: VecEnv, policy: Policy, buffer: RolloutBuffer, base_seed: int,
     buffer.last_values.zero_()
     buffer.episodes = []
     buffer.train_mask = None
+    buffer.extra = {}
     ep_return = torch.zeros(N)
     ep_length = torch.zeros(N, dtype=torch.long)
     ep_success = torch.zeros(N, dtype=torch.bool)
@@ -302,7 +306,9 @@ def iter_minibatches(buffer: RolloutBuffer, num_mini_batches: int,
     idx = mask.flatten().nonzero(as_tuple=True)[0]
     perm = idx[torch.randperm(idx.numel(), generator=generator).to(idx.device)]
     flat = {k: v.flatten(0, 1) for k, v in buffer.stored.items()}
+    extra = {k: v.flatten() for k, v in buffer.extra.items()}
     for ids in perm.tensor_split(num_mini_batches):
         yield Batch(buffer.flat_obs(ids), {k: v[ids] for k, v in flat.items()},
                     buffer.log_probs.flatten()[ids], buffer.values.flatten()[ids],
-                    buffer.advantages.flatten()[ids], buffer.returns.flatten()[ids], ids)
+                    buffer.advantages.flatten()[ids], buffer.returns.flatten()[ids], ids,
+                    {k: v[ids] for k, v in extra.items()})

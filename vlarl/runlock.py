@@ -52,6 +52,19 @@ _HELD: dict[Path, _Held] = {}
 in the same interpreter, a quickstart stage inside the quickstart's run dir)."""
 
 
+def launch_env(name: str, default: int) -> int:
+    """``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` of this process before accelerate has started:
+    torchrun sets them; under mpirun (``accelerate launch`` with a MULTI_CPU config) only the
+    MPI implementation's own variables exist until ``Accelerator()`` copies them over."""
+    mpi = {"RANK": ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK"),
+           "WORLD_SIZE": ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"),
+           "LOCAL_RANK": ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK")}
+    for var in (name, *mpi.get(name, ())):
+        if os.environ.get(var):
+            return int(os.environ[var])
+    return default
+
+
 def launch_token() -> str:
     """Identifies one multi-process launch: every rank of a ``torchrun`` / ``accelerate
     launch`` shares ``MASTER_ADDR:MASTER_PORT`` (two concurrent launches on one host cannot);

@@ -1,7 +1,7 @@
-"""Run the tiny RL trainer under ``torchrun --nproc_per_node 2`` and dump, per rank, what
+"""Run the tiny RL trainer on 2 processes (``accelerate launch`` or ``torchrun``) and dump, per rank, what
 tests/test_ddp.py compares.
 
-    torchrun --nproc_per_node 2 tests/scripts/ddp_check.py OUT [--nan-rank R --nan-from U]
+    accelerate launch --config_file recipes/accelerate/multi_cpu.yaml tests/scripts/ddp_check.py OUT [--nan-rank R --nan-from U]
 
 At every checkpoint each rank writes ``OUT/rank{r}_update{u}.pt`` with its trainable
 parameters, their gradients from the last optimizer step and a hash of its own rollout
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 
 from vlarl import trainer
 from vlarl.config import load_config
+from vlarl.runlock import launch_env
 
 TINY = ["--env.backend", "inline", "--env.num_envs", "1", "--env.image_size", "32",
         "--env.max_episode_steps", "8", "--env.reward_mode", "normalized_dense",
@@ -48,7 +48,7 @@ def main() -> int:
     ap.add_argument("--max-nan-strikes", type=int, default=2)
     args = ap.parse_args()
     out = Path(args.out)
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launch_env("RANK", 0)  # torchrun: RANK; mpirun: its own variables
     cfg = load_config(None, TINY + ["--train.output_dir", str(out / "run"),
                                     "--train.num_updates", str(args.updates),
                                     "--algo.max_nan_strikes", str(args.max_nan_strikes)])

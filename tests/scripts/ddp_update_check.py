@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from vlarl.algorithms.advantages import local_sum
 from vlarl.config import AlgoConfig, PolicyConfig
 from vlarl.policies.student import MLPStudentPolicy
 from vlarl.rollout import RolloutBuffer
+from vlarl.runlock import launch_env
 from vlarl.trainer import _DDPView, update_context
 from vlarl.types import ChunkStep, Obs
 
@@ -87,7 +87,7 @@ def one_update(algo_cfg: AlgoConfig, policy, trainable, init, cols: list[int], c
 
 def main() -> int:
     out = Path(sys.argv[1])
-    rank = int(os.environ["RANK"])
+    rank = launch_env("RANK", 0)
     acc = Accelerator(cpu=True, kwargs_handlers=[DistributedDataParallelKwargs(
         find_unused_parameters=True)])
     torch.manual_seed(0)

@@ -66,7 +66,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.Tensor,
 
 
 def group_advantages(outcomes: torch.Tensor, group_size: int,
-                     mode: Literal["grpo", "rloo"] = "grpo", eps: float = 1e-4) -> torch.Tensor:
+                     mode: Literal["grpo", "rloo"] = "grpo", eps: float = 1e-4,
+                     scale: Literal["group", "batch", "none"] = "group") -> torch.Tensor:
     """Critic-free advantages of G rollouts that started from the same initial state.
 
     Args:
@@ -75,6 +76,8 @@ def group_advantages(outcomes: torch.Tensor, group_size: int,
         mode: ``grpo``: ``(r - mean) / (std + eps)`` with the unbiased group std, as TRL's
             GRPOTrainer (Shao et al. 2024); ``rloo``: ``r_i - mean_{j != i} r_j``, the
             leave-one-out baseline (Ahmadian et al. 2024), unscaled.
+        scale: ``grpo``'s divisor, TRL's ``scale_rewards``: the group's std (``group``), the
+            std of all ``outcomes`` (``batch``), or none (``none``: ``r - mean``, Dr. GRPO).
 
     Returns:
         float ``[B]``.
@@ -87,7 +90,15 @@ def group_advantages(outcomes: torch.Tensor, group_size: int,
     grouped = outcomes.float().view(-1, group_size)
     mean = grouped.mean(dim=1, keepdim=True)
     if mode == "grpo":
-        adv = (grouped - mean) / (grouped.std(dim=1, keepdim=True) + eps)
+        if scale == "group":
+            adv = (grouped - mean) / (grouped.std(dim=1, keepdim=True) + eps)
+        elif scale == "batch":
+            adv = (grouped - mean) / (outcomes.float().std() + eps)
+        elif scale == "none":
+            adv = grouped - mean
+        else:
+            raise ValueError(f"scale={scale!r} is not allowed; choose one of "
+                             "['batch', 'group', 'none']")
     elif mode == "rloo":
         # mean of the others = (G * mean - r_i) / (G - 1), so r_i - that = G/(G-1) (r_i - mean).
         adv = (grouped - mean) * group_size / (group_size - 1)
@@ -141,3 +152,30 @@ def explained_variance(predictions: torch.Tensor, targets: torch.Tensor) -> floa
     if targets.numel() < 2 or var == 0:
         return float("nan")
     return float(1.0 - (targets - predictions).var() / var)
+
+
+def loss_weights(train_mask: torch.Tensor, loss_type: Literal["dapo", "grpo", "dr_grpo"]
+                 ) -> torch.Tensor:
+    """Per-decision weights ``[T, N]`` whose plain mean over the training decisions gives TRL's
+    GRPO loss aggregations, an episode (column) being the completion and a decision its token.
+
+    With ``E`` episodes (columns with a training decision), ``N_d`` training decisions,
+    ``L_e`` decisions in episode e and ``T`` rows (``train.rollout_steps``, the longest possible
+    episode): ``dapo`` 1 (the mean over decisions); ``grpo`` ``N_d / (E L_e)`` (so the mean is
+    the mean over episodes of each episode's mean); ``dr_grpo`` ``N_d / (E T)`` (the sum over
+    decisions divided by ``E T``). The weights average to 1 for ``dapo`` and ``grpo``.
+    """
+    mask = train_mask.float()
+    if loss_type == "dapo":
+        return mask
+    lengths = mask.sum(dim=0)  # [N] decisions per episode
+    episodes = float((lengths > 0).sum())
+    n_dec = float(mask.sum())
+    if episodes == 0:
+        return mask
+    if loss_type == "grpo":
+        return mask * (n_dec / (episodes * lengths.clamp(min=1.0))).unsqueeze(0)
+    if loss_type == "dr_grpo":
+        return mask * (n_dec / (episodes * mask.shape[0]))
+    raise ValueError(f"loss_type={loss_type!r} is not allowed; choose one of "
+                     "['dapo', 'dr_grpo', 'grpo']")

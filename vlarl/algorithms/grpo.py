@@ -12,6 +12,8 @@ Implementation details (TRL GRPOTrainer / DAPO / SimpleVLA-RL):
 3. Dynamic sampling: groups whose outcomes are all equal are left out of the update.
 4. Clip-higher (``epsilon_high`` > ``epsilon``), optional ``beta`` KL to the reference
    (k3), entropy bonus; no value loss.
+5. TRL's ``loss_type`` (dapo / grpo / dr_grpo) as per-decision weights
+   (``advantages.loss_weights``) and ``scale_rewards`` (group / batch / none).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from vlarl.algorithms import ALGORITHMS, Algorithm, UpdateContext
-from vlarl.algorithms.advantages import dynamic_sampling_mask, group_advantages
+from vlarl.algorithms.advantages import dynamic_sampling_mask, group_advantages, loss_weights
 from vlarl.algorithms.losses import entropy_bonus, kl_to_reference, linear_decay, policy_loss
 from vlarl.policies.base import Policy
 from vlarl.rollout import Batch, RolloutBuffer
@@ -45,13 +47,17 @@ class GRPO(Algorithm):
             raise ValueError(f"num_envs={buffer.num_envs} must be divisible by "
                              f"algo.num_generations={G}")
         outcomes = episode_outcomes(buffer, cfg.shaping_coef)
-        adv = group_advantages(outcomes, G, self.mode)
+        adv = group_advantages(outcomes, G, self.mode, scale=cfg.scale_rewards)
         keep = dynamic_sampling_mask(outcomes, G) if cfg.dynamic_sampling \
             else torch.ones_like(outcomes, dtype=torch.bool)
         valid = buffer.valid
         buffer.advantages.copy_(adv.unsqueeze(0) * valid)
         buffer.returns.copy_(outcomes.unsqueeze(0) * valid)
         buffer.train_mask = valid & keep.unsqueeze(0)
+        if cfg.loss_type != "dapo":
+            buffer.extra["loss_weight"] = loss_weights(buffer.train_mask, cfg.loss_type)
+        else:
+            buffer.extra.pop("loss_weight", None)
         return {"outcome_mean": float(outcomes.mean()),
                 "groups_kept": float(keep.view(-1, G)[:, 0].float().mean()),
                 "advantage_abs_mean": float(adv.abs().mean())}
@@ -61,7 +67,7 @@ class GRPO(Algorithm):
         cfg = self.cfg
         log_probs, entropy, values = ctx.evaluate(policy, batch.obs, batch.stored)
         pg, parts = policy_loss(log_probs, batch.log_probs, batch.advantages, cfg.epsilon,
-                                cfg.epsilon_high)
+                                cfg.epsilon_high, weights=batch.extra.get("loss_weight"))
         ent = entropy_bonus(entropy)
         loss = pg - cfg.ent_coef * ent
         out = {"policy_loss": pg.detach(), "entropy": ent.detach(), **parts}

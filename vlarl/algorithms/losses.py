@@ -21,7 +21,8 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tens
 
 def policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
                 epsilon: float, epsilon_high: float | None = None,
-                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                mask: torch.Tensor | None = None, weights: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate, ``mean(max(-A r, -A clip(r, 1 - eps, 1 + eps_high)))``.
 
     Args:
@@ -30,6 +31,8 @@ def policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages
         advantages: float ``[B]``.
         epsilon: lower clip; epsilon_high: upper clip ("clip-higher", DAPO), None = epsilon.
         mask: optional bool ``[B]`` of entries to average over.
+        weights: optional float ``[B]`` per-sample loss weights (GRPO's ``loss_type``,
+            :func:`vlarl.algorithms.advantages.loss_weights`), applied inside the mean.
 
     Metrics: ``clipfrac`` (share of samples whose gradient the clip removed), ``ratio_mean``,
     ``approx_kl`` (k3 estimate of KL(old || new), Schulman 2020, "Approximating KL").
@@ -39,7 +42,10 @@ def policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_sample = torch.maximum(unclipped, clipped)
+    if weights is not None:
+        per_sample = per_sample * weights
+    loss = masked_mean(per_sample, mask)
     with torch.no_grad():
         clipfrac = masked_mean((clipped > unclipped).float(), mask)
         approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)

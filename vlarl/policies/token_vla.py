@@ -339,12 +339,16 @@ class TokenVLAPolicy(Policy):
 
         Entropy is the sum over the chunk's tokens of the masked, tempered distribution's entropy.
         """
+        # TRL's one-pass selected log-softmax + entropy (chunked over rows; a fused Triton
+        # kernel where available), on the action bins' tempered logits.
+        from trl.trainer.utils import selective_log_softmax_and_entropy
+
         tokens = stored["tokens"]
         out, batch, prefix = self._teacher_forced(obs, tokens)
-        logp = torch.log_softmax(self._masked_logits(out.logits), dim=-1)  # [N, T, bins]
-        token_logp = logp.gather(-1, tokens.to(self.device)[..., None]).squeeze(-1)
+        token_logp, token_ent = selective_log_softmax_and_entropy(
+            self._masked_logits(out.logits), tokens.to(self.device))  # [N, T] each
         log_probs = token_logp.double().sum(-1).float()
-        entropy = -(logp.exp() * logp).sum(-1).double().sum(-1).float()
+        entropy = token_ent.double().sum(-1).float()
         values = None
         if self.value_head is not None:
             values = self._values(self._prefix_hidden(out, prefix), batch["attention_mask"], obs)
