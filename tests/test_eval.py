@@ -122,11 +122,14 @@ def test_action_dim_mismatch_named(checkpoint, cpu_env):
 
 
 @pytest.mark.slow
-def test_run_eval_report_files(checkpoint, tmp_path):
+def test_run_eval_report_files(checkpoint, tmp_path, capsys):
     cfg = _cfg(tmp_path, num_episodes=3, video_episodes=1)
     cfg.env = EnvConfig(**ENV, num_envs=1, backend="inline")  # in-process: no worker start-up
     out = tmp_path / "report"
     report = run_eval([checkpoint, checkpoint], cfg, out)
+    printed = capsys.readouterr().out  # the console gets the table and where the report is
+    assert printed.count("| train | 3 |") == 2 and "McNemar" in printed
+    assert f"report: {out / 'report.md'}" in printed and str(out / "report.json") in printed
     for name in ("report.json", "report.md", "success.png", "manifest.json"):
         assert (out / name).is_file(), name
     data = json.loads((out / "report.json").read_text())

@@ -24,6 +24,7 @@ SECTIONS = {
     "quickstart": [],
     "bench": [],
     "demo": ["env"],
+    "expert": ["env", "eval"],
     "doctor": [],
 }
 HELP = {
@@ -37,7 +38,8 @@ HELP = {
     "distill": "distill a (RL-tuned) VLA teacher into a small fast student (BC / DAgger / RPD)",
     "quickstart": "the whole chain: demos -> SFT -> RL -> eval -> distill -> eval, one table",
     "bench": "throughput / memory benchmark: env, policy, loop (ratios in one run)",
-    "demo": "make a ManiSkill env through vlarl, step it, print what happened",
+    "demo": "make a ManiSkill env through vlarl, step it with the expert, print what happened",
+    "expert": "measure a task's scripted expert: success with 95%% CI and episode length per split",
     "doctor": "check the install: versions, render device, GPU simulation, wandb",
 }
 
@@ -98,14 +100,16 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
             p.add_argument("--json", default=None, help="write the figures to this JSON file")
             p.add_argument("--quick", action="store_true", help="fewer steps and repeats")
         if name == "demo":
-            p.add_argument("--steps", type=int, default=20, help="decisions to step")
+            p.add_argument("--steps", type=int, default=None,
+                           help="decisions to step (default: until every env's episode ended)")
     return parser
 
 
 def _load(args, rest: list[str]):
     from vlarl.config import load_config
 
-    return load_config(getattr(args, "config", None), rest)
+    # each command validates the sections it reads (SECTIONS), and the checks between them
+    return load_config(getattr(args, "config", None), rest, sections=SECTIONS[args.command])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +170,10 @@ def _dispatch(args, rest: list[str], parser) -> int:
         from vlarl.demo import run_demo
 
         run_demo(cfg, steps=args.steps)
+    elif cmd == "expert":
+        from vlarl.demo import run_expert
+
+        run_expert(cfg)
     elif cmd == "collect":
         from vlarl.data import collect_demos
 

@@ -13,6 +13,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -400,9 +401,59 @@ class Config:
             raise ConfigError(f"data.extra_tasks needs data.expert=scripted (got {d.expert!r}: "
                               "a policy expert acts on env.task only)")
 
-    def validate(self) -> Config:
-        """Check every value that can be checked without importing ManiSkill or torch."""
+    def validate(self, sections: Iterable[str] | None = None) -> Config:
+        """Check every value that can be checked without importing ManiSkill or torch.
+
+        ``sections``: only these sections (and the checks between two of them) - a command
+        validates what it reads (``vlarl diagnose`` never refuses a GRPO group size); None
+        checks all. Values legal one by one but impossible together are refused here,
+        naming both keys.
+        """
+        read = set(sections) if sections is not None else {
+            "env", "policy", "algo", "train", "data", "sft", "eval", "distill", "ire"}
         e, p, a, t = self.env, self.policy, self.algo, self.train
+        if "env" in read:
+            self._validate_env()
+        if "policy" in read:
+            self._validate_policy()
+        if {"env", "policy"} <= read and p.chunk_size > e.max_episode_steps:
+            raise ConfigError(f"policy.chunk_size={p.chunk_size} is larger than "
+                              f"env.max_episode_steps={e.max_episode_steps}: one chunk would "
+                              "outlast the episode")
+        if "algo" in read:
+            self._validate_algo()
+            if a.name in ("grpo", "rloo") and "env" in read and e.num_envs % a.num_generations:
+                raise ConfigError(f"env.num_envs={e.num_envs} must be divisible by "
+                                  f"algo.num_generations={a.num_generations}")
+        if "train" in read:
+            self._validate_train()
+        if {"env", "algo", "train"} <= read:
+            batch = e.num_envs * t.rollout_steps
+            if a.name in ("ppo", "rpd") and batch % a.num_mini_batches:
+                raise ConfigError(f"env.num_envs*train.rollout_steps={batch} must be divisible by "
+                                  f"algo.num_mini_batches={a.num_mini_batches}")
+            mb = batch // a.num_mini_batches
+            if a.name in ("ppo", "rpd") and mb % a.gradient_accumulation_steps:
+                raise ConfigError(f"minibatch size {mb} must be divisible by "
+                                  f"algo.gradient_accumulation_steps={a.gradient_accumulation_steps}")
+        if "eval" in read:
+            _positive("eval.num_episodes", self.eval.num_episodes)
+        if "sft" in read:
+            _positive("sft.batch_size", self.sft.batch_size)
+        if "data" in read:
+            _positive("data.num_episodes", self.data.num_episodes)
+            if not str(self.data.expert).strip():
+                raise ConfigError("data.expert='' is not allowed; use 'scripted' or a policy directory")
+            if self.data.extra_tasks:
+                self._check_extra_tasks()
+        if "distill" in read:
+            _choice("distill.method", self.distill.method, {"bc", "dagger", "rpd"})
+        if "ire" in read:
+            self._validate_ire()
+        return self
+
+    def _validate_env(self) -> None:
+        e = self.env
         _positive("env.num_envs", e.num_envs)
         _positive("env.image_size", e.image_size)
         _positive("env.max_episode_steps", e.max_episode_steps)
@@ -411,6 +462,9 @@ class Config:
         _choice("env.control_mode", e.control_mode,
                 {"pd_ee_delta_pose", "pd_ee_delta_pos", "pd_joint_delta_pos", "pd_joint_pos"})
         _choice("env.obs_mode", e.obs_mode, {"rgb", "state"})
+
+    def _validate_policy(self) -> None:
+        e, p = self.env, self.policy
         _choice("policy.critic_input", p.critic_input, {"features", "privileged"})
         _positive("policy.privileged_dim", p.privileged_dim)
         _choice("policy.student_input", p.student_input, {"full", "privileged"})
@@ -440,6 +494,9 @@ class Config:
         if "{instruction}" not in p.prompt_template:
             raise ConfigError(f"policy.prompt_template={p.prompt_template!r} must contain the "
                               "placeholder '{instruction}'")
+
+    def _validate_algo(self) -> None:
+        a = self.algo
         _choice("algo.name", a.name, {"ppo", "grpo", "rloo", "rpd"})
         _choice("algo.loss_type", a.loss_type, {"dapo", "grpo", "dr_grpo"})
         _choice("algo.scale_rewards", a.scale_rewards, {"group", "batch", "none"})
@@ -458,12 +515,11 @@ class Config:
         _positive("algo.beta_decay_updates", a.beta_decay_updates, zero_ok=True)
         _positive("algo.teacher_coef", a.teacher_coef, zero_ok=True)
         _positive("algo.teacher_coef_decay_updates", a.teacher_coef_decay_updates, zero_ok=True)
-        if a.name in ("grpo", "rloo"):
-            if a.num_generations < 2:
-                raise ConfigError(f"algo.num_generations={a.num_generations} must be >= 2 for {a.name}")
-            if e.num_envs % a.num_generations:
-                raise ConfigError(f"env.num_envs={e.num_envs} must be divisible by "
-                                  f"algo.num_generations={a.num_generations}")
+        if a.name in ("grpo", "rloo") and a.num_generations < 2:
+            raise ConfigError(f"algo.num_generations={a.num_generations} must be >= 2 for {a.name}")
+
+    def _validate_train(self) -> None:
+        t = self.train
         _positive("train.num_updates", t.num_updates)
         _positive("train.rollout_steps", t.rollout_steps)
         _positive("train.learning_rate", t.learning_rate)
@@ -479,22 +535,8 @@ class Config:
                               "the non-finite guard would leave fp16's loss scaler stuck); use "
                               "'bf16' (GPUs since Ampere, and CPUs) or 'no'")
         _choice("train.mixed_precision", t.mixed_precision, {"no", "bf16"})
-        batch = e.num_envs * t.rollout_steps
-        if a.name in ("ppo", "rpd") and batch % a.num_mini_batches:
-            raise ConfigError(f"env.num_envs*train.rollout_steps={batch} must be divisible by "
-                              f"algo.num_mini_batches={a.num_mini_batches}")
-        mb = batch // a.num_mini_batches
-        if a.name in ("ppo", "rpd") and mb % a.gradient_accumulation_steps:
-            raise ConfigError(f"minibatch size {mb} must be divisible by "
-                              f"algo.gradient_accumulation_steps={a.gradient_accumulation_steps}")
-        _positive("eval.num_episodes", self.eval.num_episodes)
-        _positive("sft.batch_size", self.sft.batch_size)
-        _positive("data.num_episodes", self.data.num_episodes)
-        if not str(self.data.expert).strip():
-            raise ConfigError("data.expert='' is not allowed; use 'scripted' or a policy directory")
-        if self.data.extra_tasks:
-            self._check_extra_tasks()
-        _choice("distill.method", self.distill.method, {"bc", "dagger", "rpd"})
+
+    def _validate_ire(self) -> None:
         ire = self.ire
         for key, low in (("rounds", 1), ("rl_updates", 0), ("sft_steps", 0)):
             if getattr(ire, key) < low:
@@ -504,7 +546,6 @@ class Config:
                               "control arm (rl_updates 0) needs ire.sft_steps >= 1")
         if not str(ire.output_dir).strip():
             raise ConfigError("ire.output_dir must be a non-empty path")
-        return self
 
 
 # ----------------------------------------------------------------------------- loading
@@ -600,7 +641,7 @@ def _set(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
-                cls=Config) -> Any:
+                cls=Config, sections: Iterable[str] | None = None) -> Any:
     """Build a validated config from an optional YAML recipe and overrides.
 
     ``overrides`` is either ``["--algo.epsilon", "0.1", "--env.task=PushCube-v1"]`` or a
@@ -621,7 +662,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             _set(cfg, str(k), v)
     for key, value in _parse_overrides(overrides or []):
         _set(cfg, key, value)
-    return cfg.validate() if hasattr(cfg, "validate") else cfg
+    return cfg.validate(sections) if hasattr(cfg, "validate") else cfg
 
 
 def _parse_overrides(overrides: list[str] | dict) -> list[tuple[str, Any]]:

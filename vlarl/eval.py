@@ -265,6 +265,8 @@ def _write_outputs(report: dict, results: list[dict], out: Path, cfg, seeds: lis
                       f"[{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}] | "
                       f"{c['p_value']:.3g} |")
     (out / "report.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md[4:]) + f"\n\nreport: {out / 'report.md'} (per-episode records and "
+          f"provenance: {out / 'report.json'})", flush=True)
     plot_success(results, out / "success.png", title=f"{cfg.env.task}: success rate")
     sha = {h["path"]: h["sha256"] for h in hashes}
     numbers = []

@@ -19,7 +19,7 @@ def preflight(cfg: Config) -> None:
     from vlarl.checkpoint import CheckpointManager, check_resume_compat, prepare_run_dir
     from vlarl.runlock import launch_env
 
-    cfg.validate()
+    cfg.validate(("env", "policy", "algo", "train", "eval"))  # what a training run reads
     _check_launcher()
     _check_not_alone()
     _check_env_config(cfg)

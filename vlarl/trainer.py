@@ -16,6 +16,7 @@ update u replays update u+1 bit for bit (CPU). See docs/guarantees.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 import warnings
@@ -216,6 +217,7 @@ def _train(cfg: Config, make_env_fn, make_policy_fn, stop_after: int | None) -> 
     mode = "episodic" if cfg.algo.name in ("grpo", "rloo") else "continuous"
     group = cfg.algo.num_generations if mode == "episodic" else 1
     progress = _progress(acc, run.start_update, t.num_updates)
+    report = RunReport(cfg.algo.name)
     done_this_call = 0
     update = run.start_update
     try:
@@ -241,6 +243,8 @@ def _train(cfg: Config, make_env_fn, make_policy_fn, stop_after: int | None) -> 
                 if t.eval_every and (update + 1) % t.eval_every == 0:
                     metrics.update(_prefix("eval/", evaluate_during_training(run)))
                 _log(run, update + 1, metrics, progress)
+                if acc.is_main_process:
+                    report.add(update + 1, metrics)
                 done_this_call += 1
                 last = update + 1 == t.num_updates
                 stop = preempt.requested_on_any(acc) or (stop_after is not None and done_this_call >= stop_after)
@@ -254,6 +258,8 @@ def _train(cfg: Config, make_env_fn, make_policy_fn, stop_after: int | None) -> 
                     break
             else:
                 export_policy(run)
+        if acc.is_main_process:
+            print(report.summary(run.run_dir, run.env_steps), file=sys.stderr, flush=True)
     except Exception as err:
         # NaN strikes, a dead env worker, ...: say where the last good state is, then re-raise
         last = run.ckpt.latest_good_path()
@@ -267,6 +273,66 @@ def _train(cfg: Config, make_env_fn, make_policy_fn, stop_after: int | None) -> 
         run.tracker.finish()
         run.env.close()
     return run.run_dir
+
+
+def skip_advice(metrics: dict, algo_name: str) -> str | None:
+    """Why an update was skipped and what to try, from its logged metrics (None: not skipped)."""
+    if not metrics.get("algo/skipped_update"):
+        return None
+    if algo_name in ("grpo", "rloo") and metrics.get("algo/groups_kept", 1.0) == 0.0:
+        return ("every group's rollouts all succeeded or all failed (algo/groups_kept 0), so no "
+                "advantage is non-zero; try a better SFT base, larger groups "
+                "(--algo.num_generations), or a dense reward (--env.reward_mode normalized_dense "
+                "--algo.shaping_coef 0.1)")
+    return (f"too few training decisions ({metrics.get('algo/train_samples', 0):.0f}) for "
+            "algo.num_mini_batches x algo.gradient_accumulation_steps; use more envs or "
+            "rollout steps")
+
+
+class RunReport:
+    """What ``vlarl train`` says on the console besides its progress bar: a warning when an
+    update is skipped (the first one, then a count every 25 updates), and a summary at the end."""
+
+    def __init__(self, algo_name: str):
+        self.algo_name = algo_name
+        self.rows: list[tuple[int, dict]] = []
+        self.skipped: list[int] = []
+        self.warned_at = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, update: int, metrics: dict) -> str | None:
+        self.rows.append((update, {k: v for k, v in metrics.items()
+                                   if k.startswith(("rollout/success", "eval/success", "algo/"))}))
+        why = skip_advice(metrics, self.algo_name)
+        if why is None:
+            return None
+        self.skipped.append(update)
+        if len(self.skipped) == 1 or update - self.warned_at >= 25:
+            msg = (f"vlarl train: update {update} skipped ({len(self.skipped)} of "
+                   f"{len(self.rows)} so far): {why}")
+            print(msg, file=sys.stderr, flush=True)
+            self.warned_at = update
+            return msg
+        return None
+
+    def summary(self, run_dir: Path, env_steps: int) -> str:
+        n = len(self.rows)
+        rates = [m.get("rollout/success_rate") for _, m in self.rows]
+        rates = [r for r in rates if r is not None and not math.isnan(r)]
+        k = max(1, len(rates) // 10)
+        minutes = (time.perf_counter() - self.t0) / 60
+        head = (f"vlarl train: {n} updates, {env_steps} env steps in {minutes:.1f} min; "
+                f"skipped updates: {len(self.skipped)}")
+        lines = [head]
+        if rates:
+            lines.append(f"  rollout success: first {k} updates {sum(rates[:k]) / k:.2f}, "
+                         f"last {k} {sum(rates[-k:]) / k:.2f}")
+        evals = [(u, m["eval/success_rate"]) for u, m in self.rows if "eval/success_rate" in m]
+        if evals:
+            lines.append("  in-training eval (greedy): " + ", ".join(
+                f"update {u}: {r:.2f}" for u, r in evals))
+        lines.append(f"  policy: {run_dir / 'policy'}; metrics: {run_dir / 'metrics.jsonl'}")
+        return "\n".join(lines)
 
 
 def _rank_seed(run: _Run) -> int:
