@@ -9,7 +9,7 @@ import pytest
 
 from vlarl.envs.experts import EXPERTS, get_expert, resolve_task
 
-TASKS = ["PickCube-v1", "PushCube-v1", "PullCube-v1", "StackCube-v1", "PlaceSphere-v1"]
+TASKS = ["PickCube-v1", "PushCube-v1", "PullCube-v1", "StackCube-v1", "PlaceSphere-v1", "PokeCube-v1"]
 SEEDS = range(20)
 
 
@@ -70,7 +70,9 @@ def test_unknown_task_lists_known_ones():
         get_expert("OpenDrawer-v1")
     for task in TASKS:
         assert task in str(err.value)
-    assert sorted([*TASKS, "PickCube-Color-v1"]) == EXPERTS.names()  # + tests/test_color_tasks.py
+    assert "docs/adding_a_task.md" in str(err.value)
+    # every task has an expert (a new task adds both; nothing here lists them by hand)
+    assert set(TASKS) <= set(EXPERTS.names())
 
 
 def test_ood_variants_resolve_to_base_task():

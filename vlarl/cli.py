@@ -58,6 +58,10 @@ def _options_epilog(sections: list[str]) -> str:
         docs = C.field_docs(cls)
         default = cls()
         for name, doc in docs.items():
+            if (sec, name) == ("env", "task"):  # the registry's names, never a hand-kept list
+                from vlarl.envs.tasks import TASKS
+
+                doc += " Registered: " + ", ".join(sorted(TASKS)) + "."
             lines.append(f"  --{sec}.{name} (default {getattr(default, name)!r})")
             lines.extend(textwrap.wrap(doc, 88, initial_indent="      ", subsequent_indent="      "))
     return "\n".join(lines)

@@ -38,8 +38,8 @@ def _positive(key: str, value: float, zero_ok: bool = False) -> None:
 @dataclass
 class EnvConfig:
     task: str = "PickCube-v1"
-    """ManiSkill task id (see ``vlarl.envs.TASKS``): PickCube-v1, PushCube-v1, StackCube-v1,
-    PullCube-v1, PlaceSphere-v1, and PickCube-Color-v1 (the instruction names the target cube)."""
+    """ManiSkill task id, one of the registered tasks (``vlarl.envs.TASKS``; in a task with
+    target colours the instruction names the target cube). New tasks: docs/adding_a_task.md."""
     split: str = "train"
     """Named variant of the task: ``train`` (in-distribution) or an OOD split (``vlarl.envs.SPLITS``)."""
     num_envs: int = 2

@@ -73,6 +73,14 @@ TASKS: dict[str, TaskSpec] = {
         heldout=("drop the {color} sphere inside the little bin",
                  "move the {color} ball into the box"),
     ),
+    "PokeCube-v1": TaskSpec(
+        "PokeCube-v1", "cube", ("peg", "cube", "goal_region"), "red",
+        train=("use the peg to push the {color} cube onto the target",
+               "pick up the stick and poke the {color} cube to the goal",
+               "grab the peg and push the {color} block forward with it"),
+        heldout=("take the blue peg and nudge the {color} cube until it sits on the bullseye",
+                 "with the tool in hand, shove the {color} block over to the target region"),
+    ),
     "PickCube-Color-v1": TaskSpec(
         "PickCube-Color-v1", "cube", ("cube", "cube_yellow", "goal_site"), "red",
         train=("pick up the {color} cube and move it to the goal",
@@ -92,7 +100,8 @@ or add a yellow cube (``distractor``), which would change what the instruction m
 def get_task(task_id: str) -> TaskSpec:
     """The spec of ``task_id``; unknown ids name the known ones."""
     if task_id not in TASKS:
-        raise ValueError(f"unknown task {task_id!r}; allowed: {sorted(TASKS)}")
+        raise ValueError(f"unknown task {task_id!r}; allowed: {sorted(TASKS)} (to add a "
+                         "ManiSkill task: docs/adding_a_task.md)")
     return TASKS[task_id]
 
 
