@@ -15,7 +15,8 @@ import torch
 from vlarl.config import EnvConfig
 from vlarl.envs import check_env, make_env, validate_env_config
 from vlarl.envs.color_tasks import MIN_SEPARATION, TARGET_COLORS
-from vlarl.envs.experts import PickCubeColorExpert, get_expert
+from vlarl.envs.experts import get_expert
+from vlarl.envs.suite.pick_cube_color import PickCubeColorExpert
 from vlarl.envs.variants import variant_env_id
 
 TASK = "PickCube-Color-v1"

@@ -14,6 +14,7 @@ Only this package imports ManiSkill / SAPIEN / gymnasium, and only lazily.
 from __future__ import annotations
 
 from vlarl.config import EnvConfig
+from vlarl.envs import suite  # noqa: F401  (registers the shipped tasks and their experts)
 from vlarl.envs.base import VecEnv
 from vlarl.envs.splits import SPLITS, SplitSpec, get_split
 from vlarl.envs.tasks import COLOR_TASK_SPLITS, TASKS, TaskSpec, get_task, instruction

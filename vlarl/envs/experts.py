@@ -40,19 +40,19 @@ ACTION_DIM = 7
 EXPERTS: Registry[type[Expert]] = Registry("expert")
 
 
-def _pos(actor) -> np.ndarray:
+def position(actor) -> np.ndarray:
     """World position ``[3]`` of a ManiSkill actor/link of env 0."""
     return actor.pose.p[0].detach().cpu().numpy().astype(np.float64)
 
 
-def _rot(actor) -> Rotation:
+def orientation(actor) -> Rotation:
     """World orientation of env 0 (ManiSkill stores wxyz quaternions, scipy wants xyzw)."""
     w, x, y, z = actor.pose.q[0].detach().cpu().numpy().astype(np.float64)
     return Rotation.from_quat([x, y, z, w])
 
 
-def _yaw(actor) -> float:
-    return float(_rot(actor).as_euler("xyz")[2])
+def yaw_of(actor) -> float:
+    return float(orientation(actor).as_euler("xyz")[2])
 
 
 class Expert:
@@ -64,7 +64,7 @@ class Expert:
     """
 
     task_id: str = ""
-    """The ManiSkill env id this expert solves (set by :func:`_register`)."""
+    """The ManiSkill env id this expert solves (set by :func:`register_expert`)."""
     reach_tol: float = 0.01
     """Metres within which a waypoint counts as reached."""
 
@@ -97,11 +97,11 @@ class Expert:
         tcp = env.agent.tcp
         if self._down is None:
             # The initial hand orientation points the gripper down; keep it up to yaw.
-            self._down = _rot(tcp)
-        rot_action = self._rot_action(_rot(tcp), self.yaw(env))
-        target, gripper, reached = self.plan(env, _pos(tcp))
+            self._down = orientation(tcp)
+        rot_action = self._rot_action(orientation(tcp), self.yaw(env))
+        target, gripper, reached = self.plan(env, position(tcp))
         action = np.zeros(ACTION_DIM, dtype=np.float64)
-        action[:3] = np.clip((target - _pos(tcp)) / POS_SCALE, -1.0, 1.0)
+        action[:3] = np.clip((target - position(tcp)) / POS_SCALE, -1.0, 1.0)
         action[3:6] = rot_action
         action[6] = gripper
         self.phase_steps += 1
@@ -131,18 +131,18 @@ class Expert:
         return bool(np.linalg.norm(a - b) < (self.reach_tol if tol is None else tol))
 
 
-def _grasp_yaw(reference: Rotation, obj) -> float:
+def grasp_yaw(reference: Rotation, obj) -> float:
     """Hand yaw (relative to ``reference``) that puts the fingers on two faces of a cube.
 
     The fingers close along the hand's y axis; a cube is symmetric under 90-degree turns
     about z, so the smallest turn lies in [-45, 45] degrees.
     """
     finger = reference.apply([0.0, 1.0, 0.0])
-    rel = _yaw(obj) - np.arctan2(finger[1], finger[0])
+    rel = yaw_of(obj) - np.arctan2(finger[1], finger[0])
     return float((rel + np.pi / 4) % (np.pi / 2) - np.pi / 4)
 
 
-def _register(task_id: str):
+def register_expert(task_id: str):
     def deco(cls: type[Expert]) -> type[Expert]:
         cls.task_id = task_id
         return EXPERTS.register(task_id)(cls)
@@ -150,7 +150,7 @@ def _register(task_id: str):
     return deco
 
 
-class _PickAndPlace(Expert):
+class PickAndPlace(Expert):
     """Shared pick-and-place: above object -> down -> close -> lift -> carry -> (release).
 
     Subclasses say which actor to pick (:meth:`obj`) and where its centre must end up
@@ -174,7 +174,7 @@ class _PickAndPlace(Expert):
     def yaw(self, env) -> float:
         # Align the fingers with the object until it is held; then keep the yaw of the grasp.
         if self.phase <= 1:
-            self._held_yaw = _grasp_yaw(self._down, self.obj(env))
+            self._held_yaw = grasp_yaw(self._down, self.obj(env))
         return self._held_yaw
 
     def obstacles(self, env) -> list:
@@ -193,7 +193,7 @@ class _PickAndPlace(Expert):
         finger[2] = 0.0
         finger /= np.linalg.norm(finger)
         for other in self.obstacles(env):
-            rel = _pos(other) - obj
+            rel = position(other) - obj
             along = float(rel @ finger)
             across = float(np.linalg.norm(rel[:2] - along * finger[:2]))
             if across < 0.045 and abs(along) < 0.09:
@@ -201,7 +201,7 @@ class _PickAndPlace(Expert):
         return obj
 
     def plan(self, env, tcp):
-        obj = _pos(self.obj(env))
+        obj = position(self.obj(env))
         grasp = self.grasp_point(env, obj)
         above_obj = grasp + np.array([0.0, 0.0, self.hover])
         if self.phase == 0:  # hover above the object, open, fingers turning to its faces
@@ -241,67 +241,7 @@ class _PickAndPlace(Expert):
         self._held_yaw = 0.0
 
 
-@_register("PickCube-v1")
-class PickCubeExpert(_PickAndPlace):
-    """Pick the red cube and hold it at the green goal (success needs the robot static)."""
-
-    def obj(self, env):
-        return env.cube
-
-    def place_target(self, env):
-        return _pos(env.goal_site)
-
-    def lift_clearance(self) -> float:
-        return 0.0
-
-
-@_register("PickCube-Color-v1")
-class PickCubeColorExpert(PickCubeExpert):
-    """Pick the cube the instruction names (``env.target``) while keeping a finger off the
-    other cube (``color_tasks.py``)."""
-
-    def obj(self, env):
-        return env.cubes[int(env.target[0])]
-
-    def obstacles(self, env) -> list:
-        return [env.cubes[1 - int(env.target[0])]]
-
-
-@_register("StackCube-v1")
-class StackCubeExpert(_PickAndPlace):
-    """Pick cubeA, put it on cubeB (2 half sizes higher), release, back off."""
-
-    release = True
-    place_tol = 0.006
-
-    def obj(self, env):
-        return env.cubeA
-
-    def place_target(self, env):
-        return _pos(env.cubeB) + np.array([0.0, 0.0, 0.04])
-
-    def obstacles(self, env) -> list:
-        return [env.cubeB]
-
-
-@_register("PlaceSphere-v1")
-class PlaceSphereExpert(_PickAndPlace):
-    """Pick the sphere and release it on the bin floor (centre = bin + radius + floor half)."""
-
-    release = True
-    place_tol = 0.006
-
-    def obj(self, env):
-        return env.obj
-
-    def place_target(self, env):
-        return _pos(env.bin) + np.array([0.0, 0.0, env.radius + env.block_half_size[0]])
-
-    def yaw(self, env) -> float:
-        return 0.0  # a sphere has no faces to align with
-
-
-class _Slide(Expert):
+class Slide(Expert):
     """Push (+x) or pull (-x) the cube along the table with a closed gripper.
 
     ``side`` is where the hand stands relative to the cube along x: -1 behind it (push
@@ -317,8 +257,8 @@ class _Slide(Expert):
     """Slide the cube this far past the goal centre-line (success radius is 0.1 m)."""
 
     def plan(self, env, tcp):
-        cube = _pos(env.obj)
-        goal = _pos(env.goal_region)
+        cube = position(env.obj)
+        goal = position(env.goal_region)
         start = np.array([cube[0] + self.side * self.gap, cube[1], self.height])
         if self.phase == 0:  # above the start point, closed gripper
             above = start + np.array([0.0, 0.0, 0.06])
@@ -329,93 +269,6 @@ class _Slide(Expert):
         end = np.array([end_x, cube[1], self.height])
         done = abs(cube[0] - goal[0]) < 0.03
         return (tcp if done else end), CLOSE, False
-
-
-@_register("PushCube-v1")
-class PushCubeExpert(_Slide):
-    """Push the cube +x onto the target (goal = cube + 0.2 m in x)."""
-
-    side = -1.0
-
-
-@_register("PullCube-v1")
-class PullCubeExpert(_Slide):
-    """Pull the cube -x onto the target (goal = cube - 0.2 m in x)."""
-
-    side = 1.0
-
-
-@_register("PokeCube-v1")
-class PokeCubeExpert(Expert):
-    """Tool use: grasp the peg (lying along +x), lift it a little, line its head up behind
-    the cube, then push the cube +x onto the target with the peg's head.
-
-    Three things the pick-and-place experts never meet: the fingers must close across the
-    peg's width (a quarter turn from a cube's faces); the tool's head, not the hand, is what
-    must reach the cube (the hand's target is the head's target minus the measured hand-to-head
-    offset, so a grasp off the peg's centre still works); and pushing is rate-limited
-    (``push_step`` m per control step): at the controller's full 0.1 m per step the cube is
-    thrown past the target or off the table.
-    """
-
-    push_step: float = 0.03
-    """Largest hand displacement per control step while the peg touches the cube (m)."""
-    grip_back: float = 0.07
-    """Grasp this far behind the peg's centre (m): the head then reaches 0.19 m ahead of the
-    hand, enough for targets near the arm's reach limit (a centre grasp stalled at ~0.78 m
-    from the base on 8 of 30 seeds, the cube short of the target)."""
-    carry_height: float = 0.035
-    """Hand height while carrying and pushing: the peg's axis near the cube's centre height."""
-    hover: float = 0.06
-
-    def yaw(self, env) -> float:
-        if self.phase <= 1:  # fingers across the peg: their axis perpendicular to its length
-            assert self._down is not None
-            finger = self._down.apply([0.0, 1.0, 0.0])
-            rel = _yaw(env.peg) + np.pi / 2 - np.arctan2(finger[1], finger[0])
-            self._held_yaw = float((rel + np.pi / 2) % np.pi - np.pi / 2)
-        return self._held_yaw
-
-    def plan(self, env, tcp):
-        peg = _pos(env.peg) - _rot(env.peg).apply([self.grip_back, 0.0, 0.0])
-        head = np.asarray(env.peg_head_pos[0].cpu().numpy(), dtype=np.float64)
-        cube, goal = _pos(env.cube), _pos(env.goal_region)
-        half = float(env.cube_half_size)
-        if self.phase == 0:  # above the peg's centre, open, fingers turning
-            above = peg + np.array([0.0, 0.0, self.hover])
-            return above, OPEN, self.rot_err < 0.3 and self._near(tcp[:2], peg[:2], 0.01)
-        if self.phase == 1:  # down onto it
-            return peg, OPEN, self._near(tcp, peg, 0.008) or self.phase_steps > 10
-        if self.phase == 2:  # close
-            return peg, CLOSE, self.phase_steps >= 4
-        if tcp[2] - peg[2] > 0.03:  # the peg slipped out: start over
-            self.restart()
-            return peg + np.array([0.0, 0.0, self.hover]), OPEN, False
-        offset = tcp - head  # hand relative to the tool's head, as held
-        if self.phase == 3:  # lift a little
-            lift = tcp.copy()
-            lift[2] = self.carry_height
-            return lift, CLOSE, tcp[2] > self.carry_height - 0.008
-        if self.phase == 4:  # the head behind the cube, on its line of travel
-            ready = np.array([cube[0] - half - 0.03, cube[1], head[2]])
-            return self._limit(tcp, ready + offset, 0.05), CLOSE, self._near(
-                head[:2], ready[:2], 0.008)
-        # push: the head follows the cube's centre line until the cube reaches the target
-        if abs(cube[0] - goal[0]) < 0.03 or cube[0] > goal[0]:
-            return tcp, CLOSE, False  # hold still: success needs a static robot
-        push = np.array([cube[0] - half + 0.02, cube[1], head[2]])
-        return self._limit(tcp, push + offset, self.push_step), CLOSE, False
-
-    @staticmethod
-    def _limit(tcp: np.ndarray, target: np.ndarray, step: float) -> np.ndarray:
-        """``target``, but at most ``step`` metres from ``tcp`` (a slower hand)."""
-        delta = target - tcp
-        norm = float(np.linalg.norm(delta))
-        return target if norm <= step else tcp + delta * (step / norm)
-
-    def reset(self) -> None:
-        super().reset()
-        self._held_yaw = 0.0
 
 
 def resolve_task(task_id: str, base_task: dict[str, str] | None = None) -> str:

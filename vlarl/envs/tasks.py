@@ -32,65 +32,17 @@ class TaskSpec:
     target from; the instruction names the picked one. Empty: one fixed object."""
 
 
-TASKS: dict[str, TaskSpec] = {
-    "PickCube-v1": TaskSpec(
-        "PickCube-v1", "cube", ("cube", "goal_site"), "red",
-        train=("pick up the {color} cube and move it to the goal",
-               "grasp the {color} cube and lift it to the green target",
-               "pick the {color} block and bring it to the goal position"),
-        heldout=("raise the {color} cube up to where the green marker is",
-                 "take hold of the {color} block and carry it to the target point"),
-    ),
-    "PushCube-v1": TaskSpec(
-        "PushCube-v1", "obj", ("obj", "goal_region"), "blue",
-        train=("push the {color} cube to the target",
-               "slide the {color} cube onto the red and white target",
-               "push the {color} block forward onto the goal"),
-        heldout=("nudge the {color} cube until it sits on the bullseye",
-                 "shove the {color} block over to the target region"),
-    ),
-    "StackCube-v1": TaskSpec(
-        "StackCube-v1", "cubeA", ("cubeA", "cubeB"), "red",
-        train=("stack the {color} cube on top of the green cube",
-               "put the {color} cube on the green cube",
-               "place the {color} block onto the green block"),
-        heldout=("set the {color} cube down on top of the green one",
-                 "build a tower by putting the {color} block on the green block"),
-    ),
-    "PullCube-v1": TaskSpec(
-        "PullCube-v1", "obj", ("obj", "goal_region"), "blue",
-        train=("pull the {color} cube to the target",
-               "drag the {color} cube back onto the red and white target",
-               "pull the {color} block towards the goal"),
-        heldout=("draw the {color} cube toward you until it reaches the bullseye",
-                 "bring the {color} block back to the target region"),
-    ),
-    "PlaceSphere-v1": TaskSpec(
-        "PlaceSphere-v1", "obj", ("obj", "bin"), "blue",
-        train=("place the {color} ball into the bin",
-               "pick up the {color} sphere and put it in the bin",
-               "put the {color} ball in the container"),
-        heldout=("drop the {color} sphere inside the little bin",
-                 "move the {color} ball into the box"),
-    ),
-    "PokeCube-v1": TaskSpec(
-        "PokeCube-v1", "cube", ("peg", "cube", "goal_region"), "red",
-        train=("use the peg to push the {color} cube onto the target",
-               "pick up the stick and poke the {color} cube to the goal",
-               "grab the peg and push the {color} block forward with it"),
-        heldout=("take the blue peg and nudge the {color} cube until it sits on the bullseye",
-                 "with the tool in hand, shove the {color} block over to the target region"),
-    ),
-    "PickCube-Color-v1": TaskSpec(
-        "PickCube-Color-v1", "cube", ("cube", "cube_yellow", "goal_site"), "red",
-        train=("pick up the {color} cube and move it to the goal",
-               "grasp the {color} cube and lift it to the green target",
-               "pick the {color} block and bring it to the goal position"),
-        heldout=("raise the {color} cube up to where the green marker is",
-                 "take hold of the {color} block and carry it to the target point"),
-        target_colors=("red", "yellow"),
-    ),
-}
+TASKS: dict[str, TaskSpec] = {}
+"""Registered tasks by ManiSkill id: one module of ``vlarl.envs.suite`` per task registers its
+spec here (:func:`register_task`) and its expert in ``vlarl.envs.experts.EXPERTS``."""
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add ``spec`` to :data:`TASKS` (a second spec for one id is an error)."""
+    if spec.task_id in TASKS:
+        raise ValueError(f"task {spec.task_id!r} is registered twice")
+    TASKS[spec.task_id] = spec
+    return spec
 
 COLOR_TASK_SPLITS = ("train", "unseen_instruction", "wide_pose", "wide_pose_far")
 """Splits a colour-target task supports: the others recolour the object (``unseen_color``)
