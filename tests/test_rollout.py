@@ -222,3 +222,16 @@ def test_collect_rejects_bad_arguments():
                 mode="episodic", group_size=3)
     with pytest.raises(ValueError, match="buffer holds 2"):
         collect(env, policy, RolloutBuffer(2, 2, 2), base_seed=0, update=0)
+
+
+def test_episode_seeds_follow_the_global_env_index():
+    """1 process x 8 envs and 2 processes x 4 envs draw the same episodes (paired layouts)."""
+    from vlarl.rollout import episode_seed, seed_slots
+
+    def seeds(n, group, first):
+        return [episode_seed(7, 3, s, 0) for s in seed_slots(n, group, first)]
+
+    for group in (1, 4):
+        assert seeds(8, group, 0) == seeds(4, group, 0) + seeds(4, group, 4)
+    assert seed_slots(4, 2, 4) == [2, 2, 3, 3]
+    assert len(set(seeds(8, 1, 0))) == 8

@@ -41,6 +41,14 @@ def episode_seed(base_seed: int, update: int, env_idx: int, episode_idx: int) ->
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % (2**31)
 
 
+def seed_slots(num_envs: int, group_size: int = 1, first_env: int = 0) -> list[int]:
+    """The seed slot (``env_idx`` of :func:`episode_seed`) of each local env: its *global*
+    index ``first_env + i`` (``first_env`` = rank x num_envs), or its global group's index in
+    grouped resets. So 1 process x 8 envs and 2 processes x 4 envs draw the same episodes,
+    and runs with different layouts can be compared paired."""
+    return [(first_env + i) // group_size for i in range(num_envs)]
+
+
 @dataclass
 class Episode:
     """Stats of one finished episode, for logging."""
@@ -162,11 +170,11 @@ class RolloutBuffer:
 def collect(env: VecEnv, policy: Policy, buffer: RolloutBuffer, *, base_seed: int,
             update: int, mode: Literal["continuous", "episodic"] = "continuous",
             group_size: int = 1, deterministic: bool = False,
-            generator: torch.Generator | None = None) -> dict[str, float]:
+            generator: torch.Generator | None = None, first_env: int = 0) -> dict[str, float]:
     """Run one update's rollout of ``buffer.num_steps`` decisions into ``buffer``.
 
-    Resets every env first (seeds from :func:`episode_seed`; in ``episodic`` mode env i
-    uses the seed of group ``i // group_size``). Returns logging stats: ``episode_return``,
+    Resets every env first (seeds from :func:`episode_seed` of the env's global index
+    ``first_env + i``, :func:`seed_slots`; in ``episodic`` mode of its global group). Returns logging stats: ``episode_return``,
     ``episode_length``, ``success_rate`` (means over finished episodes), ``num_episodes``,
     ``env_steps`` and ``decisions``.
     """
@@ -182,17 +190,19 @@ def collect(env: VecEnv, policy: Policy, buffer: RolloutBuffer, *, base_seed: in
     was_training = policy.training
     policy.eval()
     try:
+        if first_env % group_size:
+            raise ValueError(f"first_env={first_env} must be a multiple of group_size={group_size}")
         return _collect(env, policy, buffer, base_seed, update, mode, group_size,
-                        deterministic, generator)
+                        deterministic, generator, first_env)
     finally:
         policy.train(was_training)
 
 
 def _collect(env: VecEnv, policy: Policy, buffer: RolloutBuffer, base_seed: int,
              update: int, mode: str, group_size: int, deterministic: bool,
-             generator: torch.Generator | None) -> dict[str, float]:
+             generator: torch.Generator | None, first_env: int) -> dict[str, float]:
     N, dev = env.num_envs, buffer.device
-    seed_slot = [i // group_size for i in range(N)]
+    seed_slot = seed_slots(N, group_size, first_env)
     episode_idx = [0] * N
     obs = env.reset([episode_seed(base_seed, update, seed_slot[i], 0) for i in range(N)])
     buffer.valid.zero_()

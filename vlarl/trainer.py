@@ -227,8 +227,10 @@ def _train(cfg: Config, make_env_fn, make_policy_fn, stop_after: int | None) -> 
                 # one precision path for act (rollout) and evaluate (update): accelerate's
                 # autocast, which in one process `prepare` would not apply at all
                 with acc.autocast():
-                    stats = collect(run.env, run.policy, run.buffer, base_seed=_rank_seed(run),
-                                    update=update, mode=mode, group_size=group)
+                    # episode seeds of the global env index: layouts draw the same episodes
+                    stats = collect(run.env, run.policy, run.buffer, base_seed=t.seed,
+                                    update=update, mode=mode, group_size=group,
+                                    first_env=acc.process_index * run.env.num_envs)
                     metrics = run.algo.process(run.buffer, run.policy)
                     metrics.update(run.algo.update(run.trainable, run.optimizer, run.buffer,
                                                    ctx, update, run.generator))
@@ -333,10 +335,6 @@ class RunReport:
                 f"update {u}: {r:.2f}" for u, r in evals))
         lines.append(f"  policy: {run_dir / 'policy'}; metrics: {run_dir / 'metrics.jsonl'}")
         return "\n".join(lines)
-
-
-def _rank_seed(run: _Run) -> int:
-    return run.cfg.train.seed + run.accelerator.process_index * RANK_SEED_STRIDE
 
 
 def _all_ranks(acc, stats: dict[str, float]) -> dict[str, float]:
