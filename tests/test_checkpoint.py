@@ -18,15 +18,13 @@ from vlarl.checkpoint import (
     CheckpointError,
     CheckpointManager,
     CorruptCheckpointError,
-    MetricsLogger,
-    RunDirError,
     capture_rng_state,
     check_resume_compat,
     load,
-    prepare_run_dir,
     restore_rng_state,
 )
 from vlarl.config import ConfigError
+from vlarl.rundir import MetricsLogger, RunDirError, prepare_run_dir
 
 
 def _state(seed: int):
@@ -83,17 +81,17 @@ def test_tied_weights_are_saved(tmp_path):
 
 def _count_writes(tmp_path: Path, monkeypatch) -> int:
     calls = []
-    real = ck._write_bytes
-    monkeypatch.setattr(ck, "_write_bytes", lambda p, d: (calls.append(p), real(p, d))[1])
+    real = ck.write_bytes
+    monkeypatch.setattr(ck, "write_bytes", lambda p, d: (calls.append(p), real(p, d))[1])
     _save(CheckpointManager(tmp_path / "count", keep_last=1), 1)
-    monkeypatch.setattr(ck, "_write_bytes", real)
+    monkeypatch.setattr(ck, "write_bytes", real)
     return len(calls)
 
 
 def test_crash_at_every_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     n = _count_writes(tmp_path, monkeypatch)
     assert n == 7  # 2 tensors + 3 objects + meta + manifest (last)
-    real_write, real_rename = ck._write_bytes, ck._rename
+    real_write, real_rename = ck.write_bytes, ck._rename
     # failure points: each write (torn: half the bytes, then crash), then each rename
     for i in range(n + 1):
         root = tmp_path / f"r{i}"
@@ -112,12 +110,12 @@ def test_crash_at_every_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
         def failing_rename(src, dst):
             raise OSError("injected crash at rename")
 
-        monkeypatch.setattr(ck, "_write_bytes", torn_write)
+        monkeypatch.setattr(ck, "write_bytes", torn_write)
         if i == n:
             monkeypatch.setattr(ck, "_rename", failing_rename)
         with pytest.raises(OSError, match="injected"):
             _save(mgr, 2)
-        monkeypatch.setattr(ck, "_write_bytes", real_write)
+        monkeypatch.setattr(ck, "write_bytes", real_write)
         monkeypatch.setattr(ck, "_rename", real_rename)
         # the half-written checkpoint is never published, the old one survives (not pruned)
         assert [u for u, _ in mgr.checkpoints()] == [1], i

@@ -140,10 +140,10 @@ def test_default_prompt_and_layout_unchanged():
 
 
 def test_config_rejects_bad_layout_and_template():
-    from vlarl.config import Config, ConfigError, _set
+    from vlarl.config import Config, ConfigError, set_field
 
     with pytest.raises(ConfigError, match="openvla"):
-        _set(PolicyConfig(), "action_token_layout", "rt2", "policy.")
+        set_field(PolicyConfig(), "action_token_layout", "rt2", "policy.")
     cfg = Config()
     cfg.policy.prompt_template = "no placeholder"
     with pytest.raises(ConfigError, match=r"\{instruction\}"):

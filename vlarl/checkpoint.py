@@ -10,7 +10,7 @@ old set plus a complete new one, never a half-written ``update_*`` that resume c
 Bit rot / truncation is caught by the manifest checksums (verified before anything is
 deserialised) and :meth:`CheckpointManager.latest_good` falls back to the previous one.
 
-Every byte goes through :func:`_write_bytes` and every publish through :func:`_rename`,
+Every byte goes through :func:`write_bytes` and every publish through :func:`_rename`,
 so tests can inject a crash at the i-th write (see ``tests/test_checkpoint.py``).
 
 The rest of what exact resume needs lives here too: RNG capture/restore and the
@@ -63,7 +63,7 @@ class CorruptCheckpointError(CheckpointError):
 
 # ----------------------------------------------------------------------------- low-level I/O
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a new file and fsync it: the ONLY way this module writes a file."""
     with open(path, "wb") as f:
         f.write(data)
@@ -76,7 +76,7 @@ def _rename(src: Path, dst: Path) -> None:
     os.rename(src, dst)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """fsync a directory so the names inside it (new files, renames) survive a power cut."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -302,7 +302,7 @@ class CheckpointManager:
         tmp.mkdir()
         files: dict[str, dict[str, Any]] = {}
         for rel, data in payload.items():
-            _write_bytes(tmp / rel, data)
+            write_bytes(tmp / rel, data)
             files[rel] = {"sha256": _sha256(data), "size": len(data)}
         for sub, writer in (extra_dirs or {}).items():
             _check_name("extra_dirs", sub)
@@ -310,15 +310,15 @@ class CheckpointManager:
         manifest = {"format": FORMAT_VERSION, "update": update, "created": time.time(),
                     "tensors": sorted((tensors or {}).keys()),
                     "objects": sorted((objects or {}).keys()), "files": files}
-        _fsync_dir(tmp)
-        _write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2).encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
+        write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2).encode())
+        fsync_dir(tmp)
 
         final = self.root / f"update_{update:06d}"
         if final.exists():  # re-saving an update (e.g. after resuming past a corrupt one)
             _rename(final, self.root / f".trash-{final.name}-{uuid.uuid4().hex[:8]}")
         _rename(tmp, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._prune(update)
         return final
 
@@ -336,8 +336,8 @@ class CheckpointManager:
                     os.fsync(f.fileno())
                 files[p.relative_to(tmp).as_posix()] = {"sha256": _sha256(data), "size": len(data)}
             elif p.is_dir():
-                _fsync_dir(p)
-        _fsync_dir(target)
+                fsync_dir(p)
+        fsync_dir(target)
         return files
 
     def _check_space(self, nbytes: int) -> None:
@@ -452,7 +452,3 @@ def check_resume_compat(saved_meta: Mapping[str, Any], current_meta: Mapping[str
 
 
 # ----------------------------------------------------------------------------- run directory
-
-
-# the run-directory guard and the resumable metrics log live in vlarl/rundir.py
-from vlarl.rundir import MetricsLogger, RunDirError, prepare_run_dir  # noqa: F401

@@ -616,7 +616,7 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _set(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
+def set_field(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
     head, _, rest = dotted.partition(".")
     names = [f.name for f in dataclasses.fields(obj)]
     key = prefix + head
@@ -628,12 +628,12 @@ def _set(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
     current = getattr(obj, head)
     if dataclasses.is_dataclass(current):
         if rest:
-            _set(current, rest, value, key + ".")
+            set_field(current, rest, value, key + ".")
             return
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping of its fields, got {value!r}")
         for k, v in value.items():
-            _set(current, str(k), v, key + ".")
+            set_field(current, str(k), v, key + ".")
         return
     if rest:
         raise ConfigError(f"{key} has no sub-keys (got {prefix}{dotted!r})")
@@ -659,13 +659,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         if not isinstance(data, dict):
             raise ConfigError(f"{p} must hold a mapping of sections, got {type(data).__name__}")
         for k, v in data.items():
-            _set(cfg, str(k), v)
-    for key, value in _parse_overrides(overrides or []):
-        _set(cfg, key, value)
+            set_field(cfg, str(k), v)
+    for key, value in parse_overrides(overrides or []):
+        set_field(cfg, key, value)
     return cfg.validate(sections) if hasattr(cfg, "validate") else cfg
 
 
-def _parse_overrides(overrides: list[str] | dict) -> list[tuple[str, Any]]:
+def parse_overrides(overrides: list[str] | dict) -> list[tuple[str, Any]]:
     if isinstance(overrides, dict):
         return list(overrides.items())
     out, i = [], 0

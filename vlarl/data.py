@@ -91,7 +91,7 @@ def is_complete(path: str | Path) -> bool:
 
 # ----------------------------------------------------------------------------- collection
 
-def _features(image_size: int, cams: int, state_dim: int, action_dim: int):
+def dataset_features(image_size: int, cams: int, state_dim: int, action_dim: int):
     from datasets import Features, Image, List, Value
 
     feats: dict[str, Any] = {
@@ -225,7 +225,7 @@ def _collect_demos(cfg: Config, out: Path, force: bool) -> Path:
                 ok = any(f["success"] for f in buffers[i])
                 solved += ok
                 if ok and kept < target:
-                    _append_episode(rows, buffers[i], kept, ep_seed[i], fps)
+                    append_episode(rows, buffers[i], kept, ep_seed[i], fps)
                     lengths.append(len(buffers[i]))
                     kept += 1
                     bar.update(1)
@@ -245,9 +245,9 @@ def _collect_demos(cfg: Config, out: Path, force: bool) -> Path:
              "expert_success_rate": solved / ended, "mean_episode_length": float(np.mean(lengths)),
              "wall_time_s": round(wall, 2),
              "frames_per_s": round(sum(lengths) / (time.perf_counter() - t_env), 2)}
-    features = _features(h, cams, state_dim, action_dim)
-    info = _info(cfg, features, kept, sum(lengths), cams, h, state_dim, action_dim, fps, stats)
-    _write(out, rows, features, info)
+    features = dataset_features(h, cams, state_dim, action_dim)
+    info = dataset_info(cfg, features, kept, sum(lengths), cams, h, state_dim, action_dim, fps, stats)
+    write_dataset(out, rows, features, info)
     log.info("wrote %d episodes (%d frames, expert success %.2f) to %s",
              kept, info["total_frames"], stats["expert_success_rate"], out)
     return out
@@ -263,7 +263,7 @@ def _frame(obs: Obs, i: int, action: torch.Tensor, step, task: str) -> dict:
             "done": bool(step.done[i])}
 
 
-def _append_episode(rows: dict[str, list], frames: list[dict], ep: int, seed: int,
+def append_episode(rows: dict[str, list], frames: list[dict], ep: int, seed: int,
                     fps: float) -> None:
     for t, f in enumerate(frames):
         rec = {"episode_index": ep, "frame_index": t, "timestamp": t / fps, "seed": seed,
@@ -274,7 +274,7 @@ def _append_episode(rows: dict[str, list], frames: list[dict], ep: int, seed: in
             rows.setdefault(k, []).append(v)
 
 
-def _info(cfg: Config, features, episodes: int, frames: int, cams: int, size: int,
+def dataset_info(cfg: Config, features, episodes: int, frames: int, cams: int, size: int,
           state_dim: int, action_dim: int, fps: float, stats: dict) -> dict:
     return {
         "format": "vlarl-demos", "format_version": FORMAT_VERSION, "key": dataset_key(cfg),
@@ -288,7 +288,7 @@ def _info(cfg: Config, features, episodes: int, frames: int, cams: int, size: in
     }
 
 
-def _write(out: Path, rows: dict[str, list], features, info: dict) -> None:
+def write_dataset(out: Path, rows: dict[str, list], features, info: dict) -> None:
     """Write into ``<out>.tmp-<pid>`` and rename: a reader never sees a half-written dataset."""
     from datasets import Dataset
 

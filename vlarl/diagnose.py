@@ -117,11 +117,11 @@ def run_diagnose(cfg, out_dir: str | Path | None = None) -> dict:
     from vlarl.config import to_dict
     from vlarl.envs import make_env
     from vlarl.eval import (
-        _validate,
         aggregate,
         check_compatible,
         evaluate_policy,
         needs_privileged_env,
+        validate_inputs,
     )
     from vlarl.policies import load_policy
     from vlarl.report import checkpoint_sha256, git_commit, vlarl_version
@@ -130,7 +130,7 @@ def run_diagnose(cfg, out_dir: str | Path | None = None) -> dict:
         raise ValueError("diagnose needs a checkpoint: pass --policy.path DIR")
     ckpt = str(cfg.policy.path)
     splits, skipped = _splits_for(cfg)
-    _validate([ckpt], dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, splits=splits)))
+    validate_inputs([ckpt], dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, splits=splits)))
     out = Path(out_dir) if out_dir is not None else Path(ckpt) / "diagnose"
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + cfg.eval.num_episodes))
     sha = checkpoint_sha256(ckpt, exclude=out)

@@ -107,10 +107,10 @@ def train_rpd(cfg: Config, teacher: Policy, student: Policy, run_dir: Path) -> d
     """Run ``train.num_updates`` RPD updates of ``student`` (in place) in ``run_dir``;
     return the per-update curves for the report (from the run's metrics.jsonl)."""
     from vlarl.eval import check_compatible
-    from vlarl.trainer import _make_env, train
+    from vlarl.trainer import build_env, train
 
     def make_env(env_cfg):
-        env = _make_env(env_cfg)
+        env = build_env(env_cfg)
         try:
             check_compatible(teacher, env, str(cfg.distill.teacher))
         except ValueError:

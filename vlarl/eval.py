@@ -135,7 +135,7 @@ def check_compatible(policy: Policy, env: VecEnv, checkpoint: str) -> None:
                          f"[1, env.max_episode_steps={env.max_episode_steps}]")
 
 
-def _validate(checkpoints: list[str], cfg) -> None:
+def validate_inputs(checkpoints: list[str], cfg) -> None:
     """Everything checkable before a policy is loaded or an env process starts."""
     from vlarl.envs import SPLITS, resolve_backend, validate_env_config
 
@@ -182,7 +182,7 @@ def run_eval(checkpoints: list[str], cfg, out_dir: str | Path | None = None) -> 
     """
 
     checkpoints = [str(c) for c in checkpoints]
-    _validate(checkpoints, cfg)
+    validate_inputs(checkpoints, cfg)
     out = Path(out_dir) if out_dir is not None else Path(checkpoints[0]) / "eval"
     from vlarl import runlock
 

@@ -56,9 +56,9 @@ def rl_config(cfg: Config, r: int, start: str | None) -> Config:
 def check_ire_config(cfg: Config) -> Path:
     """Every check before any model loads or env starts; returns the demonstrations dir.
     Clears ``ire.output_dir`` only with ``train.overwrite``."""
-    from vlarl.checkpoint import prepare_run_dir  # (vlarl.rundir first would be a circular import)
     from vlarl.data import DatasetError, dataset_path, read_info
     from vlarl.preflight import preflight
+    from vlarl.rundir import prepare_run_dir
     from vlarl.runlock import launch_env
 
     cfg.validate()
@@ -142,12 +142,12 @@ def rl_phase(cfg: Config, r: int, start: str | None) -> dict:
     """Round r's RL through the trainer, the env wrapped in a recorder; the successful
     episodes are written to ``round_<r>/successes``. Returns the round's accounting."""
     from vlarl.envs.recorder import SuccessRecorder, write_episodes
-    from vlarl.trainer import _make_env, train
+    from vlarl.trainer import build_env, train
 
     recorders: list[SuccessRecorder] = []
 
     def make_env(env_cfg):
-        recorders.append(SuccessRecorder(_make_env(env_cfg),
+        recorders.append(SuccessRecorder(build_env(env_cfg),
                                          first_episode_only=cfg.algo.name in EPISODIC_ALGOS))
         return recorders[-1]
 

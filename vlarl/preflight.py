@@ -16,7 +16,8 @@ def preflight(cfg: Config) -> None:
     Runs on every rank; only rank 0 (``RANK`` unset or 0) creates / clears the run dir.
     """
 
-    from vlarl.checkpoint import CheckpointManager, check_resume_compat, prepare_run_dir
+    from vlarl.checkpoint import CheckpointManager, check_resume_compat
+    from vlarl.rundir import prepare_run_dir
     from vlarl.runlock import launch_env
 
     cfg.validate(("env", "policy", "algo", "train", "eval"))  # what a training run reads
@@ -35,7 +36,7 @@ def preflight(cfg: Config) -> None:
             import json
 
             saved = json.loads((path / "meta.json").read_text())
-            check_resume_compat(saved, _run_meta(cfg, launch_env("WORLD_SIZE", 1)))
+            check_resume_compat(saved, run_meta(cfg, launch_env("WORLD_SIZE", 1)))
 
 
 def _check_launcher() -> None:
@@ -145,7 +146,7 @@ def _check_policy_source(cfg: Config) -> None:
                               "or pass a local directory")
 
 
-def _run_meta(cfg: Config, world_size: int) -> dict:
+def run_meta(cfg: Config, world_size: int) -> dict:
     """The settings :func:`vlarl.checkpoint.check_resume_compat` compares on resume."""
     from vlarl import __version__
 

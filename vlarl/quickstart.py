@@ -25,7 +25,7 @@ def _recipe(smoke: bool, extra: list[str]) -> Config:
     import torch
     import yaml
 
-    from vlarl.config import _parse_overrides, _set  # one override syntax everywhere
+    from vlarl.config import parse_overrides, set_field  # one override syntax everywhere
 
     cfg = load_config(RECIPES / "quickstart.yaml")
     overlays = []
@@ -35,9 +35,9 @@ def _recipe(smoke: bool, extra: list[str]) -> Config:
         overlays.append(RECIPES / "quickstart_smoke.yaml")
     for path in overlays:
         for section, values in (yaml.safe_load(path.read_text()) or {}).items():
-            _set(cfg, section, values)
-    for key, value in _parse_overrides(extra):
-        _set(cfg, key, value)
+            set_field(cfg, section, values)
+    for key, value in parse_overrides(extra):
+        set_field(cfg, key, value)
     return cfg.validate()
 
 

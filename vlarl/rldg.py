@@ -38,13 +38,13 @@ def env_speed(env_cfg: EnvConfig, steps: int = 400, repeats: int = 2) -> dict[st
     with ``obs_mode`` ``state`` and ``rgb``, measured one after the other in this process by
     ``vlarl bench env``'s timing loop (median of ``repeats``; env start-up excluded)."""
     from vlarl.envs import make_env
-    from vlarl.envs.bench import _vlarl
+    from vlarl.envs.bench import vlarl_steps_per_s
 
     out: dict[str, float] = {}
     for mode in ("state", "rgb"):
         cfg = dataclasses.replace(env_cfg, obs_mode=mode, privileged_state=mode == "state")
         with make_env(cfg) as env:
-            out[f"{mode}_steps_per_s"] = round(_vlarl(env, 1, steps // env.num_envs, repeats), 1)
+            out[f"{mode}_steps_per_s"] = round(vlarl_steps_per_s(env, 1, steps // env.num_envs, repeats), 1)
     out["ratio_state_over_rgb"] = round(out["state_steps_per_s"] / out["rgb_steps_per_s"], 2)
     return out
 

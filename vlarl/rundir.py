@@ -1,6 +1,6 @@
 """The run directory: the guard that refuses to clobber a run, and the resumable metrics log.
 
-Writes go through :func:`vlarl.checkpoint._write_bytes` (looked up at call time), so the
+Writes go through :func:`vlarl.checkpoint.write_bytes` (looked up at call time), so the
 failure-injection tests of the checkpoint module cover these files too.
 """
 
@@ -73,7 +73,7 @@ def _check_and_clear(path: Path, resume: bool, overwrite: bool, min_free_bytes: 
                 p.unlink()
     try:
         probe = path / f".write-test-{os.getpid()}"
-        _ck._write_bytes(probe, b"ok")
+        _ck.write_bytes(probe, b"ok")
         probe.unlink()
     except OSError as err:
         raise RunDirError(f"output_dir {path} is not writable ({err.strerror or err}); choose "
@@ -126,9 +126,9 @@ class MetricsLogger:
                 kept.append(line)
                 self.last_step = s
         tmp = self.path.with_name(self.path.name + ".tmp")
-        _ck._write_bytes(tmp, "".join(line + "\n" for line in kept).encode())
+        _ck.write_bytes(tmp, "".join(line + "\n" for line in kept).encode())
         os.replace(tmp, self.path)
-        _ck._fsync_dir(self.path.parent)
+        _ck.fsync_dir(self.path.parent)
 
     def log(self, record: Mapping[str, Any], step: int | None = None) -> None:
         """Write one line: ``record`` plus ``step`` under ``step_key`` (or the step already in

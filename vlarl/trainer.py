@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from vlarl.config import Config, ConfigError, save_config, to_dict
-from vlarl.preflight import _run_meta, preflight
+from vlarl.preflight import preflight, run_meta
 
 RANK_SEED_STRIDE = 1_000_003  # keeps ranks' seed streams disjoint
 
@@ -86,8 +86,9 @@ def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
     from transformers import get_scheduler
 
     from vlarl.algorithms import ALGORITHMS
-    from vlarl.checkpoint import CheckpointManager, MetricsLogger
+    from vlarl.checkpoint import CheckpointManager
     from vlarl.rollout import RolloutBuffer
+    from vlarl.rundir import MetricsLogger
     from vlarl.tracking import WandbTracker
 
     t = cfg.train
@@ -123,7 +124,7 @@ def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
     wrapped, optimizer = accelerator.prepare(policy, optimizer)
     trainable = _DDPView(wrapped, policy) if wrapped is not policy else policy
 
-    make_env_fn = make_env_fn or _make_env
+    make_env_fn = make_env_fn or build_env
     env = make_env_fn(cfg.env)
     buffer = RolloutBuffer(cfg.train.rollout_steps, env.num_envs)
     ckpt = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last)
@@ -144,7 +145,7 @@ def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
     return run
 
 
-def _make_env(env_cfg):
+def build_env(env_cfg):
     from vlarl.envs import make_env
 
     return make_env(env_cfg)
@@ -382,7 +383,7 @@ def _trainable_tensors(policy) -> dict[str, torch.Tensor]:
 
 
 def _meta(run: _Run, update: int) -> dict:
-    return {**_run_meta(run.cfg, run.accelerator.num_processes), "update": update,
+    return {**run_meta(run.cfg, run.accelerator.num_processes), "update": update,
             "env_steps": run.env_steps,
             "wandb_id": run.tracker.run_id if run.tracker else None}
 
@@ -463,7 +464,7 @@ def evaluate_during_training(run: _Run) -> dict:
     seeds = seeds[acc.process_index::acc.num_processes]
     k = 0
     if seeds:
-        env = _make_env(dataclasses.replace(cfg.env, split="train", reset_each_env=True))
+        env = build_env(dataclasses.replace(cfg.env, split="train", reset_each_env=True))
         try:
             records = evaluate_policy(run.policy, env, seeds, deterministic=cfg.eval.deterministic)
         finally:

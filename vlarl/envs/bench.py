@@ -58,7 +58,7 @@ def _raw(task: str, image_size: int, steps: int, repeats: int) -> float:
         env.close()
 
 
-def _vlarl(env, k: int, steps: int, repeats: int) -> float:
+def vlarl_steps_per_s(env, k: int, steps: int, repeats: int) -> float:
     n = env.num_envs
     env.reset(list(range(n)))
     chunks = max(1, steps // k)
@@ -82,10 +82,10 @@ def bench_env(task: str = "PickCube-v1", image_size: int = 64, steps: int = 48,
     env = make_env(cfg)
     try:
         env.cfg.render_every_step = True  # type: ignore[attr-defined]
-        out["inline_every_step_k1"] = _vlarl(env, 1, steps, repeats)
+        out["inline_every_step_k1"] = vlarl_steps_per_s(env, 1, steps, repeats)
         env.cfg.render_every_step = False  # type: ignore[attr-defined]
         for k in (1, 4, 8):
-            out[f"inline_k{k}"] = _vlarl(env, k, steps, repeats)
+            out[f"inline_k{k}"] = vlarl_steps_per_s(env, k, steps, repeats)
     finally:
         env.close()
     chunks = sorted({vector_chunk, 8})
@@ -93,7 +93,7 @@ def bench_env(task: str = "PickCube-v1", image_size: int = 64, steps: int = 48,
         venv = make_env(dataclasses.replace(cfg, backend="cpu", num_envs=workers))
         try:
             for k in chunks:
-                out[f"cpu_{workers}w_k{k}"] = _vlarl(venv, k, max(steps, 8 * k), repeats)
+                out[f"cpu_{workers}w_k{k}"] = vlarl_steps_per_s(venv, k, max(steps, 8 * k), repeats)
         finally:
             venv.close()
     raw = out["raw_maniskill"]

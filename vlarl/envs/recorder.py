@@ -149,20 +149,20 @@ def write_episodes(episodes: list[RecordedEpisode], out: str | Path, cfg, *, chu
     ``meta/info.json`` gains ``recorder: {chunk_size, source, ...}`` and a ``key`` that
     hashes the recorded seeds, so no cache mistakes it for the scripted demos.
     """
-    from vlarl.data import _append_episode, _features, _info, _write
+    from vlarl.data import append_episode, dataset_features, dataset_info, write_dataset
 
     if not episodes:
         return None
     rows: dict[str, list] = {}
     for n, ep in enumerate(episodes):
-        _append_episode(rows, ep.frames, n, ep.seed, fps)
+        append_episode(rows, ep.frames, n, ep.seed, fps)
     first = episodes[0].frames[0]
     cams, size = len(first["images"]), int(first["images"][0].shape[0])
     state_dim, action_dim = len(first["state"]), len(first["action"])
-    features = _features(size, cams, state_dim, action_dim)
+    features = dataset_features(size, cams, state_dim, action_dim)
     lengths = [len(e.frames) for e in episodes]
     stats = {"source": source, "mean_episode_length": float(np.mean(lengths))}
-    info = _info(cfg, features, len(episodes), sum(lengths), cams, size, state_dim, action_dim,
+    info = dataset_info(cfg, features, len(episodes), sum(lengths), cams, size, state_dim, action_dim,
                  fps, stats)
     seeds = json.dumps([[e.seed, len(e.frames)] for e in episodes]).encode()
     info["key"] = f"{source}-" + hashlib.sha256(seeds).hexdigest()[:16]
@@ -170,7 +170,7 @@ def write_episodes(episodes: list[RecordedEpisode], out: str | Path, cfg, *, chu
     info["recorder"] = {"source": source, "chunk_size": chunk_size,
                         "decision_rows": "frame_index % chunk_size == 0"}
     out = Path(out).expanduser()
-    _write(out, rows, features, info)
+    write_dataset(out, rows, features, info)
     return out
 
 

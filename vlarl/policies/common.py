@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlarl.config import ConfigError, PolicyConfig, _set
+from vlarl.config import ConfigError, PolicyConfig, set_field
 from vlarl.types import Obs
 
 if TYPE_CHECKING:
@@ -260,7 +260,7 @@ def read_policy_json(path: str | Path, **overrides: Any) -> tuple[str, PolicyCon
     # the one the checkpoint was trained on.
     kept = {k: v for k, v in overrides.items() if v is not None or saved.get(k) is None}
     for key, value in {**saved, **kept}.items():
-        _set(cfg, key, value, "policy.")
+        set_field(cfg, key, value, "policy.")
     return data["policy"], cfg, data
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlarl.config import ConfigError, PolicyConfig, _set
+from vlarl.config import ConfigError, PolicyConfig, set_field
 from vlarl.policies import POLICIES, flow_math, sampling
 from vlarl.policies.base import Policy
 from vlarl.policies.common import (
@@ -198,7 +198,7 @@ class FlowVLAPolicy(Policy):
         if not Path(path, POLICY_FILE).is_file():
             cfg = PolicyConfig(name="flow_vla", tiny="pi0")
             for k, v in overrides.items():
-                _set(cfg, k, v, "policy.")
+                set_field(cfg, k, v, "policy.")
             cfg.path = str(path)
             return cls.from_config(cfg)
         name, cfg, meta = read_policy_json(path, **overrides)

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlarl.config import PolicyConfig, _set
+from vlarl.config import PolicyConfig, set_field
 from vlarl.policies import POLICIES
 from vlarl.policies.action_tokenizer import ActionTokenizer, OpenVLAActionTokenizer
 from vlarl.policies.base import Policy
@@ -170,7 +170,7 @@ class TokenVLAPolicy(Policy):
         if not Path(path, POLICY_FILE).is_file():
             cfg = PolicyConfig()
             for k, v in overrides.items():
-                _set(cfg, k, v, "policy.")
+                set_field(cfg, k, v, "policy.")
             cfg.path = str(path)
             return cls.from_config(cfg)
         _, cfg, meta = read_policy_json(path, **overrides)
