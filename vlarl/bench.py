@@ -14,7 +14,6 @@ measured in the same run (medians over repeats):
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -22,13 +21,7 @@ from pathlib import Path
 import torch
 
 from vlarl.config import Config, load_config
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process and its finished children (MB)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + kids) / 1024.0
+from vlarl.system import peak_rss_mb
 
 
 def _median_rate(fn, repeats: int) -> float:
@@ -71,7 +64,7 @@ def bench_policy(quick: bool = False) -> dict:
             row[f"actions_per_s_b{batch}"] = _median_rate(step, repeats)
         out[row_name] = row
         del policy
-    out["peak_rss_mb"] = peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb(children=True)
     return out
 
 
@@ -93,7 +86,7 @@ def bench_loop(quick: bool = False) -> dict:
     for k in ("loop_steps_per_s", "loop_over_sim", "update_fraction"):
         out[f"parallel_{k}"] = rows["parallel"][k]
     out["parallel_env_only_steps_per_s"] = rows["parallel"]["env_only_steps_per_s"]
-    out["peak_rss_mb"] = peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb(children=True)
     return out
 
 
@@ -141,7 +134,7 @@ def _bench_loop(quick: bool, decoding: str) -> dict:
     total = phases["rollout_s"] + phases["update_s"]
     return {"chunk": k, "num_envs": cfg.env.num_envs, "image_size": cfg.env.image_size,
             "env_only_steps_per_s": sim, "loop_steps_per_s": full, "loop_over_sim": full / sim,
-            "update_fraction": phases["update_s"] / total, "peak_rss_mb": peak_rss_mb()}
+            "update_fraction": phases["update_s"] / total, "peak_rss_mb": peak_rss_mb(children=True)}
 
 
 def run_bench(parts: list[str], json_path: str | None = None, quick: bool = False,

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from vlarl.config import Config, DataConfig
+from vlarl.system import cache_root
 from vlarl.types import Obs
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,6 @@ class DatasetError(ValueError):
 
 
 # ----------------------------------------------------------------------------- paths / cache
-
-def cache_root() -> Path:
-    """``$VLARL_CACHE`` or ``~/.cache/vlarl``: where datasets are cached by config hash."""
-    return Path(os.environ.get("VLARL_CACHE", "~/.cache/vlarl")).expanduser()
-
 
 def dataset_key(cfg: Config) -> str:
     """Hash of everything that determines the recorded data (env + data config + format +

@@ -29,7 +29,6 @@ import dataclasses
 import json
 import logging
 import os
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -39,6 +38,8 @@ import torch
 
 from vlarl.config import Config, ConfigError
 from vlarl.policies.base import Policy
+from vlarl.policies.common import count_parameters
+from vlarl.system import peak_rss_mb
 from vlarl.types import ActOutput, Obs
 
 log = logging.getLogger(__name__)
@@ -142,15 +143,6 @@ def actions_per_second(policy: Policy, obs: Obs, repeats: int = 5, min_seconds: 
         policy.act(obs, deterministic=True)
         calls += 1
     return calls * policy.chunk_size * len(obs) / (time.perf_counter() - t0)
-
-
-def count_parameters(policy: Policy) -> int:
-    return sum(p.numel() for p in policy.parameters())
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process (Linux reports KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def round_seeds(cfg: Config, r: int) -> list[int]:
@@ -331,7 +323,8 @@ def _report(cfg: Config, student_name: str, teacher: Policy, student: Policy, ro
             "config": dataclasses.asdict(cfg), "rounds": rounds,
             "eval": {k: {**aggregate(v), "episodes": list(v)} for k, v in evals.items()},
             "comparison": paired_comparison(succ["teacher"], succ["student"]).to_dict(),
-            "parameters": {"teacher": count_parameters(teacher), "student": count_parameters(student)},
+            "parameters": {"teacher": count_parameters(teacher)[1],
+                           "student": count_parameters(student)[1]},
             "actions_per_s_batch1": speed, "peak_rss_mb": peak_rss_mb(),
             "wall_s": round(time.perf_counter() - t_start, 1)}
 

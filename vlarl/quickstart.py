@@ -82,7 +82,7 @@ def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool 
     from vlarl.trainer import train
 
     cfg = _recipe(smoke, extra or [])
-    from vlarl.policies.tokenizer import cache_root
+    from vlarl.system import cache_root
 
     root = Path(run_dir).expanduser() if run_dir else cache_root() / (
         "quickstart-smoke" if smoke else "quickstart")

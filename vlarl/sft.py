@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import nn
 
 from vlarl.config import Config, ConfigError, DataConfig, non_default
 from vlarl.data import ChunkDataset, collate_chunks, collect_demos, load_demos, read_info
+from vlarl.system import peak_rss_mb
 from vlarl.types import Obs
 
 log = logging.getLogger(__name__)
@@ -265,4 +265,4 @@ def fit_sft(policy: nn.Module, chunks: ChunkDataset, cfg: Config, *, max_steps: 
     policy.eval()
     return {"steps": step, "epochs": epoch, "first_loss": losses[0], "final_loss": losses[-1],
             "wall_time_s": round(time.perf_counter() - t0, 2), "samples": len(chunks),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": peak_rss_mb()}

@@ -2,7 +2,7 @@
 
 Stable API (``flow_vla`` reuses it):
 
-* :class:`ValueHead` - PPO critic on pooled backbone features; :func:`masked_mean` pools them.
+* :class:`ValueHead` - PPO critic on pooled backbone features; :func:`masked_mean_pool` pools them.
 * :func:`apply_lora` - wrap a transformers model with peft LoRA (base frozen) or, for full
   fine-tuning, leave every weight trainable. :func:`count_parameters` for the report.
 * Checkpoint directory layout written by :func:`save_checkpoint` and read by
@@ -58,7 +58,7 @@ def torch_dtype(name: str) -> torch.dtype:
 
 # ----------------------------------------------------------------------------- heads
 
-def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``hidden [N, L, H]`` over positions where ``mask [N, L]`` is 1 -> ``[N, H]``."""
     m = mask.bool().unsqueeze(-1)
     # where() rather than a product: padded rows may hold NaN (fully masked attention).

@@ -41,7 +41,7 @@ from vlarl.policies.common import (
     load_base,
     load_saved_heads,
     make_value_head,
-    masked_mean,
+    masked_mean_pool,
     merge_adapters,
     privileged_input,
     read_policy_json,
@@ -269,7 +269,7 @@ class FlowVLAPolicy(Policy):
         am = inp["attention_mask"]
         out = pi0.model.vlm(inputs_embeds=embeds, attention_mask=am, position_ids=am.cumsum(-1) - 1,
                             token_type_ids=torch.zeros_like(embeds)[:, :, 0], use_cache=True)
-        return out.past_key_values, masked_mean(out.last_hidden_state, am)
+        return out.past_key_values, masked_mean_pool(out.last_hidden_state, am)
 
     def _velocity(self, inp: dict[str, torch.Tensor], cache: Any, x: torch.Tensor,
                   t: float) -> torch.Tensor:

@@ -49,7 +49,7 @@ from vlarl.policies.common import (
     load_base,
     load_saved_heads,
     make_value_head,
-    masked_mean,
+    masked_mean_pool,
     merge_adapters,
     pad_state,
     privileged_input,
@@ -253,7 +253,7 @@ class TokenVLAPolicy(Policy):
         if self.cfg.critic_input == "privileged":
             return self.value_head(privileged_input(obs, self.cfg.privileged_dim, self.device))
         assert hidden is not None
-        pooled = masked_mean(hidden, mask)
+        pooled = masked_mean_pool(hidden, mask)
         if self.cfg.detach_value_features:  # critic gradients stay out of the actor's adapters
             pooled = pooled.detach()
         return self.value_head(pooled)

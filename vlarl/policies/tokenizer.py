@@ -11,7 +11,6 @@ Public API (stable; ``flow_vla`` reuses it):
   so ``pad_token_id == 0`` like PaliGemma).
 * :func:`build_tokenizer` - train (or fetch from the cache) and return a
   ``transformers.PreTrainedTokenizerFast``; optionally also save it to ``save_dir``.
-* :func:`cache_root` - ``$VLARL_CACHE`` or ``~/.cache/vlarl``.
 
 The tokenizer is cached under ``<cache_root>/tokenizers/<hash>`` where the hash covers the
 corpus and the training settings, so a change to either builds a new one.
@@ -23,12 +22,13 @@ import contextlib
 import hashlib
 import itertools
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from vlarl.system import cache_root
 
 if TYPE_CHECKING:  # transformers is heavy: import it only inside functions.
     from transformers import PreTrainedTokenizerFast
@@ -50,11 +50,6 @@ _PLACES = ("goal", "target", "bin", "table", "tray", "basket", "region", "hole",
 _FILLERS = ("the", "a", "up", "onto", "on", "into", "in", "to", "of", "and", "from", "with",
             "it", "then", "at", "near", "far", "away", "over", "under", "what", "action",
             "should", "robot", "take", "state", "task", "please", "carefully", "quickly")
-
-
-def cache_root() -> Path:
-    """Root of vlarl's on-disk caches: ``$VLARL_CACHE`` if set, else ``~/.cache/vlarl``."""
-    return Path(os.environ.get("VLARL_CACHE", "~/.cache/vlarl")).expanduser()
 
 
 def _corpus() -> list[str]:
