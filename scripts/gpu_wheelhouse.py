@@ -34,7 +34,7 @@ PACKAGES = [
     "rich", "pyyaml", "scipy", "tqdm", "datasets==5.2.0", "pyarrow", "dill", "multiprocess",
     "xxhash", "fsspec", "pandas", "trl==1.16.0", "wandb==0.31.0", "matplotlib",
 ]
-"""What a stock CUDA PyTorch image lacks for vlarl (FINDINGS: transformers, peft, accelerate,
+"""What a stock CUDA PyTorch image lacks for vlarl (measured on one: transformers, peft, accelerate,
 timm, torchvision, safetensors and tokenizers are there)."""
 
 ROBOTS_USED = {"panda"}

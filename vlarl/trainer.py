@@ -117,7 +117,7 @@ def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
     if policy.value_parameters():
         groups.append({"params": policy.value_parameters(), "lr": value_lr})
     optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
-    # one scheduler step per update, stepped by us (not by accelerate, which would step it
+    # one scheduler step per update, stepped here (not by accelerate, which would step it
     # num_processes times and make the schedule depend on the world size)
     scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=t.warmup_steps,
                               num_training_steps=t.num_updates)

@@ -2,7 +2,7 @@
 
 They exist to make demonstrations (SFT warm start, distillation targets) without motion
 planning: ManiSkill's planners need mplib, which segfaults under numpy 2 (see
-/work/shared/FINDINGS.md). Each expert reads the simulator state of a single env
+docs/troubleshooting.md). Each expert reads the simulator state of a single env
 (``num_envs=1``: ``env`` is the gym env's ``.unwrapped``) and walks through waypoints:
 
     action[:3]  = clip((target - tcp) / POS_SCALE, -1, 1)   # Panda pos delta limit 0.1 m
@@ -120,7 +120,7 @@ class Expert:
     def _rot_action(self, current: Rotation, yaw: float) -> np.ndarray:
         # Measured (not what the controller source suggests): a rotation action r turns the
         # hand by about -0.39 * r * ROT_SCALE per step as a *world-frame* rotation vector, for
-        # each of x, y, z. So to turn by ``ref * current^-1`` we command its negative.
+        # each of x, y, z. So to turn by ``ref * current^-1`` the expert commands its negative.
         assert self._down is not None
         ref = Rotation.from_euler("z", yaw) * self._down
         rotvec = -(ref * current.inv()).as_rotvec() / ROT_SCALE

@@ -2,12 +2,12 @@
 
 Why not ``env.step``: in mani_skill 3.0.1 ``BaseEnv.step`` is ``_step_action -> get_info
 -> get_obs -> get_reward`` and the camera render lives only in ``get_obs`` (~35-40 ms on
-CPU against ~3 ms of physics, /work/shared/FINDINGS.md). A chunk of k actions only needs
+CPU against ~3 ms of physics, measured). A chunk of k actions only needs
 an image after its last action, so :meth:`ManiSkillVecEnv.step_chunk` calls the same
 three non-rendering pieces itself for every control step and ``get_obs`` only at decision
 points (or when an episode ends inside the chunk, to return its true final observation).
 Reward, success and termination are computed at every step exactly as ``env.step`` would,
-and time-limit truncation is ours (we step ``env.unwrapped``, below gymnasium's wrapper).
+and time-limit truncation is vlarl's (it steps ``env.unwrapped``, below gymnasium's wrapper).
 
 The same class serves the GPU (``physx_cuda``, N envs in one process) and, with
 ``num_envs=1`` on ``physx_cpu``, each worker of the CPU vector backend (``vector.py``).

@@ -1,6 +1,6 @@
 """The CPU vector backend: one spawned worker process per env.
 
-``physx_cpu`` refuses ``num_envs > 1`` (FINDINGS), so CPU parallelism is one process per
+``physx_cpu`` refuses ``num_envs > 1``, so CPU parallelism is one process per
 env, each running the in-process backend (``ManiSkillVecEnv``, ``num_envs=1``): the
 chunked stepping, rendering policy and episode bookkeeping are literally the same code
 as on the GPU; only the device differs. Workers are started together (env creation takes

@@ -2,7 +2,7 @@
 
 ``transformers.PI0ForConditionalGeneration`` is a PaliGemma VLM (the *prefix*: images +
 instruction) plus a Gemma action expert (the *suffix*: state + noisy action chunk + time)
-that predicts a velocity. We keep pi0's own pieces - ``embed_prefix``, the VLM prefix KV
+that predicts a velocity. This class keeps pi0's own pieces - ``embed_prefix``, the VLM prefix KV
 cache, ``forward(state, noise, timestep, past_key_values)`` for one velocity, its
 flow-matching loss for SFT - and replace only the deterministic ODE loop of
 ``sample_actions`` by the Flow-Noise / ReinFlow sampler of :mod:`vlarl.policies.flow_math`,

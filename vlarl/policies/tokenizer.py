@@ -2,7 +2,7 @@
 
 No tokenizer can be downloaded on the machines this project targets, yet the policies
 must go through the same ``AutoTokenizer`` / ``AutoProcessor`` loading code as real
-checkpoints. So we train a small BPE with the ``tokenizers`` library on a deterministic
+checkpoints. So this module trains a small BPE with the ``tokenizers`` library on a deterministic
 corpus of robot instructions and digits, and save it in Hugging Face format.
 
 Public API (stable; ``flow_vla`` reuses it):
