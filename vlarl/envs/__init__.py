@@ -78,8 +78,8 @@ def make_env(cfg: EnvConfig) -> VecEnv:
         import torch
 
         sim, render = gpu_backends(torch.cuda.current_device())
-    else:
-        sim, render = "physx_cpu", None
+    else:  # the CPU renderer, asked for by name: ManiSkill would otherwise try sapien_cuda
+        sim, render = "physx_cpu", "sapien_cpu"  # and warn once per env that it fell back
     return ManiSkillVecEnv(cfg, sim_backend=sim, render_backend=render, num_envs=cfg.num_envs)
 
 

@@ -45,7 +45,10 @@ def _worker(conn: Connection, cfg_dict: dict, index: int) -> None:
         from vlarl.envs.maniskill import ManiSkillVecEnv
 
         cfg = EnvConfig(**{**cfg_dict, "num_envs": 1, "seed": cfg_dict["seed"] + index})
-        env = ManiSkillVecEnv(cfg, sim_backend="physx_cpu", num_envs=1)
+        # without CUDA, name the CPU renderer (ManiSkill's default asks for sapien_cuda and
+        # warns in every worker that it fell back)
+        render = None if torch.cuda.is_available() else "sapien_cpu"
+        env = ManiSkillVecEnv(cfg, sim_backend="physx_cpu", num_envs=1, render_backend=render)
         conn.send(("ok", (env.action_dim, env.state_dim)))
     except BaseException:  # noqa: BLE001  (any failure goes to the parent with its traceback)
         conn.send(("error", traceback.format_exc()))
