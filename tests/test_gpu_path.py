@@ -28,20 +28,23 @@ def _obs(n: int, seed: int = 0) -> Obs:
 
 
 def test_bf16_act_and_evaluate_share_one_precision_path():
-    """The trainer runs rollout (act) and update (evaluate) under accelerate's autocast: with
-    bf16 the log-probs of act and evaluate agree across prompt lengths and sub-batches, differ
-    from fp32 (bf16 is really applied, also in one process), and the value head stays fp32."""
-    from accelerate import Accelerator
+    """The trainer runs rollout (act) and update (evaluate) under accelerate's autocast, which
+    with ``mixed_precision: bf16`` on a CPU is ``torch.autocast("cpu", torch.bfloat16)`` (the
+    test enters it directly: another test may already own this process's AcceleratorState).
+    act and evaluate log-probs agree across prompt lengths and sub-batches, differ from fp32
+    (bf16 is really applied, also in one process), and the value head stays fp32."""
+    import inspect
 
-    from vlarl.trainer import update_context  # noqa: F401  (the trainer's module loads)
+    from vlarl import trainer
 
+    src = inspect.getsource(trainer._train)
+    assert "with acc.autocast():" in src and src.index("acc.autocast()") < src.index("collect(")
     policy = build_policy(PolicyConfig(chunk_size=2, action_dim=7, value_head=True)).eval()
-    acc = Accelerator(cpu=True, mixed_precision="bf16")
     obs = _obs(6)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         fp32 = policy.act(obs, generator=torch.Generator().manual_seed(0))
-        with acc.autocast():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
             out = policy.act(obs, generator=g)
             lp_all, _, v_all = policy.evaluate(obs, out.stored)
             parts = [policy.evaluate(obs.index(torch.arange(i, i + 2)),

@@ -20,9 +20,12 @@ from vlarl import runlock
 ROOT = Path(__file__).resolve().parent.parent
 VLARL = [sys.executable, "-m", "vlarl"]
 TINY_TRAIN = ["--config", "recipes/cpu/quickstart.yaml", "--env.image_size", "32",
-              "--env.num_envs", "2", "--algo.num_generations", "2", "--algo.num_mini_batches", "1",
+              "--env.backend", "inline", "--env.num_envs", "1", "--algo.name", "ppo",
+              "--policy.value_head", "true", "--algo.num_mini_batches", "1",
               "--env.max_episode_steps", "12", "--train.rollout_steps", "3",
               "--train.eval_every", "0", "--train.save_every", "1"]
+"""A small training run in one process (no env workers), so the second command's start-up
+competes with as little as possible on 2 cores."""
 
 
 def _holder(directory: Path, inside: bool = True) -> subprocess.Popen:

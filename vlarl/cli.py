@@ -187,6 +187,9 @@ def _dispatch(args, rest: list[str], parser) -> int:
 
         print(run_sft(cfg))
     elif cmd == "train":
+        from vlarl.preflight import preflight
+
+        preflight(cfg)  # bad input and a held run dir are refused before torch is imported
         from vlarl.trainer import train
 
         print(train(cfg))

@@ -13,22 +13,42 @@ def preflight(cfg: Config) -> None:
     """Every check that needs no env, model or accelerator, so bad input fails in about a
     second naming the key and the allowed values (before ManiSkill or transformers start).
 
-    Runs on every rank; only rank 0 (``RANK`` unset or 0) creates / clears the run dir.
+    Runs on every rank; only rank 0 (``RANK`` unset or 0) locks, creates and clears the run
+    dir. The lock comes right after the pure checks, before anything imports torch, so a
+    second writer is refused within about a second of starting; if a later check fails, a
+    directory this call created is removed again (bad input leaves nothing behind).
     """
+    import shutil
 
-    from vlarl.checkpoint import CheckpointManager, check_resume_compat
-    from vlarl.rundir import prepare_run_dir
-    from vlarl.runlock import launch_env
+    from vlarl import runlock
 
     cfg.validate(("env", "policy", "algo", "train", "eval"))  # what a training run reads
     _check_launcher()
     _check_not_alone()
-    _check_env_config(cfg)
-    _check_policy_source(cfg)
     t = cfg.train
     run_dir = Path(t.output_dir).expanduser()
-    if launch_env("RANK", 0) == 0:
-        prepare_run_dir(run_dir, resume=t.resume, overwrite=t.overwrite)
+    rank0 = runlock.launch_env("RANK", 0) == 0
+    existed = run_dir.exists()
+    if rank0:
+        try:
+            runlock.hold(run_dir, "train.output_dir")
+        except OSError as err:  # unwritable, or a path under a regular file
+            raise ConfigError(f"output_dir {run_dir} is not writable ({err.strerror or err}); "
+                              "choose another --train.output_dir") from None
+    try:
+        _check_env_config(cfg)
+        _check_policy_source(cfg)
+        from vlarl.checkpoint import CheckpointManager, check_resume_compat
+        from vlarl.rundir import prepare_run_dir
+
+        if rank0:
+            prepare_run_dir(run_dir, resume=t.resume, overwrite=t.overwrite)
+    except BaseException:
+        if rank0:
+            runlock.release(run_dir)
+            if not existed:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if t.resume:
         # refuse a changed world size / num_envs now, not after minutes of env start-up
         path = CheckpointManager(run_dir / "checkpoints").latest_good_path()
@@ -36,7 +56,7 @@ def preflight(cfg: Config) -> None:
             import json
 
             saved = json.loads((path / "meta.json").read_text())
-            check_resume_compat(saved, run_meta(cfg, launch_env("WORLD_SIZE", 1)))
+            check_resume_compat(saved, run_meta(cfg, runlock.launch_env("WORLD_SIZE", 1)))
 
 
 def _check_launcher() -> None:

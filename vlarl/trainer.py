@@ -204,7 +204,7 @@ def train(cfg: Config, *, make_env_fn=None, make_policy_fn=None,
     try:
         return _train(cfg, make_env_fn, make_policy_fn, stop_after)
     finally:  # the run dir's lock, taken in preflight, goes with this call
-        if runlock.hold_count(cfg.train.output_dir) > held:
+        while runlock.hold_count(cfg.train.output_dir) > held:
             runlock.release(cfg.train.output_dir)
 
 
