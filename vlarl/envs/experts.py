@@ -24,10 +24,14 @@ Measured with ``max_episode_steps=50`` (every task's default), ``physx_cpu``, 10
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from vlarl.registry import Registry
+
+if TYPE_CHECKING:  # scipy loads in ~0.4 s: only when an expert acts (every env worker imports this)
+    from scipy.spatial.transform import Rotation
 
 POS_SCALE = 0.1
 """Metres per unit of normalised position action (Panda ``pos_upper``)."""
@@ -47,6 +51,8 @@ def position(actor) -> np.ndarray:
 
 def orientation(actor) -> Rotation:
     """World orientation of env 0 (ManiSkill stores wxyz quaternions, scipy wants xyzw)."""
+    from scipy.spatial.transform import Rotation
+
     w, x, y, z = actor.pose.q[0].detach().cpu().numpy().astype(np.float64)
     return Rotation.from_quat([x, y, z, w])
 
@@ -122,6 +128,8 @@ class Expert:
         # hand by about -0.39 * r * ROT_SCALE per step as a *world-frame* rotation vector, for
         # each of x, y, z. So to turn by ``ref * current^-1`` the expert commands its negative.
         assert self._down is not None
+        from scipy.spatial.transform import Rotation
+
         ref = Rotation.from_euler("z", yaw) * self._down
         rotvec = -(ref * current.inv()).as_rotvec() / ROT_SCALE
         self.rot_err = float(np.linalg.norm(rotvec)) * ROT_SCALE
@@ -189,6 +197,8 @@ class PickAndPlace(Expert):
         a finger off a neighbour that would otherwise stop the descent.
         """
         assert self._down is not None
+        from scipy.spatial.transform import Rotation
+
         finger = (Rotation.from_euler("z", self._held_yaw) * self._down).apply([0.0, 1.0, 0.0])
         finger[2] = 0.0
         finger /= np.linalg.norm(finger)
