@@ -39,6 +39,11 @@ class LockedError(ConfigError):
     """Another process holds the directory (see :func:`hold`)."""
 
 
+class UnwritableError(ConfigError, PermissionError):
+    """The directory (or its lock file) cannot be created: a config error that is also the
+    ``PermissionError`` callers already handle."""
+
+
 @dataclass
 class _Held:
     fd: int
@@ -100,12 +105,16 @@ def hold(directory: str | Path, what: str, inside: bool = True) -> Path:
     :func:`release`); creates the directory (``inside=True``) or its parent. Raises
     :class:`LockedError` at once if another process holds it. Returns the lock file."""
     path = lock_file(directory, inside)
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = path.resolve()
     if key in _HELD:
         _HELD[key].count += 1
         return path
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as err:
+        raise UnwritableError(f"{what} {Path(directory).expanduser()} is not writable "
+                              f"({err.strerror}); choose another directory") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
