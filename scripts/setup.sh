@@ -80,7 +80,7 @@ install_mpi() {  # multi-process CPU launches: accelerate launch (MULTI_CPU) sta
   if have_gpu || command -v mpirun >/dev/null; then return; fi
   command -v apt-get >/dev/null || { log "no apt-get: install Open MPI (mpirun) by hand for multi-process CPU runs"; return; }
   log "installing Open MPI (accelerate launch of several CPU processes)"
-  $SUDO apt-get update -qq
+  $SUDO apt-get update -qq || log "WARNING: apt-get update failed"
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openmpi-bin >/dev/null \
     || log "WARNING: openmpi-bin not installed; use torchrun for several CPU processes"
 }
