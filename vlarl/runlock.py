@@ -26,13 +26,13 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from vlarl.config import ConfigError
 
 LOCK_NAME = ".vlarl-lock"
-"""The lock file inside a held directory (listed by ``is_lock_file``; never a run's data)."""
+"""The lock file inside a held directory (never part of a run's data)."""
 
 
 class LockedError(ConfigError):
@@ -47,9 +47,7 @@ class UnwritableError(ConfigError, PermissionError):
 @dataclass
 class _Held:
     fd: int
-    path: Path
     count: int = 1
-    info: dict = field(default_factory=dict)
 
 
 _HELD: dict[Path, _Held] = {}
@@ -123,13 +121,18 @@ def hold(directory: str | Path, what: str, inside: bool = True) -> Path:
         raise LockedError(f"{what} {Path(directory).expanduser()} is in use by {_describe(info)}; "
                           "wait for it to finish or stop it, or choose another directory "
                           "(one writer per directory: docs/guarantees.md)") from None
+    _write_holder(fd)
+    _HELD[key] = _Held(fd)
+    return path
+
+
+def _write_holder(fd: int) -> None:
+    """Record this process in the lock file it holds (what :func:`holder` reads back)."""
     info = {"pid": os.getpid(), "host": socket.gethostname(), "launch": launch_token(),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300],
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
-    _HELD[key] = _Held(fd, key, info=info)
-    return path
 
 
 def release(directory: str | Path, inside: bool = True) -> None:
@@ -200,10 +203,7 @@ def building(entry: str | Path, notify_after_s: float = 2.0) -> Iterator[None]:
                           f"{entry}", file=sys.stderr, flush=True)
                     told = True
                 time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "command": Path(sys.argv[0]).name,
-                                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
+        _write_holder(fd)
         yield
     finally:
         os.close(fd)
