@@ -57,7 +57,7 @@ def _nvidia_smi_mb() -> list[int]:
 
 @check("render")
 def render():
-    from vlarl.doctor import render_device, render_problems
+    from vlarl.tools.doctor import render_device, render_problems
 
     device, _ = render_device()
     bad = render_problems(device, has_nvidia_gpu=True)
@@ -220,7 +220,7 @@ def act_eval():
 @check("generator")
 def generator():
     from vlarl.config import PolicyConfig
-    from vlarl.eval import evaluate_policy
+    from vlarl.eval.evaluate import evaluate_policy
     from vlarl.policies import build_policy
 
     policy = build_policy(PolicyConfig(name="flow_vla", tiny="pi0", chunk_size=4, action_dim=7)).cuda()

@@ -13,9 +13,9 @@ PY=${PY:-python}
 mkdir -p "$OUT"
 
 # 0. steps/s of the camera-less state env vs the RGB env (same settings, side by side)
-$PY -m vlarl.rldg speed --config recipes/cpu/rldg_expert.yaml > "$OUT/speed.json" 2> "$OUT/speed.log"
+$PY -m vlarl rldg speed --config recipes/cpu/rldg_expert.yaml > "$OUT/speed.json" 2> "$OUT/speed.log"
 # 1a. BC warm start of the privileged student on the scripted expert (state env, no camera)
-$PY -m vlarl.rldg bc --config recipes/cpu/rldg_expert.yaml --out "$OUT/bc" > "$OUT/bc.log" 2>&1
+$PY -m vlarl rldg bc --config recipes/cpu/rldg_expert.yaml --out "$OUT/bc" > "$OUT/bc.log" 2>&1
 # 1b. PPO fine-tuning of the expert in the state env
 $VLARL train --config recipes/cpu/rldg_expert.yaml --policy.path "$OUT/bc" \
     --train.output_dir "$OUT/expert" --train.overwrite true > "$OUT/expert.log" 2>&1

@@ -24,7 +24,7 @@ from vlarl.checkpoint import (
     restore_rng_state,
 )
 from vlarl.config import ConfigError
-from vlarl.rundir import MetricsLogger, RunDirError, prepare_run_dir
+from vlarl.runtime.rundir import MetricsLogger, RunDirError, prepare_run_dir
 
 
 def _state(seed: int):

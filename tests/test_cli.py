@@ -18,9 +18,17 @@ def test_help_is_fast_and_lists_commands():
     out = _run(["--help"])
     elapsed = time.perf_counter() - t0
     assert out.returncode == 0
-    for cmd in ("collect", "sft", "train", "eval", "distill", "doctor", "quickstart", "bench"):
+    for cmd in ("collect", "sft", "train", "eval", "distill", "doctor", "quickstart", "bench",
+                "drift", "rldg"):
         assert cmd in out.stdout
     assert elapsed < 2.0, f"vlarl --help took {elapsed:.2f}s"
+
+
+def test_rldg_and_drift_are_subcommands():
+    out = _run(["rldg"])  # no stage named: the usage, exit 2
+    assert out.returncode == 2 and "vlarl rldg speed" in out.stdout
+    out = _run(["drift", "--help"])
+    assert out.returncode == 0 and out.stdout.startswith("usage: vlarl drift")
 
 
 def test_subcommand_help_lists_fields_with_docs():

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vlarl.compare import compare_reports, comparison_table
-from vlarl.stats import wilson_interval
+from vlarl.eval.compare import compare_reports, comparison_table
+from vlarl.eval.stats import wilson_interval
 
 SEEDS = list(range(1000, 1010))
 

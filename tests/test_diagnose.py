@@ -7,8 +7,8 @@ import json
 import pytest
 
 from vlarl.config import Config, EnvConfig, PolicyConfig
-from vlarl.diagnose import AXES, _splits_for, diagnose_markdown, diagnose_rows
-from vlarl.stats import mcnemar_exact_p, wilson_interval
+from vlarl.eval.diagnose import AXES, _splits_for, diagnose_markdown, diagnose_rows
+from vlarl.eval.stats import mcnemar_exact_p, wilson_interval
 
 
 def test_rows_numbers_and_order():
@@ -62,7 +62,7 @@ def checkpoint(tmp_path_factory) -> str:
 
 
 def test_cli_diagnose_tiny_policy(checkpoint, tmp_path, monkeypatch):
-    import vlarl.diagnose as D
+    import vlarl.eval.diagnose as D
     from vlarl.cli import main
 
     # three axes keep the test short (one env build each); the two severity-2 splits among them

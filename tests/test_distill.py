@@ -13,7 +13,7 @@ import torch
 
 from vlarl.config import Config, ConfigError, EnvConfig, PolicyConfig
 from vlarl.data import collate_chunks
-from vlarl.distill import SEED0, DistillDataset, run_distill
+from vlarl.methods.distill import SEED0, DistillDataset, run_distill
 from vlarl.policies import build_policy, load_policy
 from vlarl.types import Obs
 

@@ -1,4 +1,4 @@
-"""vlarl.drift: KL(pi || pi_base) on dataset states, with real tiny VLAs and real demos."""
+"""vlarl.eval.drift: KL(pi || pi_base) on dataset states, with real tiny VLAs and real demos."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 
 from vlarl.config import Config, PolicyConfig
 from vlarl.data import collect_demos
-from vlarl.drift import dataset_batches, main, policy_kl
+from vlarl.cli import main as vlarl_main
+from vlarl.eval.drift import dataset_batches, policy_kl
 
 pytestmark = pytest.mark.slow
 
@@ -49,13 +50,13 @@ def test_kl_is_zero_to_itself_and_positive_to_another_policy(setup):
     assert policy_kl(b, a, batches) == far  # seeded: the same draws
 
 
-def test_cli_prints_one_json_line_per_dataset_and_refuses_other_temperatures(setup, capsys):
+def test_vlarl_drift_prints_one_json_line_per_dataset_and_refuses_other_temperatures(setup, capsys):
     from vlarl.policies import load_policy
 
     tmp, demos = setup
-    assert main([str(tmp / "b"), str(tmp / "a"), "--dataset", str(demos), "--rows", "4"]) == 0
+    assert vlarl_main(["drift", str(tmp / "b"), str(tmp / "a"), "--dataset", str(demos), "--rows", "4"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["task"] == "PushCube-v1" and row["n"] == 4 and row["kl"] > 0
     load_policy(tmp / "a", temperature=1.0).save_pretrained(tmp / "a_t1")
     with pytest.raises(SystemExit, match="policy.temperature differs: 0.5"):
-        main([str(tmp / "b"), str(tmp / "a_t1"), "--dataset", str(demos), "--rows", "4"])
+        vlarl_main(["drift", str(tmp / "b"), str(tmp / "a_t1"), "--dataset", str(demos), "--rows", "4"])

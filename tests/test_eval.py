@@ -1,4 +1,4 @@
-"""vlarl.eval with a real tiny VLA checkpoint and real ManiSkill envs (few, short episodes)."""
+"""vlarl.eval.evaluate with a real tiny VLA checkpoint and real ManiSkill envs (few, short episodes)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import imageio.v3 as iio
 import pytest
 
 from vlarl.config import Config, EnvConfig, PolicyConfig
-from vlarl.eval import _labels, check_compatible, evaluate_policy, run_eval
-from vlarl.report import checkpoint_sha256, plot_success, results_table, row_from_successes
+from vlarl.eval.evaluate import _labels, check_compatible, evaluate_policy, run_eval
+from vlarl.eval.report import checkpoint_sha256, plot_success, results_table, row_from_successes
 
 ENV = {"task": "PickCube-v1", "image_size": 32, "max_episode_steps": 10}
 SEED0 = 1_000_000
@@ -157,7 +157,7 @@ def test_run_eval_report_files(checkpoint, tmp_path, capsys):
     assert frames.ndim == 4 and frames.shape[2] == 256 and frames.shape[0] >= 2
     assert report["results"][0]["n"] == 3
     # vlarl compare on the real report reproduces eval's own in-report comparison
-    from vlarl.compare import compare_reports
+    from vlarl.eval.compare import compare_reports
 
     (row,) = compare_reports([out, out / "report.json"])["rows"]
     stats = {k: v for k, v in cmp.items() if k not in ("baseline", "candidate")}  # paths there

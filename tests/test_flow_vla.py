@@ -209,7 +209,7 @@ def test_greedy_eval_is_reproducible_whatever_ran_before(policy: FlowVLAPolicy):
     (unseeded, a pi0 base scored 20/100 and then 16/100 on the same 100 seeds)."""
     from vlarl.config import EnvConfig
     from vlarl.envs import make_env
-    from vlarl.eval import evaluate_policy
+    from vlarl.eval.evaluate import evaluate_policy
 
     cfg = EnvConfig(task="PushCube-v1", num_envs=1, backend="inline", image_size=64,
                     max_episode_steps=8, reward_mode="normalized_dense")  # returns move with actions

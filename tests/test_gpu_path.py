@@ -121,7 +121,7 @@ def test_fp16_is_refused_with_the_alternative():
 
 @pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
 def test_fsdp_and_deepspeed_launches_are_refused_at_start_up(monkeypatch, tmp_path, var, no_env):
-    from vlarl.preflight import preflight
+    from vlarl.runtime.preflight import preflight
 
     monkeypatch.setenv(var, "true")
     cfg = load_config(None, ["--train.output_dir", str(tmp_path / "run")])
@@ -131,7 +131,7 @@ def test_fsdp_and_deepspeed_launches_are_refused_at_start_up(monkeypatch, tmp_pa
 
 
 def test_doctor_calls_a_cpu_renderer_on_a_gpu_machine_a_problem():
-    from vlarl.doctor import render_problems
+    from vlarl.tools.doctor import render_problems
 
     assert render_problems("llvmpipe (LLVM 19.1.7, 256 bits)", has_nvidia_gpu=False) == []
     bad = render_problems("llvmpipe (LLVM 19.1.7, 256 bits)", has_nvidia_gpu=True)

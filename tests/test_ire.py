@@ -129,7 +129,7 @@ def demos(tmp_path_factory) -> Path:
 
 
 def test_sft_samples_are_all_demo_rows_plus_recorded_decisions(recorded, demos):
-    from vlarl.sft import sft_dataset
+    from vlarl.methods.sft import sft_dataset
 
     data, sizes = sft_dataset([demos, recorded["path"]], K, 7)
     n_demo = read_info(demos)["total_frames"]

@@ -14,10 +14,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_task_base_then_grpo_with_scheduled_kl_then_the_other_task(tmp_path, monkeypatch):
-    from vlarl.drift import dataset_batches, policy_kl
-    from vlarl.eval import run_eval
+    from vlarl.eval.drift import dataset_batches, policy_kl
+    from vlarl.eval.evaluate import run_eval
     from vlarl.policies import load_policy
-    from vlarl.sft import demo_dirs, run_sft
+    from vlarl.methods.sft import demo_dirs, run_sft
     from vlarl.trainer import train
 
     monkeypatch.setenv("VLARL_CACHE", str(tmp_path / "cache"))

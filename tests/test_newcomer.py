@@ -55,7 +55,7 @@ def test_skipped_updates_are_explained_once_then_counted(capsys):
 def test_expert_command_measures_a_shipped_task():
     """`vlarl expert`'s figures on PushCube-v1 (real ManiSkill, no rendering): every seed
     solved, ~13 steps each, a Wilson interval that holds the rate."""
-    from vlarl.demo import run_expert
+    from vlarl.tools.demo import run_expert
 
     cfg = load_config(None, ["--env.task", "PushCube-v1", "--env.num_envs", "1",
                              "--env.backend", "inline", "--eval.num_episodes", "4",
@@ -69,7 +69,7 @@ def test_expert_command_measures_a_shipped_task():
 
 
 def test_demo_runs_until_the_episodes_end(capsys):
-    from vlarl.demo import run_demo
+    from vlarl.tools.demo import run_demo
 
     cfg = load_config(None, ["--env.task", "PushCube-v1", "--env.num_envs", "1",
                              "--env.backend", "inline", "--env.max_episode_steps", "40"],

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from vlarl.preemption import PreemptionHandler
+from vlarl.runtime.preemption import PreemptionHandler
 
 CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from vlarl.preemption import PreemptionHandler
+    from vlarl.runtime.preemption import PreemptionHandler
     out = Path(sys.argv[1])
     with PreemptionHandler() as stop:
         (out / "ready").write_text("1")

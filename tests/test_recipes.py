@@ -15,7 +15,7 @@ RECIPES = sorted((ROOT / "recipes").glob("*/*.yaml"))
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_recipe_loads(path):
     if path.name == "quickstart_smoke.yaml":  # an overlay, applied on top of quickstart.yaml
-        from vlarl.quickstart import _recipe
+        from vlarl.methods.quickstart import _recipe
 
         cfg = _recipe(smoke=True, extra=[])
         assert cfg.train.num_updates == 2

@@ -206,7 +206,7 @@ def test_resume_warns_on_changed_grad_accumulation_and_wandb_init_failure(wandb_
 
 
 def test_wandb_disabled_never_imports_or_calls_wandb(monkeypatch):
-    from vlarl.tracking import WandbTracker
+    from vlarl.runtime.tracking import WandbTracker
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # an import would raise
     tracker = WandbTracker(True, "disabled", "p", "/nonexistent", {})

@@ -108,8 +108,8 @@ def test_bc_warm_start_then_ppo_on_the_state_env_then_eval_with_rgb(tmp_path):
     """BC on 2 scripted episodes -> 2 PPO updates in the camera-less env (actor and critic
     move) -> the exported expert evaluated in an RGB env, which eval gives privileged state."""
     from vlarl.checkpoint import load
-    from vlarl.eval import run_eval
-    from vlarl.rldg import bc_warm_start
+    from vlarl.eval.evaluate import run_eval
+    from vlarl.methods.rldg import bc_warm_start
     from vlarl.trainer import train
 
     args = ["--config", "recipes/cpu/rldg_expert.yaml", "--env.max_episode_steps", "20",
@@ -141,7 +141,7 @@ def test_bc_warm_start_then_ppo_on_the_state_env_then_eval_with_rgb(tmp_path):
     rep = run_eval([str(expert)], ev, tmp_path / "eval")
     assert rep["results"][0]["n"] == 2
     # vlarl diagnose gives it privileged state too, on every axis split
-    from vlarl.diagnose import run_diagnose
+    from vlarl.eval.diagnose import run_diagnose
 
     ev.policy.path, ev.eval.num_episodes = str(expert), 1
     diag = run_diagnose(ev, tmp_path / "diagnose")

@@ -14,8 +14,8 @@ from vlarl.algorithms.losses import linear_decay, teacher_action_loss
 from vlarl.algorithms.ppo import PPO
 from vlarl.algorithms.rpd import RPD, TEACHER_KEY
 from vlarl.config import AlgoConfig, Config, ConfigError, EnvConfig, PolicyConfig
-from vlarl.distill import run_distill
-from vlarl.distill_rpd import TeacherLabelled
+from vlarl.methods.distill import run_distill
+from vlarl.methods.distill_rpd import TeacherLabelled
 from vlarl.policies import build_policy, load_policy
 from vlarl.policies.student import MLPStudentPolicy
 from vlarl.rollout import Batch

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vlarl import runlock
+from vlarl.runtime import runlock
 
 ROOT = Path(__file__).resolve().parent.parent
 VLARL = [sys.executable, "-m", "vlarl"]
@@ -32,7 +32,7 @@ def _holder(directory: Path, inside: bool = True) -> subprocess.Popen:
     """A real process that takes ``directory``'s lock and sleeps; returns once it holds it."""
     code = textwrap.dedent(f"""
         import sys, time
-        from vlarl import runlock
+        from vlarl.runtime import runlock
         runlock.hold({str(directory)!r}, "test dir", inside={inside})
         print("held", flush=True)
         time.sleep(600)
@@ -162,7 +162,7 @@ def test_a_rank_refuses_a_dir_held_by_another_launch(tmp_path, monkeypatch):
     monkeypatch.setenv("MASTER_PORT", "29511")
     code = textwrap.dedent(f"""
         import time
-        from vlarl import runlock
+        from vlarl.runtime import runlock
         runlock.hold({str(tmp_path)!r}, "d")
         print("held", flush=True)
         time.sleep(600)

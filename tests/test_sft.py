@@ -11,7 +11,7 @@ import torch
 
 from vlarl.config import Config
 from vlarl.data import ChunkDataset, collate_chunks, collect_demos, load_demos
-from vlarl.sft import DONE_FILE, METRICS_FILE, fit_sft, run_sft, sft_key
+from vlarl.methods.sft import DONE_FILE, METRICS_FILE, fit_sft, run_sft, sft_key
 
 POLICY = os.environ.get("VLARL_TEST_SFT_POLICY", "token_vla")
 
@@ -93,7 +93,7 @@ def test_multi_task_sft_pads_the_shorter_state(env_cache: Path) -> None:
     from vlarl.config import ConfigError
     from vlarl.policies import load_policy
     from vlarl.policies.common import pad_state
-    from vlarl.sft import demo_dirs
+    from vlarl.methods.sft import demo_dirs
 
     cfg = sft_config(env_cache)
     cfg.sft.output_dir = str(env_cache / "sft_multi")

@@ -1,4 +1,4 @@
-"""vlarl.stats against published / reference numbers (scipy is used only as a reference)."""
+"""vlarl.eval.stats against published / reference numbers (scipy is used only as a reference)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest, norm
 
-from vlarl.stats import mcnemar_exact_p, paired_comparison, success_summary, wilson_interval
+from vlarl.eval.stats import mcnemar_exact_p, paired_comparison, success_summary, wilson_interval
 
 Z95 = float(norm.ppf(0.975))
 

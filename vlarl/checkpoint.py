@@ -15,12 +15,11 @@ so tests can inject a crash at the i-th write (see ``tests/test_checkpoint.py``)
 
 The rest of what exact resume needs lives here too: RNG capture/restore and the
 resume-compatibility check (the run-directory guard and the resumable metrics.jsonl logger are
-in :mod:`vlarl.rundir`, re-exported here).
+in :mod:`vlarl.runtime.rundir`, re-exported here).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -29,7 +28,6 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -43,6 +41,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from vlarl.config import ConfigError
+from vlarl.runtime.system import git_commit
 
 log = logging.getLogger(__name__)
 
@@ -89,22 +88,11 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@functools.lru_cache(maxsize=1)
-def _git_commit() -> str | None:
-    """Commit of the vlarl source tree (None outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def provenance() -> dict[str, Any]:
     """Versions stored in every checkpoint's meta so a resume can say what changed."""
     from vlarl import __version__
 
-    return {"vlarl_version": __version__, "git_commit": _git_commit(),
+    return {"vlarl_version": __version__, "git_commit": git_commit(),
             "torch_version": torch.__version__}
 
 

@@ -1,4 +1,5 @@
-"""`vlarl <command>`: collect, sft, train, ire, eval, compare, diagnose, distill, bench, quickstart, doctor.
+"""`vlarl <command>`: collect, sft, train, ire, eval, compare, diagnose, drift, distill, rldg,
+bench, quickstart, demo, expert, doctor.
 
 Every command takes ``--config recipe.yaml`` and ``--section.field value`` overrides (one
 style everywhere). Heavy libraries are imported only inside the command that needs them, so
@@ -21,6 +22,8 @@ SECTIONS = {
     "compare": [],
     "diagnose": ["env", "policy", "eval"],
     "distill": ["env", "policy", "distill", "eval", "algo", "train"],
+    "drift": [],
+    "rldg": [],
     "quickstart": [],
     "bench": [],
     "demo": ["env"],
@@ -36,6 +39,8 @@ HELP = {
     "compare": "pair checkpoints across separate eval reports (same seeds): differences, CIs, p",
     "diagnose": "failure-mode search: sweep the OOD axes for one checkpoint, rank by success drop",
     "distill": "distill a (RL-tuned) VLA teacher into a small fast student (BC / DAgger / RPD)",
+    "drift": "KL of a fine-tuned policy to its base on dataset states (vlarl drift POLICY BASE --dataset D)",
+    "rldg": "RLDG's pieces: env speed by observation mode (rldg speed), BC warm start (rldg bc)",
     "quickstart": "the whole chain: demos -> SFT -> RL -> eval -> distill -> eval, one table",
     "bench": "throughput / memory benchmark: env, policy, loop (ratios in one run)",
     "demo": "make a ManiSkill env through vlarl, step it with the expert, print what happened",
@@ -116,8 +121,16 @@ def _load(args, rest: list[str]):
     return load_config(getattr(args, "config", None), rest, sections=SECTIONS[args.command])
 
 
+FORWARDED = {"drift": "vlarl.eval.drift", "rldg": "vlarl.methods.rldg"}
+"""Commands whose module parses its own arguments (positional inputs, a sub-command)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in FORWARDED:
+        import importlib
+
+        return importlib.import_module(FORWARDED[argv[0]]).main(argv[1:])
     full_help = any(a in ("-h", "--help") for a in argv[1:])  # subcommand help: list fields
     parser = build_parser(full_help)
     args, rest = parser.parse_known_args(argv)
@@ -145,18 +158,18 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args, rest: list[str], parser) -> int:
     cmd = args.command
     if cmd == "doctor":
-        from vlarl.doctor import run_doctor
+        from vlarl.tools.doctor import run_doctor
 
         return run_doctor()
     if cmd == "bench":
-        from vlarl.bench import run_bench
+        from vlarl.tools.bench import run_bench
 
         run_bench(args.parts, json_path=args.json, quick=args.quick, extra=rest)
         return 0
     if cmd == "compare":
         import json
 
-        from vlarl.compare import compare_reports, comparison_table
+        from vlarl.eval.compare import compare_reports, comparison_table
 
         result = compare_reports(args.reports, baseline=args.baseline)
         print(comparison_table(result))
@@ -165,17 +178,17 @@ def _dispatch(args, rest: list[str], parser) -> int:
                 json.dump(result, f, indent=2)
         return 0
     if cmd == "quickstart":
-        from vlarl.quickstart import run_quickstart
+        from vlarl.methods.quickstart import run_quickstart
 
         run_quickstart(smoke=args.smoke, run_dir=args.run_dir, force=args.force, extra=rest)
         return 0
     cfg = _load(args, rest)
     if cmd == "demo":
-        from vlarl.demo import run_demo
+        from vlarl.tools.demo import run_demo
 
         run_demo(cfg, steps=args.steps)
     elif cmd == "expert":
-        from vlarl.demo import run_expert
+        from vlarl.tools.demo import run_expert
 
         run_expert(cfg)
     elif cmd == "collect":
@@ -183,22 +196,22 @@ def _dispatch(args, rest: list[str], parser) -> int:
 
         print(collect_demos(cfg))
     elif cmd == "sft":
-        from vlarl.sft import run_sft
+        from vlarl.methods.sft import run_sft
 
         print(run_sft(cfg))
     elif cmd == "train":
-        from vlarl.preflight import preflight
+        from vlarl.runtime.preflight import preflight
 
         preflight(cfg)  # bad input and a held run dir are refused before torch is imported
         from vlarl.trainer import train
 
         print(train(cfg))
     elif cmd == "ire":
-        from vlarl.ire import run_ire
+        from vlarl.methods.ire import run_ire
 
         print(run_ire(cfg))
     elif cmd == "eval":
-        from vlarl.eval import run_eval
+        from vlarl.eval.evaluate import run_eval
 
         ckpts = args.checkpoints or ([cfg.policy.path] if cfg.policy.path else [])
         if not ckpts:
@@ -207,11 +220,11 @@ def _dispatch(args, rest: list[str], parser) -> int:
             raise ConfigError("no checkpoint given: pass directories or --policy.path")
         run_eval(ckpts, cfg, args.out or cfg.eval.out)
     elif cmd == "diagnose":
-        from vlarl.diagnose import run_diagnose
+        from vlarl.eval.diagnose import run_diagnose
 
         run_diagnose(cfg, args.out or cfg.eval.out)
     elif cmd == "distill":
-        from vlarl.distill import run_distill
+        from vlarl.methods.distill import run_distill
 
         if args.teacher:
             cfg.distill.teacher = args.teacher

@@ -393,7 +393,7 @@ class Config:
     ire: IreConfig = field(default_factory=IreConfig)
 
     def _check_extra_tasks(self) -> None:
-        # task names are checked by vlarl.sft.demo_dirs (the registry imports torch)
+        # task names are checked by vlarl.methods.sft.demo_dirs (the registry imports torch)
         d = self.data  # env.task listed too is skipped (eval of a recipe on its extra task)
         if len(set(d.extra_tasks)) != len(d.extra_tasks):
             raise ConfigError(f"data.extra_tasks={d.extra_tasks} repeats a task")

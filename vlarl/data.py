@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from vlarl.config import Config, DataConfig
-from vlarl.system import cache_root
+from vlarl.runtime.system import cache_root
 from vlarl.types import Obs
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def dataset_key(cfg: Config) -> str:
 def expert_identity(expert: str) -> str:
     """sha256 of a policy expert's directory (every file except an ``eval/`` report inside it);
     FileNotFoundError naming ``data.expert`` if it is not a policy directory."""
-    from vlarl.report import checkpoint_sha256
+    from vlarl.eval.report import checkpoint_sha256
 
     path = Path(expert).expanduser()
     if not (path / "vlarl_policy.json").is_file():
@@ -155,7 +155,7 @@ def collect_demos(cfg: Config, force: bool = False) -> Path:
     the eval seeds). An existing complete dataset at the target path is reused unless
     ``force``; the data are written to a temporary directory and renamed when complete.
     """
-    from vlarl import runlock
+    from vlarl.runtime import runlock
 
     out = dataset_path(cfg)
     # a second collector of the same dataset waits here, then reuses the first one's result
@@ -203,7 +203,7 @@ def _collect_demos(cfg: Config, out: Path, force: bool) -> Path:
     t0 = time.perf_counter()
     with make_env(env_cfg) as env, tqdm(total=target, desc="expert demos", unit="ep") as bar:
         if isinstance(expert, _PolicyExpert):
-            from vlarl.eval import check_compatible
+            from vlarl.eval.evaluate import check_compatible
 
             check_compatible(expert.policy, env, cfg.data.expert)
         fps = float(getattr(env, "control_freq", 20))

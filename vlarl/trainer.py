@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from vlarl.config import Config, ConfigError, save_config, to_dict
-from vlarl.preflight import preflight, run_meta
+from vlarl.runtime.preflight import preflight, run_meta
 
 RANK_SEED_STRIDE = 1_000_003  # keeps ranks' seed streams disjoint
 
@@ -79,7 +79,7 @@ def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
     """Validate, create the run dir, the accelerator, env, policy, optimizer; resume if asked.
 
     ``make_policy_fn(cfg) -> Policy`` replaces building ``cfg.policy`` (RPD passes the
-    student wrapped so that a frozen teacher labels each decision, ``vlarl.distill_rpd``)."""
+    student wrapped so that a frozen teacher labels each decision, ``vlarl.methods.distill_rpd``)."""
     preflight(cfg)  # before any heavy import: bad input fails in about a second
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -88,8 +88,8 @@ def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
     from vlarl.algorithms import ALGORITHMS
     from vlarl.checkpoint import CheckpointManager
     from vlarl.rollout import RolloutBuffer
-    from vlarl.rundir import MetricsLogger
-    from vlarl.tracking import WandbTracker
+    from vlarl.runtime.rundir import MetricsLogger
+    from vlarl.runtime.tracking import WandbTracker
 
     t = cfg.train
     run_dir = Path(t.output_dir).expanduser()
@@ -101,7 +101,7 @@ def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
     )
     accelerator.wait_for_everyone()  # rank 0 prepared (and locked) the run dir in preflight
     if not accelerator.is_main_process:
-        from vlarl import runlock
+        from vlarl.runtime import runlock
 
         runlock.check_held_by_launch(run_dir, "train.output_dir")
     algo = ALGORITHMS.get(cfg.algo.name)(cfg.algo)  # unknown name -> lists the known ones
@@ -198,7 +198,7 @@ def train(cfg: Config, *, make_env_fn=None, make_policy_fn=None,
     ``stop_after`` ends the loop after that many updates of this call (tests use it to
     simulate an interruption at an update boundary).
     """
-    from vlarl import runlock
+    from vlarl.runtime import runlock
 
     held = runlock.hold_count(cfg.train.output_dir)
     try:
@@ -209,7 +209,7 @@ def train(cfg: Config, *, make_env_fn=None, make_policy_fn=None,
 
 
 def _train(cfg: Config, make_env_fn, make_policy_fn, stop_after: int | None) -> Path:
-    from vlarl.preemption import PreemptionHandler
+    from vlarl.runtime.preemption import PreemptionHandler
     from vlarl.rollout import collect
 
     run = setup(cfg, make_env_fn=make_env_fn, make_policy_fn=make_policy_fn)
@@ -456,8 +456,8 @@ def evaluate_during_training(run: _Run) -> dict:
     """Success on a small fixed seed set (the same seeds at every evaluation), split over the
     ranks (rank r takes seeds r, r + world, ...) and summed: no rank idles in a collective
     while another evaluates (a long eval on rank 0 alone could outlast the NCCL timeout)."""
-    from vlarl.eval import evaluate_policy
-    from vlarl.stats import wilson_interval
+    from vlarl.eval.evaluate import evaluate_policy
+    from vlarl.eval.stats import wilson_interval
 
     cfg, acc = run.cfg, run.accelerator
     seeds = [cfg.eval.seed + i for i in range(cfg.train.eval_episodes)]

@@ -21,7 +21,7 @@ import torch
 
 from vlarl import trainer
 from vlarl.config import load_config
-from vlarl.runlock import launch_env
+from vlarl.runtime.runlock import launch_env
 
 TINY = ["--env.backend", "inline", "--env.num_envs", "1", "--env.image_size", "32",
         "--env.max_episode_steps", "8", "--env.reward_mode", "normalized_dense",

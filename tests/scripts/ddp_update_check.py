@@ -30,7 +30,7 @@ from vlarl.algorithms.advantages import local_sum
 from vlarl.config import AlgoConfig, PolicyConfig
 from vlarl.policies.student import MLPStudentPolicy
 from vlarl.rollout import RolloutBuffer
-from vlarl.runlock import launch_env
+from vlarl.runtime.runlock import launch_env
 from vlarl.trainer import _DDPView, update_context
 from vlarl.types import ChunkStep, Obs
 

@@ -7,7 +7,7 @@ behaviour instead of rediscovering it from a sparse reward.
 
 The loss is PPO's (``vlarl.algorithms.ppo``) plus that one term; nothing else changes.
 Where the labels come from: the rollout stores ``stored["teacher_actions"]`` ``[k, A]`` per
-decision; ``vlarl.distill_rpd.TeacherLabelled`` (the policy the trainer collects with) puts
+decision; ``vlarl.methods.distill_rpd.TeacherLabelled`` (the policy the trainer collects with) puts
 the teacher's deterministic chunk there. The algorithm sees only tensors and the policy
 protocol plus ``policy.predict(obs) -> [B, k, A]`` (the Gaussian mean, with grad).
 

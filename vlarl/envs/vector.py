@@ -39,7 +39,7 @@ def _worker(conn: Connection, cfg_dict: dict, index: int) -> None:
     """Worker main loop: build one env, then serve ``(command, argument)`` requests."""
     torch.set_num_threads(1)  # two cores shared by N workers: avoid oversubscription
     # Ctrl-C reaches the whole process group: the parent decides when to stop (it checkpoints
-    # first, see vlarl.preemption) and closes the workers; they must not die on SIGINT.
+    # first, see vlarl.runtime.preemption) and closes the workers; they must not die on SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         from vlarl.envs.maniskill import ManiSkillVecEnv

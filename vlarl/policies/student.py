@@ -2,7 +2,7 @@
 
 Why it exists: a token VLA decodes k*A tokens autoregressively per decision; a ~0.4 M
 parameter CNN+MLP emits the same ``[k, A]`` chunk in one forward pass, orders of magnitude
-faster at batch 1 (see ``vlarl.distill`` for the measured ratio).
+faster at batch 1 (see ``vlarl.methods.distill`` for the measured ratio).
 
 Architecture (``obs -> features -> heads``)::
 

@@ -39,7 +39,7 @@ from vlarl.policies.tiny_backbones import (  # noqa: F401  (re-exported: the pub
     tiny_vision_config,
 )
 from vlarl.policies.tokenizer import build_once
-from vlarl.system import cache_root
+from vlarl.runtime.system import cache_root
 
 TINY_BUILDERS: dict[str, Callable[[Path, int], None]] = {
     "paligemma": build_paligemma, "idefics3": build_idefics3, "llava": build_llava}

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vlarl.system import cache_root
+from vlarl.runtime.system import cache_root
 
 if TYPE_CHECKING:  # transformers is heavy: import it only inside functions.
     from transformers import PreTrainedTokenizerFast
@@ -108,7 +108,7 @@ def build_once(final: Path, marker: str, build: Callable[[Path], None]) -> Path:
     """
     if (final / marker).is_file():
         return final
-    from vlarl.runlock import building
+    from vlarl.runtime.runlock import building
 
     with building(final):  # a second builder waits, then finds the entry complete
         if (final / marker).is_file():

@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vlarl.report import format_success
-from vlarl.stats import paired_comparison
+from vlarl.eval.report import format_success
+from vlarl.eval.stats import paired_comparison
 
 # settings that change what an episode is; eval.seed/num_episodes are checked via the seeds
 _EPISODE_KEYS = (("env", "image_size"), ("env", "control_mode"), ("env", "max_episode_steps"),

@@ -1,7 +1,7 @@
 """Seeded evaluation of checkpoints: per-episode records, Wilson CIs, paired comparisons.
 
 Every checkpoint is run on the SAME seeds (``cfg.eval.seed .. + num_episodes``) of every
-split, so two checkpoints can be compared seed by seed (``vlarl.stats.paired_comparison``).
+split, so two checkpoints can be compared seed by seed (``vlarl.eval.stats.paired_comparison``).
 Episode -> seed assignment does not depend on timing: env i starts with ``seeds[i]``; an
 env that finishes is auto-reset (``step_chunk(reset_seeds=...)``) with the next
 unassigned seed; once seeds run out, finishing envs go idle and their results are dropped.
@@ -114,7 +114,7 @@ def evaluate_policy(policy: Policy, env: VecEnv, seeds: list[int], deterministic
 
 def aggregate(episodes: list[dict]) -> dict:
     """Success rate (``success_once``) with its Wilson 95 % CI, and mean return / length."""
-    from vlarl.stats import success_summary
+    from vlarl.eval.stats import success_summary
 
     s = success_summary([e["success_once"] for e in episodes])
     return {"n": s["n"], "successes": s["successes"], "success_rate": s["rate"],
@@ -184,7 +184,7 @@ def run_eval(checkpoints: list[str], cfg, out_dir: str | Path | None = None) -> 
     checkpoints = [str(c) for c in checkpoints]
     validate_inputs(checkpoints, cfg)
     out = Path(out_dir) if out_dir is not None else Path(checkpoints[0]) / "eval"
-    from vlarl import runlock
+    from vlarl.runtime import runlock
 
     with runlock.holding(out, "eval --out"):  # one writer per report directory
         return _run_eval(checkpoints, cfg, out)
@@ -194,8 +194,9 @@ def _run_eval(checkpoints: list[str], cfg, out: Path) -> dict:
     from vlarl.config import to_dict
     from vlarl.envs import make_env
     from vlarl.policies import load_policy
-    from vlarl.report import checkpoint_sha256, git_commit, vlarl_version
-    from vlarl.stats import paired_comparison
+    from vlarl.eval.report import checkpoint_sha256, vlarl_version
+    from vlarl.runtime.system import git_commit
+    from vlarl.eval.stats import paired_comparison
 
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + cfg.eval.num_episodes))
     labels = _labels(checkpoints)
@@ -248,7 +249,7 @@ def _write_outputs(report: dict, results: list[dict], out: Path, cfg, seeds: lis
                    hashes: list[dict]) -> None:
     import json
 
-    from vlarl.report import annotate_frame, plot_success, results_table, write_video
+    from vlarl.eval.report import annotate_frame, plot_success, results_table, write_video
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vlarl import checkpoint as _ck
-from vlarl import runlock
+from vlarl.runtime import runlock
 from vlarl.config import ConfigError
 
 
@@ -29,7 +29,7 @@ def prepare_run_dir(path: str | Path, resume: bool, overwrite: bool,
                     min_free_bytes: int = 1 << 30, what: str = "output_dir") -> Path:
     """Lock, create and check the run directory before any training work starts.
 
-    The lock (:func:`vlarl.runlock.hold`) comes first and is kept for the process's life (or
+    The lock (:func:`vlarl.runtime.runlock.hold`) comes first and is kept for the process's life (or
     until ``runlock.release``): a second process writing the same directory - a new run, a
     resume, an overwrite - fails here naming the holder, instead of interleaving checkpoints.
 

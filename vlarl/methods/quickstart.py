@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vlarl.config import Config, load_config, non_default
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "cpu"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "cpu"
 
 
 def _recipe(smoke: bool, extra: list[str]) -> Config:
@@ -76,17 +76,17 @@ class _Stages:
 def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool = False,
                    extra: list[str] | None = None) -> dict:
     from vlarl.data import collect_demos
-    from vlarl.distill import run_distill
-    from vlarl.eval import run_eval
-    from vlarl.sft import run_sft
+    from vlarl.methods.distill import run_distill
+    from vlarl.eval.evaluate import run_eval
+    from vlarl.methods.sft import run_sft
     from vlarl.trainer import train
 
     cfg = _recipe(smoke, extra or [])
-    from vlarl.system import cache_root
+    from vlarl.runtime.system import cache_root
 
     root = Path(run_dir).expanduser() if run_dir else cache_root() / (
         "quickstart-smoke" if smoke else "quickstart")
-    from vlarl import runlock
+    from vlarl.runtime import runlock
 
     runlock.hold(root, "quickstart run_dir")  # for this process's life: one quickstart per dir
     stages = _Stages(root, force)

@@ -8,7 +8,7 @@ Data flow of round r (``<ire.output_dir>/round_<r>/``)::
                      wrapped in SuccessRecorder (vlarl.envs.recorder)
       -> successes/  the round's successful episodes, in the demonstrations' format
       -> sft/        rl/policy with its adapters merged (peft merge_and_unload), then every
-                     weight fine-tuned by vlarl.sft.fit_sft for ire.sft_steps steps on
+                     weight fine-tuned by vlarl.methods.sft.fit_sft for ire.sft_steps steps on
                      demos + successes of rounds 0..r
     <ire.output_dir>/policy = the last round's sft;  summary.json = per-round accounting
 
@@ -57,9 +57,9 @@ def check_ire_config(cfg: Config) -> Path:
     """Every check before any model loads or env starts; returns the demonstrations dir.
     Clears ``ire.output_dir`` only with ``train.overwrite``."""
     from vlarl.data import DatasetError, dataset_path, read_info
-    from vlarl.preflight import preflight
-    from vlarl.rundir import prepare_run_dir
-    from vlarl.runlock import launch_env
+    from vlarl.runtime.preflight import preflight
+    from vlarl.runtime.rundir import prepare_run_dir
+    from vlarl.runtime.runlock import launch_env
 
     cfg.validate()
     if not cfg.sft.full_finetune:
@@ -174,7 +174,7 @@ def sft_phase(cfg: Config, r: int, rl_policy: Path, datasets: list[Path], out: P
     """Merge ``rl_policy``'s adapters, fine-tune every weight on ``datasets`` for
     ``ire.sft_steps`` steps (0: merge only), save to ``out``; return the loss stats."""
     from vlarl.policies import load_policy
-    from vlarl.sft import fit_sft, sft_dataset
+    from vlarl.methods.sft import fit_sft, sft_dataset
 
     policy = load_policy(rl_policy, use_lora=False)  # peft merge_and_unload, all trainable
     chunks, sizes = sft_dataset(datasets, policy.chunk_size, policy.action_dim)

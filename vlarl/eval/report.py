@@ -1,6 +1,6 @@
 """Markdown tables and success plots shared by eval, distillation and quickstart reports.
 
-A *row* is a plain dict, so every producer (``vlarl.eval``, ``vlarl.distill``, the
+A *row* is a plain dict, so every producer (``vlarl.eval.evaluate``, ``vlarl.methods.distill``, the
 quickstart) can build one without importing the others. Keys read here:
 
 * ``label``   (str)  what was evaluated (checkpoint name, "teacher", "student", ...);
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from vlarl.stats import wilson_interval
+from vlarl.eval.stats import wilson_interval
 
 DEFAULT_EXTRAS: dict[str, str] = {
     "mean_return": "return",
@@ -207,21 +207,6 @@ def vlarl_version() -> str:
     return __version__
 
 
-def git_commit() -> str | None:
-    """Commit of the vlarl source tree (``+dirty`` if it has local changes); None outside git."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        # --no-optional-locks: a report must never take git's index lock (read-only).
-        dirty = subprocess.run(["git", "--no-optional-locks", "-C", str(root), "status",
-                                "--porcelain", "--", "vlarl"], capture_output=True, text=True,
-                               timeout=10, check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+dirty" if dirty else "")
 
 
 def checkpoint_sha256(path: str | Path, exclude: str | Path | None = None) -> dict:

@@ -42,7 +42,7 @@ def diagnose_rows(successes: dict[str, list[bool]],
     levels, ``drop, drop_ci_low, drop_ci_high`` (Newcombe paired 95 % CI), ``p_value``
     (exact McNemar), ``only_train`` / ``only_split`` (discordant seeds).
     """
-    from vlarl.stats import paired_comparison, success_summary
+    from vlarl.eval.stats import paired_comparison, success_summary
 
     if BASELINE not in successes:
         raise ValueError(f"diagnose needs the {BASELINE!r} split as baseline; got {sorted(successes)}")
@@ -77,7 +77,7 @@ def diagnose_rows(successes: dict[str, list[bool]],
 def diagnose_markdown(train: dict, rows: list[dict]) -> str:
     """The ranked table (percent, one decimal)."""
     from vlarl.envs import get_split
-    from vlarl.report import format_success
+    from vlarl.eval.report import format_success
 
     lines = [("| rank | axis | level | split | n | success % [95% CI] | drop vs train, pp [95% CI] "
              "| McNemar p | what changes |"), "|" + "---|" * 9,
@@ -116,7 +116,7 @@ def run_diagnose(cfg, out_dir: str | Path | None = None) -> dict:
     Envs are built one split at a time and closed before the next (memory on small machines)."""
     from vlarl.config import to_dict
     from vlarl.envs import make_env
-    from vlarl.eval import (
+    from vlarl.eval.evaluate import (
         aggregate,
         check_compatible,
         evaluate_policy,
@@ -124,7 +124,8 @@ def run_diagnose(cfg, out_dir: str | Path | None = None) -> dict:
         validate_inputs,
     )
     from vlarl.policies import load_policy
-    from vlarl.report import checkpoint_sha256, git_commit, vlarl_version
+    from vlarl.eval.report import checkpoint_sha256, vlarl_version
+    from vlarl.runtime.system import git_commit
 
     if not cfg.policy.path:
         raise ValueError("diagnose needs a checkpoint: pass --policy.path DIR")
@@ -160,7 +161,7 @@ def run_diagnose(cfg, out_dir: str | Path | None = None) -> dict:
 
 def write_diagnose(report: dict, out: Path) -> None:
     """``diagnose.json``, ``diagnose.md`` and ``diagnose.png`` (x labels: axis and level) in ``out``."""
-    from vlarl.report import plot_success
+    from vlarl.eval.report import plot_success
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "diagnose.json").write_text(json.dumps(report, indent=1))

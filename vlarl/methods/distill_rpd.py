@@ -6,7 +6,7 @@ Refined Policy Distillation (Jülg, Burgard & Walter 2025, arXiv:2503.05833). Da
         collect: the student samples; the frozen teacher's deterministic chunk on the same
                  observation -> stored["teacher_actions"]
         algo rpd (vlarl.algorithms.rpd): PPO loss + teacher_coef * MSE(mean, teacher chunk)
-    -> the trained student (the same module) -> vlarl.distill's teacher-vs-student report
+    -> the trained student (the same module) -> vlarl.methods.distill's teacher-vs-student report
 
 Nothing of the RL loop is copied: :func:`train_rpd` calls ``vlarl.trainer.train`` with a
 ``make_policy_fn`` that returns the wrapped student, and the run directory (metrics.jsonl,
@@ -106,7 +106,7 @@ def rl_config(cfg: Config, run_dir: Path, chunk_size: int, action_dim: int) -> C
 def train_rpd(cfg: Config, teacher: Policy, student: Policy, run_dir: Path) -> dict:
     """Run ``train.num_updates`` RPD updates of ``student`` (in place) in ``run_dir``;
     return the per-update curves for the report (from the run's metrics.jsonl)."""
-    from vlarl.eval import check_compatible
+    from vlarl.eval.evaluate import check_compatible
     from vlarl.trainer import build_env, train
 
     def make_env(env_cfg):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from vlarl.config import Config, load_config
-from vlarl.system import peak_rss_mb
+from vlarl.runtime.system import peak_rss_mb
 
 
 def _median_rate(fn, repeats: int) -> float:

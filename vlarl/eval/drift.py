@@ -8,7 +8,7 @@ chunk-level KL that ``algo.beta`` penalises. On the states of a task RL never sa
 measures drift where success rates are too coarse to (the KL forgetting check,
 ``docs/kl.md``); on the fine-tuned task it says how far RL went.
 
-    python -m vlarl.drift RUN/policy BASE --dataset DEMOS_DIR [--rows 256] [--seed 0]
+    vlarl drift RUN/policy BASE --dataset DEMOS_DIR [--rows 256] [--seed 0]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def dataset_batches(path: str | Path, chunk_size: int, rows: int, batch_size: in
 def main(argv: list[str] | None = None) -> int:
     from vlarl.policies import load_policy
 
-    ap = argparse.ArgumentParser(prog="python -m vlarl.drift", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="vlarl drift", description=__doc__.split("\n\n")[0])
     ap.add_argument("policy", help="fine-tuned checkpoint directory")
     ap.add_argument("reference", help="base checkpoint directory")
     ap.add_argument("--dataset", required=True, action="append",

@@ -15,8 +15,8 @@ the state env and the rendering env (RLDG's "many steps/s" claim), and :func:`bc
 a behaviour-cloned privileged student from the scripted expert (the RL expert's optional
 starting point when PPO from scratch does not learn within the CPU budget).
 
-Usage: ``python -m vlarl.rldg speed [--section.field value ...]`` and
-``python -m vlarl.rldg bc --config recipes/cpu/rldg_expert.yaml --out DIR``.
+Usage: ``vlarl rldg speed [--section.field value ...]`` and
+``vlarl rldg bc --config recipes/cpu/rldg_expert.yaml --out DIR``.
 """
 
 from __future__ import annotations

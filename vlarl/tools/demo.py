@@ -91,7 +91,7 @@ def run_expert(cfg: Config) -> dict:
     import dataclasses
 
     from vlarl.envs import make_env
-    from vlarl.stats import wilson_interval
+    from vlarl.eval.stats import wilson_interval
 
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + cfg.eval.num_episodes))
     rows = {}

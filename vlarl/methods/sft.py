@@ -31,7 +31,7 @@ from torch import nn
 
 from vlarl.config import Config, ConfigError, DataConfig, non_default
 from vlarl.data import ChunkDataset, collate_chunks, collect_demos, load_demos, read_info
-from vlarl.system import peak_rss_mb
+from vlarl.runtime.system import peak_rss_mb
 from vlarl.types import Obs
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def run_sft(cfg: Config, force: bool = False, *, max_steps: int | None = None,
     ``force``; a different config retrains and replaces it (atomically, on completion).
     ``max_steps`` caps the optimizer steps (tests / smoke runs).
     """
-    from vlarl import runlock
+    from vlarl.runtime import runlock
 
     out = Path(cfg.sft.output_dir).expanduser()
     # the output is replaced by a rename when done: the lock file sits beside it

@@ -20,7 +20,7 @@ def preflight(cfg: Config) -> None:
     """
     import shutil
 
-    from vlarl import runlock
+    from vlarl.runtime import runlock
 
     cfg.validate(("env", "policy", "algo", "train", "eval"))  # what a training run reads
     _check_launcher()
@@ -39,7 +39,7 @@ def preflight(cfg: Config) -> None:
         _check_env_config(cfg)
         _check_policy_source(cfg)
         from vlarl.checkpoint import CheckpointManager, check_resume_compat
-        from vlarl.rundir import prepare_run_dir
+        from vlarl.runtime.rundir import prepare_run_dir
 
         if rank0:
             prepare_run_dir(run_dir, resume=t.resume, overwrite=t.overwrite)

@@ -2,7 +2,7 @@
 
 Data flow: teacher checkpoint -> (seeded episodes in the env, labelled by the teacher) ->
 ``DistillDataset`` -> student regression (``student.sft_loss``, trained by
-``vlarl.sft.fit_sft``) -> student checkpoint + ``report.json`` / ``report.md``.
+``vlarl.methods.sft.fit_sft``) -> student checkpoint + ``report.json`` / ``report.md``.
 
 * ``bc``: the TEACHER acts (deterministic) on ``distill.episodes_per_round`` seeded episodes;
   every visited observation is stored with the teacher's chunk; the student regresses on it.
@@ -14,9 +14,9 @@ Data flow: teacher checkpoint -> (seeded episodes in the env, labelled by the te
   what to do after its own mistakes.
 * ``rpd`` (Refined Policy Distillation, Jülg et al. 2025): PPO on the student through the RL
   trainer, plus ``algo.teacher_coef`` x MSE of its action mean to the teacher's chunk on
-  every visited observation (``vlarl.distill_rpd``, ``vlarl.algorithms.rpd``).
+  every visited observation (``vlarl.methods.distill_rpd``, ``vlarl.algorithms.rpd``).
 
-Collection reuses ``vlarl.eval.evaluate_policy`` (its reproducible seed schedule) with a
+Collection reuses ``vlarl.eval.evaluate.evaluate_policy`` (its reproducible seed schedule) with a
 recording wrapper as the "policy". Distillation seeds start at :data:`SEED0` and are
 checked to be disjoint from the evaluation seeds. The report compares teacher and student
 on the same evaluation seeds (Wilson CIs, paired comparison), with parameter counts,
@@ -39,7 +39,7 @@ import torch
 from vlarl.config import Config, ConfigError
 from vlarl.policies.base import Policy
 from vlarl.policies.common import count_parameters
-from vlarl.system import peak_rss_mb
+from vlarl.runtime.system import peak_rss_mb
 from vlarl.types import ActOutput, Obs
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def collect_round(env, actor: Policy, teacher: Policy, seeds: list[int], beta: f
     Observations of envs idling after the seeds run out are recorded too: they are real
     states with correct teacher labels.
     """
-    from vlarl.eval import evaluate_policy
+    from vlarl.eval.evaluate import evaluate_policy
 
     rec = _Recorder(actor, teacher, beta, seed)
     episodes = evaluate_policy(rec, env, seeds, deterministic=True)
@@ -174,7 +174,7 @@ def validate(cfg: Config) -> None:
     if d.learning_rate <= 0:
         raise ConfigError(f"distill.learning_rate={d.learning_rate} must be > 0")
     if d.method == "rpd":
-        from vlarl.distill_rpd import check_rpd_config
+        from vlarl.methods.distill_rpd import check_rpd_config
 
         check_rpd_config(cfg)
     lo, hi = SEED0, SEED0 + _num_rounds(cfg) * d.episodes_per_round
@@ -218,8 +218,8 @@ def build_student(cfg: Config, teacher: Policy, student: str | None) -> Policy:
 
 
 def fit_student(student: Policy, data: DistillDataset, cfg: Config, metrics_path: Path) -> dict:
-    """Train the student on all data for ``distill.epochs`` epochs with ``vlarl.sft.fit_sft``."""
-    from vlarl.sft import fit_sft
+    """Train the student on all data for ``distill.epochs`` epochs with ``vlarl.methods.sft.fit_sft``."""
+    from vlarl.methods.sft import fit_sft
 
     d = cfg.distill
     sft = dataclasses.replace(cfg.sft, num_epochs=float(d.epochs), batch_size=d.batch_size,
@@ -235,7 +235,7 @@ def run_distill(cfg: Config, student: str | None = None, *, beta: float = 0.0) -
     decision (0 = pure student roll-outs). Writes the student checkpoint, ``report.json``,
     ``report.md`` and per-round ``metrics_round<r>.jsonl`` into the output directory.
     """
-    from vlarl import runlock
+    from vlarl.runtime import runlock
 
     out = Path(cfg.distill.output_dir).expanduser()
     with runlock.holding(out, "distill.output_dir", inside=False):  # replaced by a rename
@@ -246,7 +246,7 @@ def _run_distill(cfg: Config, student: str | None, beta: float) -> Path:
     from tqdm.auto import tqdm
 
     from vlarl.envs import make_env
-    from vlarl.eval import check_compatible, evaluate_policy
+    from vlarl.eval.evaluate import check_compatible, evaluate_policy
     from vlarl.policies import load_policy
 
     if not 0.0 <= beta <= 1.0:
@@ -263,7 +263,7 @@ def _run_distill(cfg: Config, student: str | None, beta: float) -> Path:
     tmp.mkdir(parents=True)
     data, rounds, rpd = DistillDataset(), [], None
     if d.method == "rpd":
-        from vlarl.distill_rpd import train_rpd
+        from vlarl.methods.distill_rpd import train_rpd
 
         rpd = train_rpd(cfg, teacher, policy, tmp / "rl")  # the trainer's env, then closed
     env = make_env(cfg.env)
@@ -309,9 +309,9 @@ def _run_distill(cfg: Config, student: str | None, beta: float) -> Path:
 
 def _report(cfg: Config, student_name: str, teacher: Policy, student: Policy, rounds: list[dict],
             evals: dict, seeds: list[int], one: Obs, t_start: float) -> dict:
-    from vlarl.eval import aggregate
-    from vlarl.report import vlarl_version
-    from vlarl.stats import paired_comparison
+    from vlarl.eval.evaluate import aggregate
+    from vlarl.eval.report import vlarl_version
+    from vlarl.eval.stats import paired_comparison
 
     speed = {name: actions_per_second(p, one, repeats=3 if name == "teacher" else 20)
              for name, p in (("teacher", teacher), ("student", student))}
@@ -330,7 +330,7 @@ def _report(cfg: Config, student_name: str, teacher: Policy, student: Policy, ro
 
 
 def _write_report(report: dict, out: Path) -> None:
-    from vlarl.report import results_table
+    from vlarl.eval.report import results_table
 
     (out / "report.json").write_text(json.dumps(report, indent=1))
     rows = [{"label": k, "split": report["split"], **v,

@@ -1,0 +1,1 @@
+"""Evaluation: seeded episodes, statistics, reports, paired comparisons, failure search, drift."""

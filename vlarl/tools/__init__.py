@@ -1,0 +1,1 @@
+"""Commands that inspect rather than train: bench, doctor, demo/expert."""
