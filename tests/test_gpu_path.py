@@ -141,7 +141,9 @@ def test_doctor_calls_a_cpu_renderer_on_a_gpu_machine_a_problem():
 
 
 def test_a_model_whose_forward_takes_no_position_ids_is_refused_at_load():
-    """OpenVLA's remote forward signature (no position_ids / logits_to_keep / **kwargs)."""
+    """OpenVLA's remote forward signature (no position_ids / logits_to_keep / **kwargs) on a
+    model without Prismatic's parts; OpenVLA itself: tests/test_token_vla_prismatic.py."""
+    from vlarl.policies.prismatic import is_prismatic
     from vlarl.policies.token_vla import _check_forward_signature
 
     class PrismaticLike(torch.nn.Module):
@@ -151,7 +153,8 @@ def test_a_model_whose_forward_takes_no_position_ids_is_refused_at_load():
                     return_dict=None):
             raise AssertionError("never called")
 
-    with pytest.raises(NotImplementedError, match=r"position_ids.*logits_to_keep.*adapter"):
+    assert not is_prismatic(PrismaticLike())
+    with pytest.raises(NotImplementedError, match=r"position_ids.*logits_to_keep.*batched forward"):
         _check_forward_signature(PrismaticLike())
     _check_forward_signature(build_policy(PolicyConfig(chunk_size=1, action_dim=7))._base())
 

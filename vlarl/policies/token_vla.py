@@ -57,6 +57,7 @@ from vlarl.policies.common import (
     refuse_changed,
     save_checkpoint,
 )
+from vlarl.policies.prismatic import is_prismatic, prismatic_forward
 from vlarl.policies.sampling import multinomial
 from vlarl.policies.token_inputs import encode, extend, image_placeholder
 from vlarl.types import ActOutput, Obs
@@ -69,9 +70,9 @@ STATE_RANGE = 4.0
 
 def _check_forward_signature(model: nn.Module) -> None:
     """Refuse at load a model whose ``forward`` cannot take the inputs ``act`` / ``evaluate``
-    pass (``position_ids`` for left-padded batches, ``logits_to_keep``, the KV cache): OpenVLA's
-    remote ``PrismaticForConditionalGeneration`` takes none of the first two and would raise a
-    TypeError at the first rollout instead (docs/adding_a_vla.md: it needs a batched adapter)."""
+    pass (``position_ids`` for left-padded batches, ``logits_to_keep``, the KV cache), so it
+    fails here and not with a TypeError at the first rollout. OpenVLA's Prismatic class never
+    gets here: it runs through :func:`prismatic_forward`."""
     import inspect
 
     params = inspect.signature(model.forward).parameters
@@ -81,8 +82,8 @@ def _check_forward_signature(model: nn.Module) -> None:
     if missing:
         raise NotImplementedError(
             f"{type(model).__name__}.forward takes no {missing}: token_vla needs them for batched, "
-            "left-padded decoding with a KV cache. OpenVLA's remote class needs a batched adapter "
-            "that vlarl does not have yet (docs/adding_a_vla.md)")
+            "left-padded decoding with a KV cache (docs/adding_a_vla.md: a model family without "
+            "them needs a batched forward like vlarl/policies/prismatic.py)")
 
 
 @POLICIES.register("token_vla")
@@ -98,6 +99,9 @@ class TokenVLAPolicy(Policy):
         self.temperature = cfg.temperature
         text_cfg = self._base().config.get_text_config()
         tok = processor.tokenizer
+        # Batched decoding appends tokens at the end of every row: the padding goes in front
+        # (many checkpoints, OpenVLA's Llama tokenizer among them, ship padding_side="right").
+        tok.padding_side = "left"
         if cfg.action_token_layout == "openvla":
             # OpenVLA: ids tokenizer.vocab_size - 1..bins (Llama: 31744..31999), not the padded
             # embedding's last rows (32064); see OpenVLAActionTokenizer.
@@ -138,7 +142,10 @@ class TokenVLAPolicy(Policy):
             raise ValueError(f"policy.decoding=parallel needs chunk_size*action_dim={steps} "
                              f"placeholder ids below the action ids (only {self.action_start})")
         self.placeholder_ids = torch.arange(max(self.action_start - steps, 0), self.action_start)
-        _check_forward_signature(self._base())
+        # OpenVLA's Prismatic forward is batch-1 only: its parts run through the batched adapter
+        self._prismatic = is_prismatic(self._base())
+        if not self._prismatic:
+            _check_forward_signature(self._base())
         enable_checkpointing(self.model, cfg)
         self.model.eval()
 
@@ -203,6 +210,12 @@ class TokenVLAPolicy(Policy):
     def _base(self) -> nn.Module:
         return self.model.get_base_model() if is_peft(self.model) else self.model
 
+    def _forward(self, **inputs: Any):
+        """The backbone's forward, or the batched Prismatic one (:mod:`.prismatic`) for OpenVLA."""
+        if self._prismatic:
+            return prismatic_forward(self._base(), **inputs)
+        return self.model(**inputs)
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -238,6 +251,13 @@ class TokenVLAPolicy(Policy):
     def _encode(self, obs: Obs) -> dict[str, torch.Tensor]:
         """Processor outputs (left-padded) + explicit position ids, on the model's device."""
         images = [list(cams) for cams in obs.images.cpu().numpy()]
+        if self._prismatic:  # OpenVLA's processor takes one PIL image per prompt
+            from PIL import Image
+
+            if len(images[0]) != 1:
+                raise ValueError(f"{type(self._base()).__name__} takes one camera image per "
+                                 f"step; the env gives {len(images[0])}")
+            images = [Image.fromarray(cams[0]) for cams in images]
         return encode(self.processor, self._base(), images, self.prompts(obs),
                       self.position_offset, self.device, next(self.model.parameters()).dtype)
 
@@ -268,7 +288,7 @@ class TokenVLAPolicy(Policy):
         if self.cfg.decoding == "parallel":
             return self._act_parallel(obs, deterministic, generator)
         batch = self._encode(obs)
-        out = self.model(**batch, use_cache=True, output_hidden_states=True, logits_to_keep=1)
+        out = self._forward(**batch, use_cache=True, output_hidden_states=True, logits_to_keep=1)
         values = self._act_values(out.hidden_states[-1], batch["attention_mask"], obs)
         mask, pos = batch["attention_mask"], batch["position_ids"][..., -1:]
         tokens = torch.empty(n, steps, dtype=torch.long, device=self.device)
@@ -287,8 +307,8 @@ class TokenVLAPolicy(Policy):
                 break
             mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
             pos = pos + 1
-            out = self.model(input_ids=tok[:, None] + self.action_start, attention_mask=mask,
-                             position_ids=pos, past_key_values=past, use_cache=True)
+            out = self._forward(input_ids=tok[:, None] + self.action_start, attention_mask=mask,
+                                position_ids=pos, past_key_values=past, use_cache=True)
             past = out.past_key_values
         actions = self.action_tokenizer.detokenize(tokens).view(n, self.chunk_size, self.action_dim)
         return ActOutput(actions=actions, log_probs=log_probs.float(), values=values,
@@ -331,7 +351,7 @@ class TokenVLAPolicy(Policy):
             kwargs["labels"] = lab
         else:
             kwargs["logits_to_keep"] = steps
-        return self.model(**full, **kwargs), batch, prefix
+        return self._forward(**full, **kwargs), batch, prefix
 
     def evaluate(self, obs: Obs, stored: dict[str, torch.Tensor]
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -361,7 +381,7 @@ class TokenVLAPolicy(Policy):
         if not self._critic_on_features:  # the privileged critic needs no backbone pass
             return self._values(None, torch.ones(0), obs)
         batch = self._encode(obs)
-        out = self.model(**batch, output_hidden_states=True, logits_to_keep=1)
+        out = self._forward(**batch, output_hidden_states=True, logits_to_keep=1)
         return self._values(out.hidden_states[-1], batch["attention_mask"], obs)
 
     def _act_values(self, hidden: torch.Tensor | None, mask: torch.Tensor,
