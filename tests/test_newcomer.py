@@ -49,7 +49,11 @@ def test_skipped_updates_are_explained_once_then_counted(capsys):
     assert "algo/groups_kept 0" in err and "update 26 skipped (26 of 26" in err
     summary = report.summary(Path("/r"), 1234)
     assert "30 updates, 1234 env steps" in summary and "skipped updates: 30" in summary
-    assert "/r/policy" in summary
+    assert "/r/policy" in summary and "peak RSS" not in summary
+    mem = {"main": 1900.4, "children": 3200.0, "num_children": 8, "largest_child": 410.2,
+           "tree": 5100.4}
+    assert ("peak RSS: main process 1900 MB, 8 child processes 3200 MB (largest 410), tree "
+            "5100 MB") in report.summary(Path("/r"), 1234, mem)
 
 
 def test_expert_command_measures_a_shipped_task():

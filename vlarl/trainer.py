@@ -262,7 +262,10 @@ def _train(cfg: Config, make_env_fn, make_policy_fn, stop_after: int | None) -> 
             else:
                 export_policy(run)
         if acc.is_main_process:
-            print(report.summary(run.run_dir, run.env_steps), file=sys.stderr, flush=True)
+            from vlarl.runtime.system import tree_peak_rss_mb
+
+            print(report.summary(run.run_dir, run.env_steps, tree_peak_rss_mb()),
+                  file=sys.stderr, flush=True)
     except Exception as err:
         # NaN strikes, a dead env worker, ...: say where the last good state is, then re-raise
         last = run.ckpt.latest_good_path()
@@ -318,7 +321,7 @@ class RunReport:
             return msg
         return None
 
-    def summary(self, run_dir: Path, env_steps: int) -> str:
+    def summary(self, run_dir: Path, env_steps: int, memory: dict | None = None) -> str:
         n = len(self.rows)
         rates = [m.get("rollout/success_rate") for _, m in self.rows]
         rates = [r for r in rates if r is not None and not math.isnan(r)]
@@ -334,6 +337,10 @@ class RunReport:
         if evals:
             lines.append("  in-training eval (greedy): " + ", ".join(
                 f"update {u}: {r:.2f}" for u, r in evals))
+        if memory:
+            lines.append(f"  peak RSS: main process {memory['main']:.0f} MB, "
+                         f"{memory['num_children']} child processes {memory['children']:.0f} MB "
+                         f"(largest {memory['largest_child']:.0f}), tree {memory['tree']:.0f} MB")
         lines.append(f"  policy: {run_dir / 'policy'}; metrics: {run_dir / 'metrics.jsonl'}")
         return "\n".join(lines)
 

@@ -8,13 +8,19 @@ measured in the same run (medians over repeats):
 * policy: actions/s of the tiny token VLA and tiny pi0 at batch 1 and 16, parameters,
   trainable fraction with LoRA;
 * loop: the full PPO loop (rollout + update) with the tiny token VLA vs vlarl's env alone
-  with random actions and the same chunking (loop/sim), and vs raw per-step rendering.
+  with random actions and the same chunking (loop/sim), and vs raw per-step rendering;
+* contention: SFT steps of the tiny token VLA in one process alone vs two processes at once,
+  with OpenMP's default wait policy vs the ``PASSIVE`` one every vlarl command sets
+  (``vlarl.runtime.system.THREAD_DEFAULTS``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -137,11 +143,80 @@ def _bench_loop(quick: bool, decoding: str) -> dict:
             "update_fraction": phases["update_s"] / total, "peak_rss_mb": peak_rss_mb(children=True)}
 
 
+CONTENTION_CHILD = r"""
+import json, sys, time, torch
+from vlarl.config import load_config
+from vlarl.policies import build_policy
+from vlarl.types import Obs
+steps = int(sys.argv[1])
+torch.manual_seed(0)
+policy = build_policy(load_config(None, {"policy.chunk_size": 4}).policy).train()
+opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
+obs = Obs(torch.randint(0, 255, (16, 1, 64, 64, 3), dtype=torch.uint8), torch.zeros(16, 16),
+          ["push the cube to the goal"] * 16)
+actions = torch.rand(16, 4, 7) * 2 - 1
+def step():
+    policy.sft_loss(obs, actions).backward()
+    opt.step()
+    opt.zero_grad()
+step()
+print("ready", flush=True)
+sys.stdin.readline()  # the parent starts every process's timed steps at once
+t0 = time.perf_counter()
+for _ in range(steps):
+    step()
+print(json.dumps({"s_per_step": (time.perf_counter() - t0) / steps,
+                  "torch_threads": torch.get_num_threads()}), flush=True)
+"""
+
+
+def _timed_steps(n_procs: int, steps: int, wait_policy: str | None) -> list[dict]:
+    """``n_procs`` SFT-step processes started together; each reports its s/step."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if wait_policy is not None:
+        env["OMP_WAIT_POLICY"] = wait_policy
+    procs = [subprocess.Popen([sys.executable, "-c", CONTENTION_CHILD, str(steps)], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(n_procs)]
+    try:
+        for p in procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"bench contention child exited with {p.wait()}")
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        return [json.loads(p.stdout.readline()) for p in procs]
+    finally:
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def bench_contention(quick: bool = False) -> dict:
+    """s/step of tiny-VLA SFT steps alone and with a second identical process, under
+    OpenMP's default wait policy (idle threads spin) and under ``PASSIVE`` (vlarl's)."""
+    steps = 8 if quick else 25
+    out: dict = {}
+    for label, policy in (("openmp_default", None), ("passive", "PASSIVE")):
+        alone = _timed_steps(1, steps, policy)[0]["s_per_step"]
+        pair = statistics.mean(r["s_per_step"] for r in _timed_steps(2, steps, policy))
+        out[f"{label}_alone_s_per_step"] = alone
+        out[f"{label}_two_procs_s_per_step"] = pair
+        out[f"{label}_slowdown_two_procs"] = pair / alone
+    out["passive_over_default_alone"] = (out["passive_alone_s_per_step"]
+                                         / out["openmp_default_alone_s_per_step"])
+    return out
+
+
 def run_bench(parts: list[str], json_path: str | None = None, quick: bool = False,
               extra: list[str] | None = None) -> dict:
-    unknown = set(parts) - {"env", "policy", "loop"}
+    unknown = set(parts) - {"env", "policy", "loop", "contention"}
     if unknown:
-        raise ValueError(f"unknown bench part(s) {sorted(unknown)}; allowed: env, policy, loop")
+        raise ValueError(f"unknown bench part(s) {sorted(unknown)}; allowed: env, policy, loop, "
+                         "contention")
     results: dict = {"machine": _machine()}
     if "env" in parts:
         from vlarl.envs.bench import bench_env
@@ -149,6 +224,8 @@ def run_bench(parts: list[str], json_path: str | None = None, quick: bool = Fals
         results["env"] = bench_env(steps=24 if quick else 48, repeats=2 if quick else 3)
     if "policy" in parts:
         results["policy"] = bench_policy(quick)
+    if "contention" in parts:
+        results["contention"] = bench_contention(quick)
     if "loop" in parts:
         results["loop"] = bench_loop(quick)
         raw = results.get("env", {}).get("raw_maniskill")  # steps/s, renders every step
@@ -164,12 +241,13 @@ def run_bench(parts: list[str], json_path: str | None = None, quick: bool = Fals
 
 
 def _machine() -> dict:
-    import os
     import platform
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "cpus": os.cpu_count(), "cuda": torch.cuda.is_available(),
-            "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
+            "torch_threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def _print(results: dict) -> None:

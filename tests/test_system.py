@@ -1,0 +1,47 @@
+"""vlarl.runtime.system: the OpenMP settings every command starts with, and the peak memory of
+a process tree (real child processes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from vlarl.runtime.system import tree_peak_rss_mb
+
+SHOW = ("from vlarl.cli import main; main([]); import os; "
+        "print(os.environ.get('OMP_WAIT_POLICY'))")
+
+
+def _run(env_extra: dict[str, str]) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update(env_extra)
+    out = subprocess.run([sys.executable, "-c", SHOW], capture_output=True, text=True, env=env,
+                         timeout=60, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_every_command_starts_with_passive_openmp_unless_the_user_chose():
+    assert _run({}) == "PASSIVE"
+    assert _run({"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+
+
+def test_tree_peak_rss_counts_a_child_that_held_300_mb():
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import sys, time; b = bytearray(300 * 2**20); b[::4096] = b'x' * "
+                              "len(b[::4096]); print('ok', flush=True); time.sleep(30)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ok"
+        mem = tree_peak_rss_mb()
+    finally:
+        child.kill()
+        child.wait()
+    assert mem["num_children"] >= 1
+    assert mem["largest_child"] >= 300, mem
+    assert abs(mem["tree"] - (mem["main"] + mem["children"])) < 0.2
+    assert mem["main"] > 20  # this test process (torch imported by conftest) holds more than that
+    t0 = time.perf_counter()
+    assert tree_peak_rss_mb()["num_children"] == 0  # the child is gone
+    assert time.perf_counter() - t0 < 1.0
