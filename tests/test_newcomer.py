@@ -37,11 +37,10 @@ def test_skipped_updates_are_explained_once_then_counted(capsys):
     from vlarl.trainer import RunReport, skip_advice
 
     skipped = {"algo/skipped_update": 1.0, "algo/groups_kept": 0.0, "rollout/success_rate": 0.0}
-    assert skip_advice({"algo/optimizer_steps": 4.0}, "grpo") is None
-    assert "num_generations" in skip_advice(skipped, "grpo")
-    assert "rollout steps" in skip_advice({"algo/skipped_update": 1.0, "algo/train_samples": 3},
-                                          "ppo")
-    report = RunReport("grpo")
+    assert skip_advice({"algo/optimizer_steps": 4.0}) is None
+    assert "num_generations" in skip_advice(skipped)
+    assert "rollout steps" in skip_advice({"algo/skipped_update": 1.0, "algo/train_samples": 3})
+    report = RunReport()
     said = [report.add(u, skipped) for u in range(1, 31)]
     assert said[0] is not None and "update 1 skipped (1 of 1 so far)" in said[0]
     assert sum(s is not None for s in said) == 2  # the first, then after 25 more updates

@@ -125,3 +125,19 @@ def test_unknown_algorithm_fails_before_envs_start(tmp_path):
     with pytest.raises(ConfigError, match="algo.name"):
         _cfg(tmp_path / "x", "--algo.name", "sac")
     assert time.perf_counter() - t0 < 1
+
+
+def test_an_algorithm_that_needs_a_critic_refuses_a_policy_without_one_before_envs_start(tmp_path):
+    """PPO declares ``needs_critic``; the trainer checks it right after loading the policy,
+    before any env worker starts (it used to raise inside the first update)."""
+    from vlarl.algorithms import ALGORITHMS
+    from vlarl.trainer import train
+
+    assert ALGORITHMS.get("ppo").needs_critic and not ALGORITHMS.get("grpo").needs_critic
+    assert ALGORITHMS.get("grpo").rollout_mode == "episodic"
+    assert ALGORITHMS.get("ppo").rollout_mode == "continuous"
+    envs_built = []
+    with pytest.raises(ConfigError, match="needs a critic.*policy.value_head=true"):
+        train(_cfg(tmp_path / "x", "--policy.value_head", "false"),
+              make_env_fn=lambda c: envs_built.append(c))
+    assert envs_built == []

@@ -112,6 +112,10 @@ def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
     with accelerator.local_main_process_first():
         policy = (make_policy_fn or _build_policy)(cfg)
     _check_action_space(cfg, policy)
+    if type(algo).needs_critic and not policy.value_parameters():
+        raise ConfigError(f"algo.name={cfg.algo.name!r} needs a critic, and the policy has no "
+                          "value head: set policy.value_head=true (or use a critic-free "
+                          "algorithm: grpo, rloo)")
     value_lr = t.value_learning_rate or t.learning_rate
     groups = [{"params": policy.policy_parameters(), "lr": t.learning_rate}]
     if policy.value_parameters():
@@ -215,10 +219,10 @@ def _train(cfg: Config, make_env_fn, make_policy_fn, stop_after: int | None) -> 
     run = setup(cfg, make_env_fn=make_env_fn, make_policy_fn=make_policy_fn)
     t, acc = cfg.train, run.accelerator
     ctx = update_context(acc, getattr(run.trainable, "_wrapped", None))
-    mode = "episodic" if cfg.algo.name in ("grpo", "rloo") else "continuous"
+    mode = run.algo.rollout_mode  # the algorithm says how it wants its data
     group = cfg.algo.num_generations if mode == "episodic" else 1
     progress = _progress(acc, run.start_update, t.num_updates)
-    report = RunReport(cfg.algo.name)
+    report = RunReport()
     done_this_call = 0
     update = run.start_update
     try:
@@ -281,11 +285,11 @@ def _train(cfg: Config, make_env_fn, make_policy_fn, stop_after: int | None) -> 
     return run.run_dir
 
 
-def skip_advice(metrics: dict, algo_name: str) -> str | None:
+def skip_advice(metrics: dict) -> str | None:
     """Why an update was skipped and what to try, from its logged metrics (None: not skipped)."""
     if not metrics.get("algo/skipped_update"):
         return None
-    if algo_name in ("grpo", "rloo") and metrics.get("algo/groups_kept", 1.0) == 0.0:
+    if metrics.get("algo/groups_kept", 1.0) == 0.0:  # group baselines (grpo, rloo) log it
         return ("every group's rollouts all succeeded or all failed (algo/groups_kept 0), so no "
                 "advantage is non-zero; try a better SFT base, larger groups "
                 "(--algo.num_generations), or a dense reward (--env.reward_mode normalized_dense "
@@ -299,8 +303,7 @@ class RunReport:
     """What ``vlarl train`` says on the console besides its progress bar: a warning when an
     update is skipped (the first one, then a count every 25 updates), and a summary at the end."""
 
-    def __init__(self, algo_name: str):
-        self.algo_name = algo_name
+    def __init__(self):
         self.rows: list[tuple[int, dict]] = []
         self.skipped: list[int] = []
         self.warned_at = 0
@@ -309,7 +312,7 @@ class RunReport:
     def add(self, update: int, metrics: dict) -> str | None:
         self.rows.append((update, {k: v for k, v in metrics.items()
                                    if k.startswith(("rollout/success", "eval/success", "algo/"))}))
-        why = skip_advice(metrics, self.algo_name)
+        why = skip_advice(metrics)
         if why is None:
             return None
         self.skipped.append(update)

@@ -16,7 +16,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -73,7 +73,15 @@ def _float(v: Any) -> float:
 
 
 class Algorithm:
-    """Shared optimisation loop; subclasses implement ``process`` and ``loss``."""
+    """Shared optimisation loop; subclasses implement ``process`` and ``loss``, and declare
+    how they want their data collected."""
+
+    rollout_mode: ClassVar[Literal["continuous", "episodic"]] = "continuous"
+    """How ``rollout.collect`` fills the buffer for this algorithm: ``continuous`` (envs reset
+    when their episode ends, bootstrapped with a critic) or ``episodic`` (one episode per env
+    per update from seeded group resets, for group baselines)."""
+    needs_critic: ClassVar[bool] = False
+    """Whether ``policy.evaluate`` must return values (``policy.value_head``)."""
 
     def __init__(self, cfg: AlgoConfig):
         self.cfg = cfg

@@ -38,6 +38,8 @@ def episode_outcomes(buffer: RolloutBuffer, shaping_coef: float = 0.0) -> torch.
 class GRPO(Algorithm):
     """Group Relative Policy Optimisation (Shao et al. 2024) over whole episodes."""
 
+    rollout_mode = "episodic"  # a group = G episodes from one seeded initial state
+
     mode = "grpo"
 
     def process(self, buffer: RolloutBuffer, policy: Policy) -> dict[str, float]:

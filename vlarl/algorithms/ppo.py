@@ -43,6 +43,8 @@ from vlarl.rollout import Batch, RolloutBuffer
 class PPO(Algorithm):
     """Actor-critic PPO (Schulman et al. 2017) over action chunks."""
 
+    needs_critic = True  # GAE bootstraps from the value head
+
     def process(self, buffer: RolloutBuffer, policy: Policy) -> dict[str, float]:
         """GAE advantages and returns into ``buffer`` (in place)."""
         valid = buffer.valid

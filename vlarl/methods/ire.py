@@ -35,8 +35,6 @@ from vlarl.config import Config, ConfigError, save_config
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
-EPISODIC_ALGOS = ("grpo", "rloo")
-"""The trainer runs one episode per env per update for these (``rollout.collect`` mode)."""
 
 
 def round_dir(cfg: Config, r: int) -> Path:
@@ -141,14 +139,16 @@ def _no_rl(cfg: Config, r: int, start: str) -> dict:
 def rl_phase(cfg: Config, r: int, start: str | None) -> dict:
     """Round r's RL through the trainer, the env wrapped in a recorder; the successful
     episodes are written to ``round_<r>/successes``. Returns the round's accounting."""
+    from vlarl.algorithms import ALGORITHMS
     from vlarl.envs.recorder import SuccessRecorder, write_episodes
     from vlarl.trainer import build_env, train
 
     recorders: list[SuccessRecorder] = []
+    # one episode per env per update (group baselines): only each env's first episode counts
+    episodic = ALGORITHMS.get(cfg.algo.name).rollout_mode == "episodic"
 
     def make_env(env_cfg):
-        recorders.append(SuccessRecorder(build_env(env_cfg),
-                                         first_episode_only=cfg.algo.name in EPISODIC_ALGOS))
+        recorders.append(SuccessRecorder(build_env(env_cfg), first_episode_only=episodic))
         return recorders[-1]
 
     rl_cfg = rl_config(cfg, r, start)
