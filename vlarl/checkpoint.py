@@ -11,7 +11,7 @@ Bit rot / truncation is caught by the manifest checksums (verified before anythi
 deserialised) and :meth:`CheckpointManager.latest_good` falls back to the previous one.
 
 Every byte goes through :func:`write_bytes` and every publish through :func:`_rename`,
-so tests can inject a crash at the i-th write (see ``tests/test_checkpoint.py``).
+so tests can inject a crash at the i-th write (see ``tests/unit/runtime/test_checkpoint.py``).
 
 The rest of what exact resume needs lives here too: RNG capture/restore and the
 resume-compatibility check (the run-directory guard and the resumable metrics.jsonl logger are

@@ -213,8 +213,8 @@ def train(cfg: Config, *, make_env_fn=None, make_policy_fn=None,
 
 
 def _train(cfg: Config, make_env_fn, make_policy_fn, stop_after: int | None) -> Path:
-    from vlarl.runtime.preemption import PreemptionHandler
     from vlarl.rollout import collect
+    from vlarl.runtime.preemption import PreemptionHandler
 
     run = setup(cfg, make_env_fn=make_env_fn, make_policy_fn=make_policy_fn)
     t, acc = cfg.train, run.accelerator

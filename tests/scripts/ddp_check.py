@@ -1,5 +1,5 @@
 """Run the tiny RL trainer on 2 processes (``accelerate launch`` or ``torchrun``) and dump, per rank, what
-tests/test_ddp.py compares.
+tests/integration/test_ddp.py compares.
 
     accelerate launch --config_file recipes/accelerate/multi_cpu.yaml tests/scripts/ddp_check.py OUT [--nan-rank R --nan-from U]
 

@@ -1,5 +1,5 @@
 """One PPO and one GRPO update under ``torchrun --nproc_per_node 2``, compared with one
-process updating on the union of both ranks' data; tests/test_ddp.py reads the dumps.
+process updating on the union of both ranks' data; tests/integration/test_ddp.py reads the dumps.
 
     torchrun --nproc_per_node 2 tests/scripts/ddp_update_check.py OUT
 

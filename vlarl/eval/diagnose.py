@@ -123,8 +123,8 @@ def run_diagnose(cfg, out_dir: str | Path | None = None) -> dict:
         needs_privileged_env,
         validate_inputs,
     )
-    from vlarl.policies import load_policy
     from vlarl.eval.report import checkpoint_sha256, vlarl_version
+    from vlarl.policies import load_policy
     from vlarl.runtime.system import git_commit
 
     if not cfg.policy.path:

@@ -193,10 +193,10 @@ def run_eval(checkpoints: list[str], cfg, out_dir: str | Path | None = None) -> 
 def _run_eval(checkpoints: list[str], cfg, out: Path) -> dict:
     from vlarl.config import to_dict
     from vlarl.envs import make_env
-    from vlarl.policies import load_policy
     from vlarl.eval.report import checkpoint_sha256, vlarl_version
-    from vlarl.runtime.system import git_commit
     from vlarl.eval.stats import paired_comparison
+    from vlarl.policies import load_policy
+    from vlarl.runtime.system import git_commit
 
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + cfg.eval.num_episodes))
     labels = _labels(checkpoints)

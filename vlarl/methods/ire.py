@@ -173,8 +173,8 @@ def rl_phase(cfg: Config, r: int, start: str | None) -> dict:
 def sft_phase(cfg: Config, r: int, rl_policy: Path, datasets: list[Path], out: Path) -> dict:
     """Merge ``rl_policy``'s adapters, fine-tune every weight on ``datasets`` for
     ``ire.sft_steps`` steps (0: merge only), save to ``out``; return the loss stats."""
-    from vlarl.policies import load_policy
     from vlarl.methods.sft import fit_sft, sft_dataset
+    from vlarl.policies import load_policy
 
     policy = load_policy(rl_policy, use_lora=False)  # peft merge_and_unload, all trainable
     chunks, sizes = sft_dataset(datasets, policy.chunk_size, policy.action_dim)

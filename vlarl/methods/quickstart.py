@@ -76,8 +76,8 @@ class _Stages:
 def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool = False,
                    extra: list[str] | None = None) -> dict:
     from vlarl.data import collect_demos
-    from vlarl.methods.distill import run_distill
     from vlarl.eval.evaluate import run_eval
+    from vlarl.methods.distill import run_distill
     from vlarl.methods.sft import run_sft
     from vlarl.trainer import train
 

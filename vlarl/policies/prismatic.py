@@ -84,8 +84,8 @@ def prismatic_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     lm = model.language_model
     mask = attention_mask
     pads = _leading_pads(mask)
-    common = dict(use_cache=use_cache, logits_to_keep=logits_to_keep,
-                  output_hidden_states=output_hidden_states)
+    common = {"use_cache": use_cache, "logits_to_keep": logits_to_keep,
+              "output_hidden_states": output_hidden_states}
     if past_key_values is not None and pixel_values is None:  # cached decoding
         if labels is not None:
             raise ValueError("labels with past_key_values: teacher forcing takes one forward")

@@ -15,7 +15,7 @@ inputs, position ids). Registered in ``tiny.TINY_BUILDERS``; select with ``polic
 
 Not built: Qwen2-VL / Qwen2.5-VL - their processors require a video processor, which needs
 torchvision (not a dependency here). ``token_inputs`` handles their inputs (M-RoPE position
-ids, ``image_grid_thw``, ``mm_token_type_ids``); ``tests/test_token_vla_qwen2vl.py`` proves it
+ids, ``image_grid_thw``, ``mm_token_type_ids``); ``tests/unit/policies/test_token_vla_qwen2vl.py`` proves it
 on a tiny Qwen2-VL fed by a stand-in for the processor.
 
 Sizes: 2-layer vision towers and 2-layer 128-wide decoders on 64x64 images.

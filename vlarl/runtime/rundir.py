@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from vlarl import checkpoint as _ck
-from vlarl.runtime import runlock
 from vlarl.config import ConfigError
+from vlarl.runtime import runlock
 
 
 class RunDirError(ConfigError):

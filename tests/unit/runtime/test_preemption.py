@@ -39,7 +39,7 @@ def _wait_for(path: Path, timeout: float) -> None:
 
 
 def test_sigterm_in_child_writes_marker_and_exits_zero(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], env=env)
     try:
         _wait_for(tmp_path / "ready", 30)

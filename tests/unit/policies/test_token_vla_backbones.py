@@ -1,7 +1,7 @@
 """token_vla on image-text-to-text families other than PaliGemma (tiny, random, offline).
 
 Per backbone (``policy.tiny``): chunk k=2, A=7 -> 14 action tokens, batch of 3, LoRA, fp32.
-``tests/test_token_vla.py`` covers PaliGemma the same way.
+``tests/unit/policies/test_token_vla.py`` covers PaliGemma the same way.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from test_token_vla import make_obs, trained_step
+from helpers import make_obs, trained_step
 
 from vlarl.config import PolicyConfig
 from vlarl.policies import build_policy, load_policy

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_token_vla import make_obs, trained_step
+from helpers import make_obs, trained_step
 
 from vlarl.config import PolicyConfig
 from vlarl.policies.common import apply_lora

@@ -17,7 +17,7 @@ import shutil
 
 import pytest
 import torch
-from test_token_vla import make_obs
+from helpers import make_obs
 
 from vlarl.policies import load_policy
 from vlarl.policies.prismatic import is_prismatic, prismatic_forward
@@ -152,10 +152,9 @@ def prismatic_ckpt(tmp_path_factory):
     the tiny PaliGemma (its tokenizer adds <bos>, as OpenVLA's Llama tokenizer does)."""
     import importlib
     import sys
+    from pathlib import Path
 
     from vlarl.policies.tiny import tiny_checkpoint
-
-    from pathlib import Path
 
     src = Path(tiny_checkpoint("paligemma", 256))
     d = tmp_path_factory.mktemp("prismatic") / "tiny_prismatic"
@@ -169,9 +168,10 @@ def prismatic_ckpt(tmp_path_factory):
     sys.path.insert(0, str(d))
     try:
         conf = importlib.import_module("configuration_tinyprismatic")
-        text = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                    bos_token_id=2, eos_token_id=1, pad_token_id=0)
+        text = {"vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "max_position_embeddings": 512, "bos_token_id": 2, "eos_token_id": 1,
+                "pad_token_id": 0}
         cfg = conf.TinyPrismaticConfig(text_config=text, pad_token_id=0)
     finally:
         sys.path.remove(str(d))

@@ -20,7 +20,7 @@ import torch
 from vlarl.checkpoint import load
 from vlarl.config import ConfigError, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--env.backend", "inline", "--env.num_envs", "1", "--env.image_size", "32",
         "--env.max_episode_steps", "8", "--env.reward_mode", "normalized_dense",
         "--policy.chunk_size", "4", "--train.rollout_steps", "2", "--train.num_updates", "4",

@@ -11,10 +11,7 @@ from vlarl.algorithms.ppo import PPO
 from vlarl.config import AlgoConfig
 from vlarl.rollout import RolloutBuffer, collect
 
-try:
-    from tests.test_rollout import GaussianPolicy, PointEnv
-except ImportError:  # tests/ is not a package: pytest put it on sys.path
-    from test_rollout import GaussianPolicy, PointEnv
+from helpers import GaussianPolicy, PointEnv
 
 
 def _ppo_rollout(policy, num_envs=4, steps=8, seed=0):

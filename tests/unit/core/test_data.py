@@ -28,7 +28,7 @@ EPISODES = 3
 
 
 def demo_config() -> Config:
-    """Tiny collection shared with tests/test_sft.py (same config -> same cached dataset)."""
+    """Tiny collection shared with tests/integration/test_sft.py (same config -> same cached dataset)."""
     cfg = Config()
     cfg.env.task, cfg.env.image_size, cfg.env.max_episode_steps = "PickCube-v1", 32, 50
     cfg.data.num_episodes, cfg.data.num_workers = EPISODES, 2

@@ -1,127 +1,19 @@
 """Rollout collection on a tiny fake VecEnv (a 1-D point) and a Gaussian MLP policy.
 
 The fake env and policy are allowed here: these tests check the buffer bookkeeping
-(seeds, auto-resets, truncation bootstrap, masks), not ManiSkill or a VLA. They are also
-imported by tests/test_algorithms.py.
+(seeds, auto-resets, truncation bootstrap, masks), not ManiSkill or a VLA. They live in
+tests/helpers.py (tests/unit/algorithms/test_algorithms.py uses them too).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 
 import pytest
 import torch
-from torch import nn
+from helpers import STEP, GaussianPolicy, PointEnv, initial_x
 
-from vlarl.envs.base import VecEnv
-from vlarl.policies.base import Policy
 from vlarl.rollout import RolloutBuffer, collect, episode_seed, iter_minibatches
-from vlarl.types import ActOutput, ChunkStep, Obs
-
-STEP = 0.25  # how far one control step with action 1 moves the point
-
-
-def initial_x(seed: int) -> float:
-    return float(torch.rand(1, generator=torch.Generator().manual_seed(seed))) * 2 - 1
-
-
-class PointEnv(VecEnv):
-    """x' = x + 0.25 clip(a); reward -|x| per step, or +1 (success, terminated) at x >= goal."""
-
-    def __init__(self, num_envs: int, max_episode_steps: int, goal: float = 10.0):
-        self.num_envs, self.action_dim, self.state_dim = num_envs, 1, 2
-        self.max_episode_steps, self.goal = max_episode_steps, goal
-        self.task, self.split = "point", "train"
-        self.x = torch.zeros(num_envs)
-        self.t = torch.zeros(num_envs, dtype=torch.long)
-        self.seeds_used: list[list[int]] = []
-
-    def _obs(self, idx=None) -> Obs:
-        x, t = self.x, self.t.float()
-        n = self.num_envs
-        images = (x.clamp(-1, 1) * 100 + 128).to(torch.uint8).view(n, 1, 1, 1, 1).expand(n, 1, 2, 2, 3)
-        return Obs(images.clone(), torch.stack([x, t / 100], dim=1), [f"reach {self.goal}"] * n)
-
-    def reset(self, seeds: list[int]) -> Obs:
-        self.seeds_used.append(list(seeds))
-        self.x = torch.tensor([initial_x(s) for s in seeds])
-        self.t.zero_()
-        return self._obs()
-
-    def step_chunk(self, actions: torch.Tensor, reset_seeds=None) -> ChunkStep:
-        n, k, _ = actions.shape
-        rewards = torch.zeros(n, k)
-        term = torch.zeros(n, dtype=torch.bool)
-        trunc = torch.zeros(n, dtype=torch.bool)
-        steps = torch.zeros(n, dtype=torch.long)
-        for j in range(k):
-            live = ~(term | trunc)
-            self.x = torch.where(live, self.x + STEP * actions[:, j, 0].clamp(-1, 1), self.x)
-            self.t += live.long()
-            steps += live.long()
-            hit = live & (self.x >= self.goal)
-            rewards[:, j] = torch.where(hit, torch.ones(n), -self.x.abs()) * live
-            term |= hit
-            trunc |= live & ~hit & (self.t >= self.max_episode_steps)
-        final = self._obs()
-        done = term | trunc
-        for i in done.nonzero(as_tuple=True)[0].tolist():
-            self.x[i] = initial_x(reset_seeds[i])
-            self.t[i] = 0
-        return ChunkStep(self._obs(), rewards, term, trunc, term.clone(), term.clone(), steps,
-                         final_obs=final)
-
-    def close(self) -> None:
-        pass
-
-
-class GaussianPolicy(Policy):
-    """Diagonal Gaussian over a chunk of k scalar actions, with a value head."""
-
-    def __init__(self, chunk_size: int = 2, hidden: int = 16, bias: float = 0.0, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.chunk_size, self.action_dim = chunk_size, 1
-        self.actor = nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, chunk_size))
-        with torch.no_grad():
-            self.actor[2].weight.mul_(0.1)
-            self.actor[2].bias.fill_(bias)
-        self.log_std = nn.Parameter(torch.full((chunk_size,), -0.5))
-        self.value_head = nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, 1))
-        self.ref_actor = copy.deepcopy(self.actor).requires_grad_(False)
-        self.use_ref = False
-        self.poison = False  # tests: make evaluate return NaN log-probs
-
-    def _dist(self, obs: Obs) -> torch.distributions.Normal:
-        mean = (self.ref_actor if self.use_ref else self.actor)(obs.state)
-        return torch.distributions.Normal(mean, self.log_std.exp())
-
-    def act(self, obs, deterministic=False, generator=None) -> ActOutput:
-        d = self._dist(obs)
-        a = d.mean if deterministic else d.mean + d.stddev * torch.randn(
-            d.mean.shape, generator=generator)
-        return ActOutput(a.view(len(obs), self.chunk_size, 1), d.log_prob(a).sum(-1),
-                         self.value(obs), {"actions": a})
-
-    def evaluate(self, obs, stored):
-        d = self._dist(obs)
-        lp = d.log_prob(stored["actions"]).sum(-1)
-        if self.poison:
-            lp = lp * float("nan")
-        return lp, d.entropy().sum(-1), self.value(obs)
-
-    def value(self, obs):
-        return self.value_head(obs.state).squeeze(-1)
-
-    @contextlib.contextmanager
-    def reference(self):
-        self.use_ref = True
-        try:
-            yield
-        finally:
-            self.use_ref = False
 
 
 def test_episode_seed_is_stable_and_distinct():

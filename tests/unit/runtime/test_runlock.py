@@ -17,7 +17,7 @@ import pytest
 
 from vlarl.runtime import runlock
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 VLARL = [sys.executable, "-m", "vlarl"]
 TINY_TRAIN = ["--config", "recipes/cpu/quickstart.yaml", "--env.image_size", "32",
               "--env.backend", "inline", "--env.num_envs", "1", "--algo.name", "ppo",

@@ -10,44 +10,16 @@ import time
 
 import pytest
 import torch
+from helpers import A, K, make_obs, make_policy, trained_step
 
 from vlarl.config import PolicyConfig
 from vlarl.policies import build_policy, load_policy, policy_class
 from vlarl.types import Obs
 
-K, A = 2, 7
-
-
-def make_obs(n: int = 3, seed: int = 0) -> Obs:
-    g = torch.Generator().manual_seed(seed)
-    words = ["pick the red cube", "push the blue sphere to the goal", "stack the green cube",
-             "place the cube in the bin"]
-    return Obs(images=torch.randint(0, 256, (n, 1, 64, 64, 3), dtype=torch.uint8, generator=g),
-               state=torch.randn(n, 9, generator=g),
-               instructions=[words[i % len(words)] for i in range(n)])
-
-
-def make_policy(**kw) -> torch.nn.Module:
-    return build_policy(PolicyConfig(chunk_size=K, action_dim=A, **kw))
-
 
 @pytest.fixture(scope="module")
 def policy():
     return make_policy()
-
-
-def trained_step(policy, obs, stored=None, steps: int = 1, lr: float = 1e-2):
-    """``steps`` Adam steps on -log_prob + value MSE of a fixed chunk (sampled if not given)."""
-    params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    if stored is None:
-        stored = policy.act(obs, generator=torch.Generator().manual_seed(3)).stored
-    for _ in range(steps):
-        lp, _, v = policy.evaluate(obs, stored)
-        loss = -lp.mean() + (v - 1.0).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
 
 
 def test_act_shapes_and_matches_evaluate(policy):

@@ -1,5 +1,5 @@
 """vlarl compare: pairing checkpoints across separate eval reports (pure JSON in, numbers out;
-the real-report case is in tests/test_eval.py::test_run_eval_report_files)."""
+the real-report case is in tests/unit/eval/test_eval.py::test_run_eval_report_files)."""
 
 from __future__ import annotations
 

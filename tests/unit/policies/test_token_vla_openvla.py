@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 import torch
-from test_token_vla import make_obs
+from helpers import make_obs
 
 from vlarl.config import PolicyConfig
 from vlarl.policies import load_policy

@@ -142,7 +142,7 @@ def test_doctor_calls_a_cpu_renderer_on_a_gpu_machine_a_problem():
 
 def test_a_model_whose_forward_takes_no_position_ids_is_refused_at_load():
     """OpenVLA's remote forward signature (no position_ids / logits_to_keep / **kwargs) on a
-    model without Prismatic's parts; OpenVLA itself: tests/test_token_vla_prismatic.py."""
+    model without Prismatic's parts; OpenVLA itself: tests/unit/policies/test_token_vla_prismatic.py."""
     from vlarl.policies.prismatic import is_prismatic
     from vlarl.policies.token_vla import _check_forward_signature
 
@@ -160,7 +160,7 @@ def test_a_model_whose_forward_takes_no_position_ids_is_refused_at_load():
 
 
 def test_gpu_check_exits_at_once_without_cuda(tmp_path):
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     t0 = time.monotonic()
     res = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh"), str(tmp_path / "out")],
                          check=False, capture_output=True, text=True, timeout=120,
@@ -176,7 +176,7 @@ def test_wheelhouse_prunes_unused_assets_and_their_record_lines(tmp_path):
     import zipfile
 
     spec = importlib.util.spec_from_file_location(
-        "gpu_wheelhouse", Path(__file__).resolve().parent.parent / "scripts" / "gpu_wheelhouse.py")
+        "gpu_wheelhouse", Path(__file__).resolve().parents[2] / "scripts" / "gpu_wheelhouse.py")
     wh = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(wh)
     files = ["mani_skill/__init__.py", "mani_skill/assets/robots/panda/panda.urdf",

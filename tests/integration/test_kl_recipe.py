@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow
 def test_two_task_base_then_grpo_with_scheduled_kl_then_the_other_task(tmp_path, monkeypatch):
     from vlarl.eval.drift import dataset_batches, policy_kl
     from vlarl.eval.evaluate import run_eval
-    from vlarl.policies import load_policy
     from vlarl.methods.sft import demo_dirs, run_sft
+    from vlarl.policies import load_policy
     from vlarl.trainer import train
 
     monkeypatch.setenv("VLARL_CACHE", str(tmp_path / "cache"))

@@ -26,7 +26,7 @@ K, A = 4, 4
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
-    """A tiny token VLA (random weights) saved as a checkpoint (as tests/test_distill.py)."""
+    """A tiny token VLA (random weights) saved as a checkpoint (as tests/integration/test_distill.py)."""
     path = tmp_path_factory.mktemp("teacher")
     torch.manual_seed(0)
     build_policy(PolicyConfig(chunk_size=K, action_dim=A)).save_pretrained(path)

@@ -17,7 +17,7 @@ POLICY = os.environ.get("VLARL_TEST_SFT_POLICY", "token_vla")
 
 
 def sft_config(tmp: Path) -> Config:
-    """The same demos as tests/test_data.py (shared through the session's VLARL_CACHE)."""
+    """The same demos as tests/unit/core/test_data.py (shared through the session's VLARL_CACHE)."""
     cfg = Config()
     cfg.env.task, cfg.env.image_size, cfg.env.max_episode_steps = "PickCube-v1", 32, 50
     cfg.data.num_episodes, cfg.data.num_workers = 3, 2
@@ -91,9 +91,9 @@ def test_multi_task_sft_pads_the_shorter_state(env_cache: Path) -> None:
     state range covers 20 dims, PushCube states are zero-padded in training batches and at
     inference, and the run's SFT key differs from the single-task one."""
     from vlarl.config import ConfigError
+    from vlarl.methods.sft import demo_dirs
     from vlarl.policies import load_policy
     from vlarl.policies.common import pad_state
-    from vlarl.methods.sft import demo_dirs
 
     cfg = sft_config(env_cache)
     cfg.sft.output_dir = str(env_cache / "sft_multi")

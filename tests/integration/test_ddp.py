@@ -21,7 +21,7 @@ from vlarl.checkpoint import load
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "scripts" / "ddp_check.py"
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 MULTI_CPU = ROOT / "recipes" / "accelerate" / "multi_cpu.yaml"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parent.parent / "vlarl"
+PKG = Path(__file__).resolve().parents[3] / "vlarl"
 
 
 def _modules() -> dict[str, Path]:

@@ -28,10 +28,9 @@ def test_every_command_starts_with_passive_openmp_unless_the_user_chose():
 
 
 def test_tree_peak_rss_counts_a_child_that_held_300_mb():
-    child = subprocess.Popen([sys.executable, "-c",
-                              "import sys, time; b = bytearray(300 * 2**20); b[::4096] = b'x' * "
-                              "len(b[::4096]); print('ok', flush=True); time.sleep(30)"],
-                             stdout=subprocess.PIPE, text=True)
+    hold = ("import sys, time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+            "print('ok', flush=True); time.sleep(30)")
+    child = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "ok"
         mem = tree_peak_rss_mb()

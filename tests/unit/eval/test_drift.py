@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from vlarl.cli import main as vlarl_main
 from vlarl.config import Config, PolicyConfig
 from vlarl.data import collect_demos
-from vlarl.cli import main as vlarl_main
 from vlarl.eval.drift import dataset_batches, policy_kl
 
 pytestmark = pytest.mark.slow
