@@ -160,7 +160,7 @@ def validate(cfg: Config) -> None:
     """Everything checkable before a policy is loaded or an env starts."""
     from vlarl.envs import resolve_backend, validate_env_config
 
-    cfg.validate()
+    cfg.resolve().validate()
     d = cfg.distill
     if d.teacher is None:
         raise ConfigError("distill.teacher is required: pass --teacher DIR (a save_pretrained "

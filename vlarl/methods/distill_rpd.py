@@ -90,7 +90,7 @@ def check_rpd_config(cfg: Config) -> None:
     if cfg.train.resume:
         raise ConfigError("train.resume is not supported by distill.method=rpd (its run "
                           "directory lives inside the distillation's temporary output)")
-    rl_config(cfg, Path("rl"), 1, 1).validate()  # PPO's batch / minibatch divisibility
+    rl_config(cfg, Path("rl"), 1, 1).resolve().validate()  # PPO's batch / minibatch divisibility
 
 
 def rl_config(cfg: Config, run_dir: Path, chunk_size: int, action_dim: int) -> Config:

@@ -59,7 +59,7 @@ def check_ire_config(cfg: Config) -> Path:
     from vlarl.runtime.rundir import prepare_run_dir
     from vlarl.runtime.runlock import launch_env
 
-    cfg.validate()
+    cfg.resolve().validate()
     if not cfg.sft.full_finetune:
         raise ConfigError("sft.full_finetune=false is not allowed for vlarl ire: its SFT phase "
                           "merges the RL adapters and trains every weight (set it true)")

@@ -38,7 +38,7 @@ def _recipe(smoke: bool, extra: list[str]) -> Config:
             set_field(cfg, section, values)
     for key, value in parse_overrides(extra):
         set_field(cfg, key, value)
-    return cfg.validate()
+    return cfg.resolve().validate()
 
 
 def _key(*parts) -> str:

@@ -81,3 +81,23 @@ def test_cache_keys_hash_only_non_default_fields():
     cfg = load_config(None, ["--policy.chunk_size", "6", "--policy.lora_r", "8"])
     assert non_default(cfg.policy) == {"chunk_size": 6, "lora_r": 8}
     assert non_default(PolicyConfig()) == {}
+
+
+def test_validate_is_pure_and_resolve_fills_what_follows():
+    """validate() never changes the config it checks; resolve() (which load_config calls)
+    switches on the privileged state a privileged critic reads."""
+    import copy
+
+    cfg = Config()
+    cfg.policy.critic_input = "privileged"
+    before = copy.deepcopy(cfg)
+    with pytest.raises(ConfigError, match="env.privileged_state must be true"):
+        cfg.validate()
+    assert cfg == before  # nothing was switched on behind the caller's back
+    assert cfg.resolve().validate().env.privileged_state is True
+    loaded = load_config(None, ["--policy.critic_input", "privileged"])
+    assert loaded.env.privileged_state is True
+    ok = load_config(None, [])
+    snapshot = copy.deepcopy(ok)
+    ok.validate()
+    assert ok == snapshot
