@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import GaussianPolicy, PointEnv
 
 from vlarl.algorithms import ALGORITHMS, NonFiniteError, UpdateContext
 from vlarl.algorithms.grpo import GRPO, RLOO
 from vlarl.algorithms.ppo import PPO
 from vlarl.config import AlgoConfig
 from vlarl.rollout import RolloutBuffer, collect
-
-from helpers import GaussianPolicy, PointEnv
 
 
 def _ppo_rollout(policy, num_envs=4, steps=8, seed=0):
