@@ -131,6 +131,11 @@ class Config:
         if p.lora_lm_head and (p.name != "token_vla" or not p.use_lora):
             raise ConfigError(f"policy.lora_lm_head=true needs policy.name=token_vla and "
                               f"policy.use_lora=true (got {p.name!r}, use_lora={p.use_lora})")
+        # peft would refuse these later with its own names ("`r` should be a positive integer")
+        positive("policy.lora_r", p.lora_r)
+        positive("policy.lora_alpha", p.lora_alpha)
+        if not 0.0 <= p.lora_dropout < 1.0:
+            raise ConfigError(f"policy.lora_dropout={p.lora_dropout} must be in [0, 1)")
         positive("policy.chunk_size", p.chunk_size)
         positive("policy.action_dim", p.action_dim)
         if p.action_bins < 2:

@@ -44,8 +44,25 @@ def policy_class(name: str) -> type[Policy]:
     return POLICIES.get(name)
 
 
+def quiet_model_io() -> None:
+    """Turn off what transformers and peft print on every load and save that says nothing
+    new: the weight-loading and shard-writing progress bars, and the deprecation warning peft
+    0.21 triggers in transformers 5 (``is_gradient_checkpointing``). Hub download bars
+    (huggingface_hub's own) stay. ``VLARL_VERBOSE=1`` keeps everything."""
+    if os.environ.get("VLARL_VERBOSE"):
+        return
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                            category=FutureWarning)
+
+
 def build_policy(cfg: PolicyConfig) -> Policy:
     """Build the policy ``cfg.name`` from ``cfg`` (``cfg.path`` None -> the tiny model)."""
+    quiet_model_io()
     return policy_class(cfg.name).from_config(cfg)  # type: ignore[attr-defined]
 
 
@@ -76,5 +93,6 @@ def load_policy(path: str | Path, device: str | None = None, **overrides: Any) -
             raise ValueError(f"name={name!r} does not match the checkpoint's policy {saved!r}")
         name = saved
     cls = policy_class(name or "token_vla")
+    quiet_model_io()
     policy = cls.from_pretrained(path, **overrides)  # type: ignore[attr-defined]
     return policy.to(device or default_device())

@@ -101,3 +101,10 @@ def test_validate_is_pure_and_resolve_fills_what_follows():
     snapshot = copy.deepcopy(ok)
     ok.validate()
     assert ok == snapshot
+
+
+@pytest.mark.parametrize("key,value", [("policy.lora_r", "0"), ("policy.lora_alpha", "-8"),
+                                       ("policy.lora_dropout", "1.0")])
+def test_lora_values_peft_would_refuse_are_named_at_load(key, value):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [f"--{key}", value])

@@ -44,3 +44,25 @@ def test_tree_peak_rss_counts_a_child_that_held_300_mb():
     t0 = time.perf_counter()
     assert tree_peak_rss_mb()["num_children"] == 0  # the child is gone
     assert time.perf_counter() - t0 < 1.0
+
+
+QUIET = ("import sys; from vlarl.config import PolicyConfig; "
+         "from vlarl.policies import build_policy, load_policy; "
+         "p = build_policy(PolicyConfig(chunk_size=2, action_dim=7)); "
+         "p.save_pretrained(sys.argv[1]); load_policy(sys.argv[1])")
+
+
+def test_model_loads_and_saves_print_no_library_noise_unless_verbose(tmp_path):
+    """Building, saving and loading a tiny token VLA (real transformers + peft): no weight
+    bars, no peft/transformers deprecation warning; VLARL_VERBOSE=1 shows them again."""
+    def stderr(extra: dict, out: str) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "VLARL_VERBOSE"}
+        env.update(extra)
+        return subprocess.run([sys.executable, "-c", QUIET, str(tmp_path / out)], env=env,
+                              capture_output=True, text=True, timeout=300, check=True).stderr
+
+    quiet = stderr({}, "a")
+    assert "Loading weights" not in quiet and "Writing model shards" not in quiet
+    assert "is_gradient_checkpointing" not in quiet
+    loud = stderr({"VLARL_VERBOSE": "1"}, "b")
+    assert "Loading weights" in loud and "is_gradient_checkpointing" in loud
