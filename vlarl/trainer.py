@@ -4,8 +4,9 @@ This is the only module that imports accelerate. One process = one env batch; wi
 ``torchrun --nproc_per_node P -m vlarl train`` (the CPU launcher; ``accelerate launch`` on GPU)
 each rank owns ``env.num_envs`` envs with its own seeds, and DDP averages the gradients of
 the update. Bad input is refused by :func:`preflight` before anything heavy starts.
-The loop itself is ten named calls (see :func:`train`); everything it calls is tested
-on its own.
+The loop (:func:`_train`) reads as the algorithm: ``collect_and_update`` (collect ->
+process -> update, the optimisation loop owned by the algorithm), ``evaluate_during_training``,
+``_log``, ``save``, ``export_policy``; the console report is :mod:`vlarl.runtime.run_report`.
 
 Exact resume: every update starts from envs reset with seeds that are a pure function of
 (train.seed, update, rank, env, episode), and the checkpoint holds trainable tensors,
@@ -16,7 +17,6 @@ update u replays update u+1 bit for bit (CPU). See docs/guarantees.md.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 import warnings
@@ -213,14 +213,13 @@ def train(cfg: Config, *, make_env_fn=None, make_policy_fn=None,
 
 
 def _train(cfg: Config, make_env_fn, make_policy_fn, stop_after: int | None) -> Path:
-    from vlarl.rollout import collect
     from vlarl.runtime.preemption import PreemptionHandler
+    from vlarl.runtime.run_report import RunReport
+    from vlarl.runtime.system import tree_peak_rss_mb
 
     run = setup(cfg, make_env_fn=make_env_fn, make_policy_fn=make_policy_fn)
     t, acc = cfg.train, run.accelerator
     ctx = update_context(acc, getattr(run.trainable, "_wrapped", None))
-    mode = run.algo.rollout_mode  # the algorithm says how it wants its data
-    group = cfg.algo.num_generations if mode == "episodic" else 1
     progress = _progress(acc, run.start_update, t.num_updates)
     report = RunReport()
     done_this_call = 0
@@ -228,46 +227,22 @@ def _train(cfg: Config, make_env_fn, make_policy_fn, stop_after: int | None) -> 
     try:
         with PreemptionHandler() as preempt:
             for update in range(run.start_update, t.num_updates):
-                t0 = time.perf_counter()
-                # one precision path for act (rollout) and evaluate (update): accelerate's
-                # autocast, which in one process `prepare` would not apply at all
-                with acc.autocast():
-                    # episode seeds of the global env index: layouts draw the same episodes
-                    stats = collect(run.env, run.policy, run.buffer, base_seed=t.seed,
-                                    update=update, mode=mode, group_size=group,
-                                    first_env=acc.process_index * run.env.num_envs)
-                    metrics = run.algo.process(run.buffer, run.policy)
-                    metrics.update(run.algo.update(run.trainable, run.optimizer, run.buffer,
-                                                   ctx, update, run.generator))
-                metrics = _prefix("algo/", metrics)
-                run.scheduler.step()
-                stats = _all_ranks(acc, stats)
-                run.env_steps += int(stats["env_steps"])
-                metrics.update(_prefix("rollout/", stats))
-                metrics.update({"train/lr": run.scheduler.get_last_lr()[0],
-                                "train/env_steps": run.env_steps,
-                                "time/update_s": time.perf_counter() - t0})
+                metrics = collect_and_update(run, ctx, update)
                 if t.eval_every and (update + 1) % t.eval_every == 0:
                     metrics.update(_prefix("eval/", evaluate_during_training(run)))
                 _log(run, update + 1, metrics, progress)
                 if acc.is_main_process:
                     report.add(update + 1, metrics)
                 done_this_call += 1
-                last = update + 1 == t.num_updates
                 stop = preempt.requested_on_any(acc) or (stop_after is not None and done_this_call >= stop_after)
-                if last or stop or (update + 1) % t.save_every == 0:
+                if update + 1 == t.num_updates or stop or (update + 1) % t.save_every == 0:
                     save(run, update + 1)
                 if stop:
-                    if preempt.requested and acc.is_main_process:
-                        print(f"vlarl train: {preempt.signal_name or 'stop request'} received; "
-                              f"checkpointed update {update + 1} in {run.ckpt.root}; continue "
-                              "with --train.resume true", file=sys.stderr)
+                    _say_stopped(run, preempt, update + 1)
                     break
             else:
                 export_policy(run)
         if acc.is_main_process:
-            from vlarl.runtime.system import tree_peak_rss_mb
-
             print(report.summary(run.run_dir, run.env_steps, tree_peak_rss_mb()),
                   file=sys.stderr, flush=True)
     except Exception as err:
@@ -285,67 +260,40 @@ def _train(cfg: Config, make_env_fn, make_policy_fn, stop_after: int | None) -> 
     return run.run_dir
 
 
-def skip_advice(metrics: dict) -> str | None:
-    """Why an update was skipped and what to try, from its logged metrics (None: not skipped)."""
-    if not metrics.get("algo/skipped_update"):
-        return None
-    if metrics.get("algo/groups_kept", 1.0) == 0.0:  # group baselines (grpo, rloo) log it
-        return ("every group's rollouts all succeeded or all failed (algo/groups_kept 0), so no "
-                "advantage is non-zero; try a better SFT base, larger groups "
-                "(--algo.num_generations), or a dense reward (--env.reward_mode normalized_dense "
-                "--algo.shaping_coef 0.1)")
-    return (f"too few training decisions ({metrics.get('algo/train_samples', 0):.0f}) for "
-            "algo.num_mini_batches x algo.gradient_accumulation_steps; use more envs or "
-            "rollout steps")
+def collect_and_update(run: _Run, ctx, update: int) -> dict:
+    """One update: collect a rollout (as the algorithm asks: ``rollout_mode``), process it
+    (advantages), update the policy (the algorithm's optimisation loop), step the schedule;
+    returns the update's metrics (``algo/``, ``rollout/`` over every rank, ``train/``, ``time/``)."""
+    from vlarl.rollout import collect
+
+    t, acc = run.cfg.train, run.accelerator
+    mode = run.algo.rollout_mode
+    t0 = time.perf_counter()
+    # one precision path for act (rollout) and evaluate (update): accelerate's autocast, which
+    # in one process `prepare` would not apply at all
+    with acc.autocast():
+        # episode seeds of the global env index: layouts draw the same episodes
+        stats = collect(run.env, run.policy, run.buffer, base_seed=t.seed, update=update,
+                        mode=mode, group_size=run.cfg.algo.num_generations if mode == "episodic" else 1,
+                        first_env=acc.process_index * run.env.num_envs)
+        metrics = run.algo.process(run.buffer, run.policy)
+        metrics.update(run.algo.update(run.trainable, run.optimizer, run.buffer, ctx, update,
+                                       run.generator))
+    metrics = _prefix("algo/", metrics)
+    run.scheduler.step()
+    stats = _all_ranks(acc, stats)
+    run.env_steps += int(stats["env_steps"])
+    metrics.update(_prefix("rollout/", stats))
+    metrics.update({"train/lr": run.scheduler.get_last_lr()[0], "train/env_steps": run.env_steps,
+                    "time/update_s": time.perf_counter() - t0})
+    return metrics
 
 
-class RunReport:
-    """What ``vlarl train`` says on the console besides its progress bar: a warning when an
-    update is skipped (the first one, then a count every 25 updates), and a summary at the end."""
-
-    def __init__(self):
-        self.rows: list[tuple[int, dict]] = []
-        self.skipped: list[int] = []
-        self.warned_at = 0
-        self.t0 = time.perf_counter()
-
-    def add(self, update: int, metrics: dict) -> str | None:
-        self.rows.append((update, {k: v for k, v in metrics.items()
-                                   if k.startswith(("rollout/success", "eval/success", "algo/"))}))
-        why = skip_advice(metrics)
-        if why is None:
-            return None
-        self.skipped.append(update)
-        if len(self.skipped) == 1 or update - self.warned_at >= 25:
-            msg = (f"vlarl train: update {update} skipped ({len(self.skipped)} of "
-                   f"{len(self.rows)} so far): {why}")
-            print(msg, file=sys.stderr, flush=True)
-            self.warned_at = update
-            return msg
-        return None
-
-    def summary(self, run_dir: Path, env_steps: int, memory: dict | None = None) -> str:
-        n = len(self.rows)
-        rates = [m.get("rollout/success_rate") for _, m in self.rows]
-        rates = [r for r in rates if r is not None and not math.isnan(r)]
-        k = max(1, len(rates) // 10)
-        minutes = (time.perf_counter() - self.t0) / 60
-        head = (f"vlarl train: {n} updates, {env_steps} env steps in {minutes:.1f} min; "
-                f"skipped updates: {len(self.skipped)}")
-        lines = [head]
-        if rates:
-            lines.append(f"  rollout success: first {k} updates {sum(rates[:k]) / k:.2f}, "
-                         f"last {k} {sum(rates[-k:]) / k:.2f}")
-        evals = [(u, m["eval/success_rate"]) for u, m in self.rows if "eval/success_rate" in m]
-        if evals:
-            lines.append("  in-training eval (greedy): " + ", ".join(
-                f"update {u}: {r:.2f}" for u, r in evals))
-        if memory:
-            lines.append(f"  peak RSS: main process {memory['main']:.0f} MB, "
-                         f"{memory['num_children']} child processes {memory['children']:.0f} MB "
-                         f"(largest {memory['largest_child']:.0f}), tree {memory['tree']:.0f} MB")
-        lines.append(f"  policy: {run_dir / 'policy'}; metrics: {run_dir / 'metrics.jsonl'}")
-        return "\n".join(lines)
+def _say_stopped(run: _Run, preempt, update: int) -> None:
+    if preempt.requested and run.accelerator.is_main_process:
+        print(f"vlarl train: {preempt.signal_name or 'stop request'} received; checkpointed "
+              f"update {update} in {run.ckpt.root}; continue with --train.resume true",
+              file=sys.stderr)
 
 
 def _all_ranks(acc, stats: dict[str, float]) -> dict[str, float]:

@@ -34,7 +34,7 @@ def test_chunk_longer_than_the_episode_is_refused_naming_both_keys():
 
 
 def test_skipped_updates_are_explained_once_then_counted(capsys):
-    from vlarl.trainer import RunReport, skip_advice
+    from vlarl.runtime.run_report import RunReport, skip_advice
 
     skipped = {"algo/skipped_update": 1.0, "algo/groups_kept": 0.0, "rollout/success_rate": 0.0}
     assert skip_advice({"algo/optimizer_steps": 4.0}) is None
