@@ -83,20 +83,15 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
                            epilog=_options_epilog(SECTIONS[name]) if full_help else None)
         if SECTIONS[name]:
             p.add_argument("--config", help="YAML recipe (see recipes/)", default=None)
-        if name == "eval":
+        if name == "eval":  # the report directory is --eval.out
             p.add_argument("checkpoints", nargs="*", help="checkpoint directories (default: --policy.path)")
-            p.add_argument("--out", help="report directory", default=None)
         if name == "compare":
             p.add_argument("reports", nargs="+", help="report.json files or their directories; "
                            "the first report's first checkpoint is the baseline")
             p.add_argument("--json", default=None, help="also write the comparison to this file")
             p.add_argument("--baseline", default=None,
                            help="label or path of the baseline checkpoint (default: the first)")
-        if name == "diagnose":
-            p.add_argument("--out", help="report directory (default <policy.path>/diagnose)",
-                           default=None)
-        if name == "distill":
-            p.add_argument("--teacher", help="teacher checkpoint directory", default=None)
+        if name == "distill":  # the teacher is --distill.teacher
             p.add_argument("--student", help="student policy name (default mlp_student)",
                            default=None)
         if name == "quickstart":
@@ -112,6 +107,20 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
             p.add_argument("--steps", type=int, default=None,
                            help="decisions to step (default: until every env's episode ended)")
     return parser
+
+
+RENAMED = {"--out": "--eval.out", "--teacher": "--distill.teacher"}
+"""Flags that duplicated a config field; each option has one spelling (the field's)."""
+
+
+def _check_renamed(argv: list[str]) -> None:
+    from vlarl.config import ConfigError
+
+    for tok in argv:
+        flag = tok.split("=", 1)[0]
+        if flag in RENAMED:
+            raise ConfigError(f"{flag} is spelled {RENAMED[flag]} (the config field it sets; "
+                              f"every option has one spelling)")
 
 
 def _load(args, rest: list[str]):
@@ -143,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     from vlarl.config import ConfigError
 
     try:
+        if args.command in ("eval", "diagnose", "distill"):
+            _check_renamed(argv)
         return _dispatch(args, rest, parser)
     except ConfigError as err:
         print(f"vlarl {args.command}: config error: {err}", file=sys.stderr)
@@ -221,16 +232,14 @@ def _dispatch(args, rest: list[str], parser) -> int:
             from vlarl.config import ConfigError
 
             raise ConfigError("no checkpoint given: pass directories or --policy.path")
-        run_eval(ckpts, cfg, args.out or cfg.eval.out)
+        run_eval(ckpts, cfg, cfg.eval.out)
     elif cmd == "diagnose":
         from vlarl.eval.diagnose import run_diagnose
 
-        run_diagnose(cfg, args.out or cfg.eval.out)
+        run_diagnose(cfg, cfg.eval.out)
     elif cmd == "distill":
         from vlarl.methods.distill import run_distill
 
-        if args.teacher:
-            cfg.distill.teacher = args.teacher
         print(run_distill(cfg, student=args.student))
     return 0
 

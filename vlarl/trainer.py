@@ -392,7 +392,7 @@ def _resume(run: _Run) -> str | None:
 
 def export_policy(run: _Run) -> Path | None:
     """Write the final policy as a ``from_pretrained`` directory ``<run>/policy`` (what
-    ``vlarl eval`` and ``vlarl distill --teacher`` take). Written to a temp dir, then renamed."""
+    ``vlarl eval`` and ``vlarl distill --distill.teacher`` take). Written to a temp dir, then renamed."""
     import shutil
 
     if not run.accelerator.is_main_process:

@@ -72,7 +72,7 @@ def _labels(stored: dict[str, torch.Tensor]) -> torch.Tensor:
     if TEACHER_KEY not in stored:
         raise KeyError(f"algo rpd needs stored[{TEACHER_KEY!r}] (the teacher's chunk per decision) "
                        f"but the rollout stored only {sorted(stored)}; run it with "
-                       "`vlarl distill --distill.method rpd --teacher DIR`, which labels every "
+                       "`vlarl distill --distill.method rpd --distill.teacher DIR`, which labels every "
                        "decision with the teacher")
     return stored[TEACHER_KEY]
 

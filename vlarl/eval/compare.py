@@ -32,7 +32,7 @@ def load_report(path: str | Path) -> dict:
         p = p / "report.json"
     if not p.is_file():
         raise FileNotFoundError(f"no eval report at {path} (expected a report.json or its "
-                                "directory, as written by vlarl eval --out DIR)")
+                                "directory, as written by vlarl eval --eval.out DIR)")
     report = json.loads(p.read_text())
     report["_path"] = str(p.resolve())  # one file given twice is one report
     return report

@@ -163,7 +163,7 @@ def validate(cfg: Config) -> None:
     cfg.resolve().validate()
     d = cfg.distill
     if d.teacher is None:
-        raise ConfigError("distill.teacher is required: pass --teacher DIR (a save_pretrained "
+        raise ConfigError("distill.teacher is required: pass --distill.teacher DIR (a save_pretrained "
                           "checkpoint, e.g. the RL run's checkpoint)")
     if not Path(d.teacher).expanduser().exists():
         raise FileNotFoundError(f"distill.teacher={d.teacher!r} does not exist")

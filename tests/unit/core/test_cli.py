@@ -31,6 +31,13 @@ def test_rldg_and_drift_are_subcommands():
     assert out.returncode == 0 and out.stdout.startswith("usage: vlarl drift")
 
 
+def test_flags_that_duplicated_a_field_name_the_field():
+    out = _run(["eval", "runs/x", "--out", "runs/report"])
+    assert out.returncode == 2 and "--out is spelled --eval.out" in out.stderr
+    out = _run(["distill", "--teacher=runs/rl/policy"])
+    assert out.returncode == 2 and "--teacher is spelled --distill.teacher" in out.stderr
+
+
 def test_subcommand_help_lists_fields_with_docs():
     out = _run(["train", "--help"])
     assert out.returncode == 0

@@ -71,7 +71,7 @@ def test_cli_diagnose_tiny_policy(checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "diag"
     rc = main(["diagnose", "--policy.path", checkpoint, "--env.task", "PushCube-v1",
                "--env.backend", "inline", "--env.num_envs", "1", "--env.image_size", "32",
-               "--env.max_episode_steps", "8", "--eval.num_episodes", "3", "--out", str(out)])
+               "--env.max_episode_steps", "8", "--eval.num_episodes", "3", "--eval.out", str(out)])
     assert rc == 0
     rep = json.loads((out / "diagnose.json").read_text())
     assert rep["seeds"] == [1_000_000, 1_000_001, 1_000_002]

@@ -89,7 +89,7 @@ def test_sft_and_eval_refuse_a_held_output_dir(tmp_path, command):
     else:
         holder = _holder(out)
         args = ["eval", str(tmp_path / "ckpt"), "--config",
-                "recipes/cpu/quickstart.yaml", "--out", str(out)]
+                "recipes/cpu/quickstart.yaml", "--eval.out", str(out)]
         (tmp_path / "ckpt").mkdir()
     try:
         t0 = time.monotonic()
