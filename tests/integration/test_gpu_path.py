@@ -37,7 +37,7 @@ def test_bf16_act_and_evaluate_share_one_precision_path():
 
     from vlarl import trainer
 
-    src = inspect.getsource(trainer._train)
+    src = inspect.getsource(trainer.collect_and_update)
     assert "with acc.autocast():" in src and src.index("acc.autocast()") < src.index("collect(")
     policy = build_policy(PolicyConfig(chunk_size=2, action_dim=7, value_head=True)).eval()
     obs = _obs(6)
