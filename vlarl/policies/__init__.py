@@ -46,8 +46,9 @@ def policy_class(name: str) -> type[Policy]:
 
 def quiet_model_io() -> None:
     """Turn off what transformers and peft print on every load and save that says nothing
-    new: the weight-loading and shard-writing progress bars, and the deprecation warning peft
-    0.21 triggers in transformers 5 (``is_gradient_checkpointing``). Hub download bars
+    new: the weight-loading and shard-writing progress bars, the deprecation warning peft
+    0.21 triggers in transformers 5 (``is_gradient_checkpointing``), and peft's note that a
+    saved adapter's base moved (vlarl saves the base beside it). Hub download bars
     (huggingface_hub's own) stay. ``VLARL_VERBOSE=1`` keeps everything."""
     if os.environ.get("VLARL_VERBOSE"):
         return
@@ -58,6 +59,10 @@ def quiet_model_io() -> None:
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
                             category=FutureWarning)
+    # a saved policy's adapter names the base it was trained on; vlarl loads the copy saved
+    # next to it (<dir>/base), which peft reports as a rename
+    warnings.filterwarnings("ignore", message="The PEFT config's `base_model_name_or_path` was "
+                            "renamed", category=UserWarning)
 
 
 def build_policy(cfg: PolicyConfig) -> Policy:
