@@ -25,9 +25,11 @@ on two cores (a training run and an eval, or SFT) the spinning threads take the 
 each other. Measured 2026-12-06 on 2 cores, ``vlarl sft --config recipes/cpu/quickstart.yaml
 --sft.num_epochs 1`` (41 steps) while a GRPO run with 8 env workers used the machine: 3.22 s
 per step with OpenMP's default, 0.52 s with ``PASSIVE`` (6.2x), 0.50 s with one thread; the
-GRPO run's updates went from ~4.5 s to 40-76 s meanwhile. ``vlarl bench contention`` measures
-it side by side (alone vs two processes, default vs passive). Override by exporting the
-variable (``OMP_WAIT_POLICY=ACTIVE``) or the thread count (``OMP_NUM_THREADS``)."""
+GRPO run's updates went from ~4.5 s to 40-76 s meanwhile. ``vlarl bench contention`` on the
+quiet machine (docs/bench/2026-12-06-cpu2-contention.json): two SFT-step processes at once are
+4.68x slower than one alone with the default, 1.41x with ``PASSIVE``; alone, ``PASSIVE`` costs
+1.27x. vlarl takes that cost for the robustness. On a machine that runs one job at a time,
+export ``OMP_WAIT_POLICY=ACTIVE`` (threads always spin); ``OMP_NUM_THREADS`` sets the count."""
 
 
 def configure_threads() -> dict[str, str]:
