@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from vlarl.runtime.system import configure_threads
 
-    configure_threads()  # before any command imports torch (runtime/system.py: measured why)
+    configure_threads()  # VLARL_SHARED_CORES=1: before torch is imported (runtime/system.py)
     if argv and argv[0] in FORWARDED:
         import importlib
 

@@ -17,26 +17,28 @@ def cache_root() -> Path:
     return Path(os.environ.get("VLARL_CACHE", "~/.cache/vlarl")).expanduser()
 
 
-THREAD_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
-"""Environment every ``vlarl`` command sets before torch is imported, unless the user set it.
+SHARED_CORES_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""What ``VLARL_SHARED_CORES=1`` sets before torch is imported (unless the user set it): for a
+command that runs beside another job on the same cores.
 
-OpenMP's default lets idle intra-op threads spin before they sleep. With two torch processes
-on two cores (a training run and an eval, or SFT) the spinning threads take the cores from
-each other. Measured 2026-12-06 on 2 cores, ``vlarl sft --config recipes/cpu/quickstart.yaml
---sft.num_epochs 1`` (41 steps) while a GRPO run with 8 env workers used the machine: 3.22 s
-per step with OpenMP's default, 0.52 s with ``PASSIVE`` (6.2x), 0.50 s with one thread; the
-GRPO run's updates went from ~4.5 s to 40-76 s meanwhile. ``vlarl bench contention`` on the
-quiet machine (docs/bench/2026-12-06-cpu2-contention.json): two SFT-step processes at once are
-4.68x slower than one alone with the default, 1.41x with ``PASSIVE``; alone, ``PASSIVE`` costs
-1.27x. vlarl takes that cost for the robustness. On a machine that runs one job at a time,
-export ``OMP_WAIT_POLICY=ACTIVE`` (threads always spin); ``OMP_NUM_THREADS`` sets the count."""
+OpenMP's default lets idle intra-op threads spin before they sleep; two torch processes on two
+cores then take the cores from each other. Measured 2026-12-06 on 2 cores: ``vlarl sft
+--config recipes/cpu/quickstart.yaml --sft.num_epochs 1`` beside a GRPO run took 3.22 s per
+step with the default and 0.52 s with ``PASSIVE`` (6.2x); ``vlarl bench contention``
+(docs/bench/2026-12-06-cpu2-contention.json): two SFT-step processes 4.68x slower than one with
+the default, 1.41x with ``PASSIVE``. But alone ``PASSIVE`` costs 1.27x on those steps and 1.53x
+on the quickstart's GRPO update (8.74 vs 5.72 s, 8 updates each; its env workers wake the main
+process's threads every step), so it is not the default: a training run alone keeps OpenMP's
+default, and a job started beside it sets ``VLARL_SHARED_CORES=1``."""
 
 
 def configure_threads() -> dict[str, str]:
-    """Apply :data:`THREAD_DEFAULTS` to ``os.environ`` where unset; returns what was set.
-    Only effective before torch (libgomp) is first imported: the CLI calls it first thing, and
-    spawned env workers inherit it."""
-    added = {k: v for k, v in THREAD_DEFAULTS.items() if k not in os.environ}
+    """With ``VLARL_SHARED_CORES=1``, apply :data:`SHARED_CORES_ENV` to ``os.environ`` where
+    unset; returns what was set. Only effective before torch (libgomp) is first imported: the
+    CLI calls it first thing, and spawned env workers inherit it."""
+    if os.environ.get("VLARL_SHARED_CORES", "") in ("", "0"):
+        return {}
+    added = {k: v for k, v in SHARED_CORES_ENV.items() if k not in os.environ}
     os.environ.update(added)
     return added
 

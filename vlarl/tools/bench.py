@@ -10,8 +10,8 @@ measured in the same run (medians over repeats):
 * loop: the full PPO loop (rollout + update) with the tiny token VLA vs vlarl's env alone
   with random actions and the same chunking (loop/sim), and vs raw per-step rendering;
 * contention: SFT steps of the tiny token VLA in one process alone vs two processes at once,
-  with OpenMP's default wait policy vs the ``PASSIVE`` one every vlarl command sets
-  (``vlarl.runtime.system.THREAD_DEFAULTS``).
+  with OpenMP's default wait policy vs the ``PASSIVE`` one ``VLARL_SHARED_CORES=1`` sets
+  (``vlarl.runtime.system.SHARED_CORES_ENV``).
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def _timed_steps(n_procs: int, steps: int, wait_policy: str | None) -> list[dict
 
 def bench_contention(quick: bool = False) -> dict:
     """s/step of tiny-VLA SFT steps alone and with a second identical process, under
-    OpenMP's default wait policy (idle threads spin) and under ``PASSIVE`` (vlarl's)."""
+    OpenMP's default wait policy (idle threads spin) and under ``PASSIVE``."""
     steps = 8 if quick else 25
     out: dict = {}
     for label, policy in (("openmp_default", None), ("passive", "PASSIVE")):
