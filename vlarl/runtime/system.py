@@ -27,8 +27,8 @@ cores then take the cores from each other. Measured 2026-12-06 on 2 cores: ``vla
 step with the default and 0.52 s with ``PASSIVE`` (6.2x); ``vlarl bench contention``
 (docs/bench/2026-12-06-cpu2-contention.json): two SFT-step processes 4.68x slower than one with
 the default, 1.41x with ``PASSIVE``. But alone ``PASSIVE`` costs 1.27x on those steps and 1.53x
-on the quickstart's GRPO update (8.74 vs 5.72 s, 8 updates each; its env workers wake the main
-process's threads every step), so it is not the default: a training run alone keeps OpenMP's
+on the quickstart's GRPO update (8.74 s vs 5.72 s with ``ACTIVE``, 8 updates each; with the
+default the same recipe's updates took ~5-5.5 s), so it is not the default: a training run alone keeps OpenMP's
 default, and a job started beside it sets ``VLARL_SHARED_CORES=1``."""
 
 
