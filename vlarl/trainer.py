@@ -130,6 +130,10 @@ def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
 
     make_env_fn = make_env_fn or build_env
     env = make_env_fn(cfg.env)
+    if getattr(policy, "cfg", None) is not None:  # before the first env step
+        from vlarl.policies.common import check_state_size
+
+        check_state_size(policy.cfg, env.state_dim, f"env.task={cfg.env.task!r}")
     buffer = RolloutBuffer(cfg.train.rollout_steps, env.num_envs)
     ckpt = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last)
     run = _Run(cfg=cfg, accelerator=accelerator, policy=policy, trainable=trainable,

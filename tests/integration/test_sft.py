@@ -69,6 +69,7 @@ def test_run_sft_writes_and_reuses_checkpoint(env_cache: Path) -> None:
     done = json.loads((out / DONE_FILE).read_text())
     assert done["steps"] == 2 and len((out / METRICS_FILE).read_text().splitlines()) == 2
     assert load_policy(out).action_dim == 7
+    assert load_policy(out).cfg.state_sizes == [20]  # PickCube's state: checked at RL / eval
     before = (out / DONE_FILE).stat().st_mtime_ns
     assert run_sft(cfg, max_steps=2) == out  # same config: cached, not retrained
     assert (out / DONE_FILE).stat().st_mtime_ns == before
@@ -107,7 +108,7 @@ def test_multi_task_sft_pads_the_shorter_state(env_cache: Path) -> None:
     assert done["key"] != sft_key(sft_config(env_cache), single, 2, 1)
 
     policy = load_policy(out)
-    assert len(policy.cfg.state_low) == 20
+    assert len(policy.cfg.state_low) == 20 and policy.cfg.state_sizes == [16, 20]
     push_rows = ChunkDataset(load_demos(push).select(range(2)), policy.chunk_size)
     pick_rows = ChunkDataset(load_demos(pick).select(range(2)), policy.chunk_size)
     obs, _ = collate_chunks([push_rows[0], pick_rows[0]])  # a mixed batch

@@ -141,3 +141,24 @@ def test_an_algorithm_that_needs_a_critic_refuses_a_policy_without_one_before_en
         train(_cfg(tmp_path / "x", "--policy.value_head", "false"),
               make_env_fn=lambda c: envs_built.append(c))
     assert envs_built == []
+
+
+def test_a_state_of_another_size_fails_before_the_first_env_step(tmp_path):
+    """A policy trained on 5-value states (policy.state_sizes, which SFT writes) meets
+    PickCube's longer state: refused at start-up naming both sizes, no env reset or step."""
+    from vlarl.trainer import build_env, train
+
+    envs = []
+
+    def make_env(c):
+        env = build_env(c)
+        env.reset = env.step_chunk = lambda *a, **k: pytest.fail("the env was used")
+        envs.append(env)
+        return env
+
+    cfg = _cfg(tmp_path / "x", "--policy.state_sizes", "[5]")
+    with pytest.raises(ValueError, match=r"env.task='PickCube-v1' gives a state of 20 values, "
+                                         r"and the policy was trained on states of 5 values"):
+        train(cfg, make_env_fn=make_env)
+    assert len(envs) == 1
+    envs[0].close()

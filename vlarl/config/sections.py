@@ -83,6 +83,10 @@ class PolicyConfig:
     from the demonstrations, like LeRobot's normalisation stats); None: -4 for every dim."""
     state_high: list[float] | None = None
     """Per-dimension upper end of the state range (see ``state_low``); None: +4."""
+    state_sizes: list[int] | None = None
+    """Lengths of the proprioceptive state the policy was trained on (SFT writes those of its
+    demonstrations: one per task of a multi-task base); an env whose state has another length
+    is refused before its first step, naming both. None: not recorded (no check)."""
     temperature: float = 1.0
     """Sampling temperature during rollouts (TRL's name)."""
     num_inference_steps: int = 4

@@ -130,6 +130,11 @@ def check_compatible(policy: Policy, env: VecEnv, checkpoint: str) -> None:
     if a != env.action_dim:
         raise ValueError(f"checkpoint {checkpoint}: action_dim={a} but env {env.task!r} "
                          f"(control mode of env.control_mode) expects action_dim={env.action_dim}")
+    cfg = getattr(policy, "cfg", None)
+    if cfg is not None:
+        from vlarl.policies.common import check_state_size
+
+        check_state_size(cfg, env.state_dim, f"checkpoint {checkpoint}: env {env.task!r}")
     if not isinstance(k, int) or not 1 <= k <= env.max_episode_steps:
         raise ValueError(f"checkpoint {checkpoint}: chunk_size={k} must be an int in "
                          f"[1, env.max_episode_steps={env.max_episode_steps}]")

@@ -167,8 +167,10 @@ def _run_sft(cfg: Config, out: Path, force: bool, max_steps: int | None,
 
     low, high = (state_range([load_demos(d) for d in data_dirs])
                  if cfg.policy.state_range == "demos" else (None, None))
+    state_sizes = (sorted({int(read_info(d)["state_dim"]) for d in data_dirs})
+                   if cfg.policy.use_state else None)
     policy = build_policy(dataclasses.replace(cfg.policy, use_lora=not cfg.sft.full_finetune,
-                                              state_low=low, state_high=high))
+                                              state_low=low, state_high=high, state_sizes=state_sizes))
     chunks, sizes = sft_dataset(data_dirs, policy.chunk_size, policy.action_dim)
     if len(data_dirs) > 1:
         log.info("multi-task SFT: %s", ", ".join(f"{read_info(d)['task']} {n} samples"

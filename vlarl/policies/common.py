@@ -111,6 +111,17 @@ def pad_state(state: torch.Tensor, width: int, fix: str) -> torch.Tensor:
     return F.pad(state.float(), (0, width - d))
 
 
+def check_state_size(cfg: PolicyConfig, size: int, where: str) -> None:
+    """Raise if a policy that reads the state was trained on states of other lengths than
+    ``size`` (``where``'s): binned as text or projected, a state of another length would be
+    read as another robot's without a word."""
+    if cfg.use_state and cfg.state_sizes and size not in cfg.state_sizes:
+        trained = " or ".join(map(str, cfg.state_sizes))
+        raise ValueError(f"{where} gives a state of {size} values, and the policy was trained "
+                         f"on states of {trained} values (policy.state_sizes, written by SFT): "
+                         "use the env.task the policy was trained on, or SFT a base on this one")
+
+
 def privileged_input(obs: Obs, dim: int, device: torch.device | str,
                      reader: str = "policy.critic_input=privileged") -> torch.Tensor:
     """``obs.privileged`` zero-padded to ``[N, dim]`` (the input of a privileged critic or a

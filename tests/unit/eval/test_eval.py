@@ -122,6 +122,18 @@ def test_action_dim_mismatch_named(checkpoint, cpu_env):
 
 
 @pytest.mark.slow
+def test_state_size_mismatch_named(checkpoint, cpu_env):
+    """policy.state_sizes (SFT writes the demos' lengths) against PickCube's 20-value state."""
+    from vlarl.policies import load_policy
+
+    check_compatible(load_policy(checkpoint, state_sizes=[20]), cpu_env, checkpoint)
+    wrong = load_policy(checkpoint, state_sizes=[9, 16])
+    with pytest.raises(ValueError, match=r"env 'PickCube-v1' gives a state of 20 values, and the "
+                                         r"policy was trained on states of 9 or 16 values"):
+        check_compatible(wrong, cpu_env, checkpoint)
+
+
+@pytest.mark.slow
 def test_run_eval_report_files(checkpoint, tmp_path, capsys):
     cfg = _cfg(tmp_path, num_episodes=3, video_episodes=1)
     cfg.env = EnvConfig(**ENV, num_envs=1, backend="inline")  # in-process: no worker start-up
