@@ -13,9 +13,9 @@ deserialised) and :meth:`CheckpointManager.latest_good` falls back to the previo
 Every byte goes through :func:`write_bytes` and every publish through :func:`_rename`,
 so tests can inject a crash at the i-th write (see ``tests/unit/runtime/test_checkpoint.py``).
 
-The rest of what exact resume needs lives here too: RNG capture/restore and the
-resume-compatibility check (the run-directory guard and the resumable metrics.jsonl logger are
-in :mod:`vlarl.runtime.rundir`, re-exported here).
+The resume-compatibility check lives here too; RNG capture/restore is
+:mod:`vlarl.runtime.rng`, the run-directory guard and the resumable metrics.jsonl logger
+:mod:`vlarl.runtime.rundir`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import time
@@ -35,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -344,51 +342,6 @@ class CheckpointManager:
         self.clean_stale()
 
 
-# ----------------------------------------------------------------------------- RNG
-
-def capture_rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """States of python ``random``, numpy's global RNG, torch CPU, every CUDA device and the
-    named ``torch.Generator`` objects. Only tensors and plain Python inside, so it loads with
-    ``torch.load(weights_only=True)``."""
-    np_state = np.random.get_state(legacy=False)
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {"bit_generator": np_state["bit_generator"],
-                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                  "gauss": float(np_state["gauss"])},
-        "torch": torch.get_rng_state(),
-        "generators": {name: g.get_state() for name, g in (generators or {}).items()},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any],
-                      generators: Mapping[str, torch.Generator] | None = None) -> None:
-    """Inverse of :func:`capture_rng_state`; the generator names must match the saved ones."""
-    random.setstate(_to_tuple(state["python"]))
-    n = state["numpy"]
-    np.random.set_state({"bit_generator": n["bit_generator"],
-                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    saved, given = set(state.get("generators", {})), set(generators or {})
-    if saved != given:
-        raise CheckpointError(f"generator names differ: saved {sorted(saved)}, "
-                              f"given {sorted(given)}")
-    for name, g in (generators or {}).items():
-        g.set_state(state["generators"][name])
-
-
-def _to_tuple(x: Any) -> Any:
-    """random.setstate needs tuples; a JSON / pickle round trip may give lists."""
-    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
 # ----------------------------------------------------------------------------- resume guard
 
 STRICT_FIELDS = ("world_size", "num_envs")
@@ -438,5 +391,3 @@ def check_resume_compat(saved_meta: Mapping[str, Any], current_meta: Mapping[str
         warnings.append(msg)
     return warnings
 
-
-# ----------------------------------------------------------------------------- run directory

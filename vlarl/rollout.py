@@ -322,3 +322,16 @@ def iter_minibatches(buffer: RolloutBuffer, num_mini_batches: int,
                     buffer.log_probs.flatten()[ids], buffer.values.flatten()[ids],
                     buffer.advantages.flatten()[ids], buffer.returns.flatten()[ids], ids,
                     {k: v[ids] for k, v in extra.items()})
+
+
+def reduce_rollout_stats(acc, stats: dict[str, float]) -> dict[str, float]:
+    """Rollout stats over every rank's envs: counts summed, episode means weighted by each
+    rank's finished episodes (NaN when none finished anywhere). One all-reduce."""
+    n = stats["num_episodes"]
+    means = ("episode_return", "episode_length", "success_rate")
+    vals = [n, stats["env_steps"], stats["decisions"]] + [stats[k] * n if n else 0.0 for k in means]
+    total = acc.reduce(torch.tensor(vals, dtype=torch.float64, device=acc.device),
+                       reduction="sum").tolist()
+    out = dict(stats, num_episodes=total[0], env_steps=total[1], decisions=total[2])
+    out.update({k: v / total[0] if total[0] else float("nan") for k, v in zip(means, total[3:])})
+    return out

@@ -16,7 +16,6 @@ update u replays update u+1 bit for bit (CPU). See docs/guarantees.md.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 import warnings
@@ -268,7 +267,7 @@ def collect_and_update(run: _Run, ctx, update: int) -> dict:
     """One update: collect a rollout (as the algorithm asks: ``rollout_mode``), process it
     (advantages), update the policy (the algorithm's optimisation loop), step the schedule;
     returns the update's metrics (``algo/``, ``rollout/`` over every rank, ``train/``, ``time/``)."""
-    from vlarl.rollout import collect
+    from vlarl.rollout import collect, reduce_rollout_stats
 
     t, acc = run.cfg.train, run.accelerator
     mode = run.algo.rollout_mode
@@ -285,7 +284,7 @@ def collect_and_update(run: _Run, ctx, update: int) -> dict:
                                        run.generator))
     metrics = _prefix("algo/", metrics)
     run.scheduler.step()
-    stats = _all_ranks(acc, stats)
+    stats = reduce_rollout_stats(acc, stats)
     run.env_steps += int(stats["env_steps"])
     metrics.update(_prefix("rollout/", stats))
     metrics.update({"train/lr": run.scheduler.get_last_lr()[0], "train/env_steps": run.env_steps,
@@ -298,19 +297,6 @@ def _say_stopped(run: _Run, preempt, update: int) -> None:
         print(f"vlarl train: {preempt.signal_name or 'stop request'} received; checkpointed "
               f"update {update} in {run.ckpt.root}; continue with --train.resume true",
               file=sys.stderr)
-
-
-def _all_ranks(acc, stats: dict[str, float]) -> dict[str, float]:
-    """Rollout stats over every rank's envs: counts summed, episode means weighted by each
-    rank's finished episodes (NaN when none finished anywhere). One all-reduce."""
-    n = stats["num_episodes"]
-    means = ("episode_return", "episode_length", "success_rate")
-    vals = [n, stats["env_steps"], stats["decisions"]] + [stats[k] * n if n else 0.0 for k in means]
-    total = acc.reduce(torch.tensor(vals, dtype=torch.float64, device=acc.device),
-                       reduction="sum").tolist()
-    out = dict(stats, num_episodes=total[0], env_steps=total[1], decisions=total[2])
-    out.update({k: v / total[0] if total[0] else float("nan") for k, v in zip(means, total[3:])})
-    return out
 
 
 def _prefix(p: str, d: dict) -> dict:
@@ -354,7 +340,7 @@ def save(run: _Run, update: int) -> None:
     """Checkpoint at an update boundary: rank 0 writes; every rank's RNG state is gathered."""
     from accelerate.utils import gather_object
 
-    from vlarl.checkpoint import capture_rng_state
+    from vlarl.runtime.rng import capture_rng_state
 
     rng = gather_object([capture_rng_state({"update_generator": run.generator})])
     if run.accelerator.is_main_process:
@@ -370,7 +356,8 @@ def save(run: _Run, update: int) -> None:
 
 
 def _resume(run: _Run) -> str | None:
-    from vlarl.checkpoint import check_resume_compat, restore_rng_state
+    from vlarl.checkpoint import check_resume_compat
+    from vlarl.runtime.rng import restore_rng_state
 
     ck = run.ckpt.latest_good()
     if ck is None:
@@ -412,28 +399,8 @@ def export_policy(run: _Run) -> Path | None:
     return out
 
 
-# ----------------------------------------------------------------------------- eval
-
 def evaluate_during_training(run: _Run) -> dict:
-    """Success on a small fixed seed set (the same seeds at every evaluation), split over the
-    ranks (rank r takes seeds r, r + world, ...) and summed: no rank idles in a collective
-    while another evaluates (a long eval on rank 0 alone could outlast the NCCL timeout)."""
-    from vlarl.eval.evaluate import evaluate_policy
-    from vlarl.eval.stats import wilson_interval
+    """Success of the current policy on ``train.eval_episodes`` fixed seeds, all ranks."""
+    from vlarl.eval.evaluate import evaluate_on_ranks
 
-    cfg, acc = run.cfg, run.accelerator
-    seeds = [cfg.eval.seed + i for i in range(cfg.train.eval_episodes)]
-    seeds = seeds[acc.process_index::acc.num_processes]
-    k = 0
-    if seeds:
-        env = build_env(dataclasses.replace(cfg.env, split="train", reset_each_env=True))
-        try:
-            records = evaluate_policy(run.policy, env, seeds, deterministic=cfg.eval.deterministic)
-        finally:
-            env.close()
-        k = sum(int(r["success_once"]) for r in records)
-    total = acc.reduce(torch.tensor([k, len(seeds)], dtype=torch.float64, device=acc.device),
-                       reduction="sum").tolist()
-    k, n = int(total[0]), int(total[1])
-    lo, hi = wilson_interval(k, n)
-    return {"success_rate": k / n, "success_ci_low": lo, "success_ci_high": hi, "n": n}
+    return evaluate_on_ranks(run.policy, run.cfg, run.accelerator, build_env)

@@ -144,7 +144,7 @@ def test_a_model_whose_forward_takes_no_position_ids_is_refused_at_load():
     """OpenVLA's remote forward signature (no position_ids / logits_to_keep / **kwargs) on a
     model without Prismatic's parts; OpenVLA itself: tests/unit/policies/test_token_vla_prismatic.py."""
     from vlarl.policies.prismatic import is_prismatic
-    from vlarl.policies.token_vla import _check_forward_signature
+    from vlarl.policies.token_inputs import check_forward_signature
 
     class PrismaticLike(torch.nn.Module):
         def forward(self, input_ids=None, attention_mask=None, pixel_values=None, labels=None,
@@ -155,8 +155,8 @@ def test_a_model_whose_forward_takes_no_position_ids_is_refused_at_load():
 
     assert not is_prismatic(PrismaticLike())
     with pytest.raises(NotImplementedError, match=r"position_ids.*logits_to_keep.*batched forward"):
-        _check_forward_signature(PrismaticLike())
-    _check_forward_signature(build_policy(PolicyConfig(chunk_size=1, action_dim=7))._base())
+        check_forward_signature(PrismaticLike())
+    check_forward_signature(build_policy(PolicyConfig(chunk_size=1, action_dim=7))._base())
 
 
 def test_gpu_check_exits_at_once_without_cuda(tmp_path):

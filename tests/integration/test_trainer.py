@@ -45,7 +45,7 @@ def _assert_same_state(a, b):
         for name, v in oa[k].items():
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(ob[k][name])), f"optimizer {k}.{name}"
     assert a.objects["scheduler"] == b.objects["scheduler"]
-    from vlarl.checkpoint import restore_rng_state
+    from vlarl.runtime.rng import restore_rng_state
 
     draws = []
     for ck in (a, b):

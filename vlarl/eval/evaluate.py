@@ -298,3 +298,28 @@ def _write_outputs(report: dict, results: list[dict], out: Path, cfg, seeds: lis
                      for t, f in enumerate(frames)]
             name = f"{r['label'].replace('/', '_').replace(':', '_')}_{r['split']}_seed{ep['seed']}"
             write_video(shown, out / "videos" / f"{name}.mp4")
+
+
+def evaluate_on_ranks(policy: Policy, cfg, acc, make_env) -> dict:
+    """Success of ``policy`` on ``cfg.train.eval_episodes`` fixed seeds (the same seeds at every
+    evaluation during training; ``acc``: the run's ``Accelerator``, ``make_env``: an
+    ``EnvConfig -> VecEnv`` factory), split over the ranks (rank r takes seeds r, r + world,
+    ...) and summed: no rank idles in a collective while another evaluates (a long eval on
+    rank 0 alone could outlast the NCCL timeout)."""
+    from vlarl.eval.stats import wilson_interval
+
+    seeds = [cfg.eval.seed + i for i in range(cfg.train.eval_episodes)]
+    seeds = seeds[acc.process_index::acc.num_processes]
+    k = 0
+    if seeds:
+        env = make_env(dataclasses.replace(cfg.env, split="train", reset_each_env=True))
+        try:
+            records = evaluate_policy(policy, env, seeds, deterministic=cfg.eval.deterministic)
+        finally:
+            env.close()
+        k = sum(int(r["success_once"]) for r in records)
+    total = acc.reduce(torch.tensor([k, len(seeds)], dtype=torch.float64, device=acc.device),
+                       reduction="sum").tolist()
+    k, n = int(total[0]), int(total[1])
+    lo, hi = wilson_interval(k, n)
+    return {"success_rate": k / n, "success_ci_low": lo, "success_ci_high": hi, "n": n}

@@ -31,19 +31,21 @@ from vlarl.config import ConfigError, PolicyConfig, set_field
 from vlarl.policies import POLICIES, flow_math, sampling
 from vlarl.policies.base import Policy
 from vlarl.policies.common import (
-    ADAPTER_DIR,
-    BASE_DIR,
-    POLICY_FILE,
     ValueHead,
     apply_lora,
     enable_checkpointing,
     is_peft,
-    load_base,
-    load_saved_heads,
     make_value_head,
     masked_mean_pool,
     merge_adapters,
     privileged_input,
+)
+from vlarl.policies.saving import (
+    ADAPTER_DIR,
+    BASE_DIR,
+    POLICY_FILE,
+    load_base,
+    load_saved_heads,
     read_policy_json,
     refuse_changed,
     save_checkpoint,
@@ -128,7 +130,7 @@ def tiny_pi0_checkpoint(chunk_size: int = 4, num_inference_steps: int = 4) -> st
 def _load_adapter(model: PI0ForConditionalGeneration, path: str | Path) -> nn.Module:
     """Wrap ``model`` with the peft adapter saved at ``<path>/adapter``, refusing any key mismatch.
 
-    Not :func:`vlarl.policies.common.load_adapter`: peft 0.21's ``set_peft_model_state_dict``
+    Not :func:`vlarl.policies.saving.load_adapter`: peft 0.21's ``set_peft_model_state_dict``
     re-applies transformers' pi0 checkpoint renaming (``state_proj`` ->
     ``embed_action_time.state_proj``) to keys that already carry the new names, doubling the
     prefix. Here the saved keys only get the adapter name inserted, which is all peft saved away.
@@ -216,7 +218,7 @@ class FlowVLAPolicy(Policy):
         return policy
 
     def save_pretrained(self, path: str | Path) -> None:
-        """The shared layout of :func:`vlarl.policies.common.save_checkpoint` (base, adapter, heads)."""
+        """The shared layout of :func:`vlarl.policies.saving.save_checkpoint` (base, adapter, heads)."""
         heads = {"value_head": self.value_head} if self.value_head is not None else {}
         save_checkpoint(path, "flow_vla", self.cfg, self.model, self.processor, heads)
 

@@ -51,14 +51,8 @@ from torch import nn
 from vlarl.config import PolicyConfig
 from vlarl.policies import POLICIES
 from vlarl.policies.base import Policy
-from vlarl.policies.common import (
-    POLICY_FILE,
-    ValueHead,
-    pad_state,
-    privileged_input,
-    read_policy_json,
-    write_policy_json,
-)
+from vlarl.policies.common import ValueHead, pad_state, privileged_input
+from vlarl.policies.saving import POLICY_FILE, read_policy_json, write_policy_json
 from vlarl.types import ActOutput, Obs
 
 NAME = "mlp_student"

@@ -95,3 +95,19 @@ def extend(batch: dict[str, torch.Tensor], feed: torch.Tensor) -> dict[str, torc
                              f"[N, L] = {[n, prefix]} like input_ids")
         full[k] = torch.cat([v, torch.full_like(feed, SEQUENCE_FILL.get(k, 0)).to(v.dtype)], 1)
     return full
+
+
+def check_forward_signature(model: nn.Module) -> None:
+    """Refuse at load a model whose ``forward`` cannot take the inputs ``act`` / ``evaluate``
+    pass (``position_ids`` for left-padded batches, ``logits_to_keep``, the KV cache), so it
+    fails here and not with a TypeError at the first rollout. OpenVLA's Prismatic class never
+    gets here: it runs through :func:`prismatic_forward`."""
+    params = inspect.signature(model.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    missing = [k for k in ("position_ids", "logits_to_keep", "past_key_values") if k not in params]
+    if missing:
+        raise NotImplementedError(
+            f"{type(model).__name__}.forward takes no {missing}: token_vla needs them for batched, "
+            "left-padded decoding with a KV cache (docs/adding_a_vla.md: a model family without "
+            "them needs a batched forward like vlarl/policies/prismatic.py)")

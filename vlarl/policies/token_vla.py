@@ -39,51 +39,35 @@ from vlarl.policies import POLICIES
 from vlarl.policies.action_tokenizer import ActionTokenizer, OpenVLAActionTokenizer
 from vlarl.policies.base import Policy
 from vlarl.policies.common import (
-    ADAPTER_DIR,
-    BASE_DIR,
-    POLICY_FILE,
     apply_lora,
     enable_checkpointing,
     is_peft,
-    load_adapter,
-    load_base,
-    load_saved_heads,
     make_value_head,
     masked_mean_pool,
     merge_adapters,
     pad_state,
     privileged_input,
+)
+from vlarl.policies.prismatic import is_prismatic, prismatic_forward
+from vlarl.policies.sampling import multinomial
+from vlarl.policies.saving import (
+    ADAPTER_DIR,
+    BASE_DIR,
+    POLICY_FILE,
+    load_adapter,
+    load_base,
+    load_saved_heads,
     read_policy_json,
     refuse_changed,
     save_checkpoint,
 )
-from vlarl.policies.prismatic import is_prismatic, prismatic_forward
-from vlarl.policies.sampling import multinomial
-from vlarl.policies.token_inputs import encode, extend, image_placeholder
+from vlarl.policies.token_inputs import check_forward_signature, encode, extend, image_placeholder
 from vlarl.types import ActOutput, Obs
 
 STATE_BINS = 256
 """Bins of the proprio state rendered as text."""
 STATE_RANGE = 4.0
 """State values are clipped to [-STATE_RANGE, STATE_RANGE] before binning (joint angles in rad)."""
-
-
-def _check_forward_signature(model: nn.Module) -> None:
-    """Refuse at load a model whose ``forward`` cannot take the inputs ``act`` / ``evaluate``
-    pass (``position_ids`` for left-padded batches, ``logits_to_keep``, the KV cache), so it
-    fails here and not with a TypeError at the first rollout. OpenVLA's Prismatic class never
-    gets here: it runs through :func:`prismatic_forward`."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    missing = [k for k in ("position_ids", "logits_to_keep", "past_key_values") if k not in params]
-    if missing:
-        raise NotImplementedError(
-            f"{type(model).__name__}.forward takes no {missing}: token_vla needs them for batched, "
-            "left-padded decoding with a KV cache (docs/adding_a_vla.md: a model family without "
-            "them needs a batched forward like vlarl/policies/prismatic.py)")
 
 
 @POLICIES.register("token_vla")
@@ -145,7 +129,7 @@ class TokenVLAPolicy(Policy):
         # OpenVLA's Prismatic forward is batch-1 only: its parts run through the batched adapter
         self._prismatic = is_prismatic(self._base())
         if not self._prismatic:
-            _check_forward_signature(self._base())
+            check_forward_signature(self._base())
         enable_checkpointing(self.model, cfg)
         self.model.eval()
 
@@ -196,7 +180,7 @@ class TokenVLAPolicy(Policy):
         return policy
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Base model + processor, peft adapter, heads and ``vlarl_policy.json`` (see common.py)."""
+        """Base model + processor, peft adapter, heads and ``vlarl_policy.json`` (see saving.py)."""
         heads = {"value_head": self.value_head} if self.value_head is not None else {}
         save_checkpoint(path, "token_vla", self.cfg, self.model, self.processor, heads)
 

@@ -79,3 +79,12 @@ def test_no_module_imports_another_modules_private_names():
     _, private = _graph()
     bad = {m: p for m, p in private.items() if p}
     assert not bad, f"private names imported across modules: {bad}"
+
+
+def test_modules_stay_small():
+    """One idea per module: none grows past ~400 lines (split it by role instead)."""
+    sizes = {str(p.relative_to(PKG.parent)): len(p.read_text().splitlines())
+             for p in PKG.rglob("*.py")}
+    assert len(sizes) > 40
+    big = {p: n for p, n in sizes.items() if n > 410}
+    assert not big, f"modules over 410 lines: {big}"

@@ -19,7 +19,7 @@ from helpers import make_obs
 from vlarl.config import PolicyConfig
 from vlarl.policies import load_policy
 from vlarl.policies.action_tokenizer import OpenVLAActionTokenizer
-from vlarl.policies.common import load_base
+from vlarl.policies.saving import load_base
 
 K, A = 2, 7
 OPENVLA_PROMPT = "In: What action should the robot take to {instruction}?\nOut:"
