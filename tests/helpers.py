@@ -1,6 +1,10 @@
 """Helpers shared by the test modules (tests/ is on sys.path: pyproject's pytest ``pythonpath``).
 
 * ``ROOT``: the repository.
+* Tiny configs: ``demo_config`` (the 3-episode PickCube demos that the data and SFT tests
+  share through the session's cache: one definition, so both hit the same dataset key) and
+  ``TINY_TRAIN`` / ``train_config`` (the 1-env inline PPO run of the trainer and reliability
+  tests: 32 px, 8-step episodes, chunks of 4, 2 decisions per update).
 * Token VLA: ``make_obs`` (random images, states, instructions), ``make_policy`` (the tiny
   PaliGemma token VLA, chunk ``K`` x ``A``), ``trained_step`` (Adam steps on a fixed chunk).
 * A fake env and policy for the rollout and algorithm bookkeeping tests only (never the only
@@ -17,13 +21,35 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlarl.config import PolicyConfig
+from vlarl.config import Config, PolicyConfig, load_config
 from vlarl.envs.base import VecEnv
 from vlarl.policies import build_policy
 from vlarl.policies.base import Policy
 from vlarl.types import ActOutput, ChunkStep, Obs
 
 ROOT = Path(__file__).resolve().parents[1]
+
+DEMO_EPISODES = 3
+
+
+def demo_config() -> Config:
+    """Tiny PickCube collection (3 scripted episodes, 32 px, 2 workers)."""
+    cfg = Config()
+    cfg.env.task, cfg.env.image_size, cfg.env.max_episode_steps = "PickCube-v1", 32, 50
+    cfg.data.num_episodes, cfg.data.num_workers = DEMO_EPISODES, 2
+    return cfg
+
+
+TINY_TRAIN = ["--env.backend", "inline", "--env.num_envs", "1", "--env.image_size", "32",
+              "--env.max_episode_steps", "8", "--env.reward_mode", "normalized_dense",
+              "--policy.chunk_size", "4", "--train.rollout_steps", "2",
+              "--algo.num_mini_batches", "1", "--algo.num_ppo_epochs", "1",
+              "--train.save_every", "1", "--train.learning_rate", "1e-3"]
+
+
+def train_config(out: Path, *extra: str) -> Config:
+    """``TINY_TRAIN`` writing to ``out``; ``extra`` overrides (``--section.field value``)."""
+    return load_config(None, TINY_TRAIN + ["--train.output_dir", str(out), *extra])
 
 
 K, A = 2, 7

@@ -16,20 +16,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_TRAIN, train_config
 
 from vlarl.checkpoint import load
-from vlarl.config import ConfigError, load_config
+from vlarl.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--env.backend", "inline", "--env.num_envs", "1", "--env.image_size", "32",
-        "--env.max_episode_steps", "8", "--env.reward_mode", "normalized_dense",
-        "--policy.chunk_size", "4", "--train.rollout_steps", "2", "--train.num_updates", "4",
-        "--algo.num_mini_batches", "1", "--algo.num_ppo_epochs", "1", "--train.save_every", "1",
-        "--train.keep_last", "5", "--train.learning_rate", "1e-3"]
+TINY = [*TINY_TRAIN, "--train.num_updates", "4", "--train.keep_last", "5"]
 
 
 def _cfg(out: Path, *extra: str):
-    return load_config(None, TINY + ["--train.output_dir", str(out), *extra])
+    return train_config(out, *TINY[len(TINY_TRAIN):], *extra)
 
 
 def _updates(run_dir: Path) -> list[int]:

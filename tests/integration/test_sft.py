@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import demo_config
 
 from vlarl.config import Config
 from vlarl.data import ChunkDataset, collate_chunks, collect_demos, load_demos
@@ -17,10 +18,8 @@ POLICY = os.environ.get("VLARL_TEST_SFT_POLICY", "token_vla")
 
 
 def sft_config(tmp: Path) -> Config:
-    """The same demos as tests/unit/core/test_data.py (shared through the session's VLARL_CACHE)."""
-    cfg = Config()
-    cfg.env.task, cfg.env.image_size, cfg.env.max_episode_steps = "PickCube-v1", 32, 50
-    cfg.data.num_episodes, cfg.data.num_workers = 3, 2
+    """The demos of tests/unit/core/test_data.py (shared through the session's VLARL_CACHE)."""
+    cfg = demo_config()
     cfg.policy.name = POLICY
     cfg.sft.output_dir = str(tmp / "sft")
     cfg.sft.batch_size, cfg.sft.learning_rate, cfg.sft.lr_scheduler_type = 4, 1e-3, "constant"

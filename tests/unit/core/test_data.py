@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import DEMO_EPISODES, demo_config
 
-from vlarl.config import Config
 from vlarl.data import (
     INFO_FILE,
     ChunkDataset,
@@ -24,15 +24,7 @@ from vlarl.data import (
     read_info,
 )
 
-EPISODES = 3
-
-
-def demo_config() -> Config:
-    """Tiny collection shared with tests/integration/test_sft.py (same config -> same cached dataset)."""
-    cfg = Config()
-    cfg.env.task, cfg.env.image_size, cfg.env.max_episode_steps = "PickCube-v1", 32, 50
-    cfg.data.num_episodes, cfg.data.num_workers = EPISODES, 2
-    return cfg
+EPISODES = DEMO_EPISODES
 
 
 @pytest.fixture(scope="module")
