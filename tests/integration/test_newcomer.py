@@ -14,16 +14,18 @@ from vlarl.config import ConfigError, load_config
 
 
 def test_diagnose_and_eval_validate_only_the_sections_they_read():
+    from vlarl.algorithms import check_config
+
     rest = ["--env.num_envs", "1", "--algo.name", "grpo", "--algo.num_generations", "4"]
     with pytest.raises(ConfigError, match="divisible by algo.num_generations"):
-        load_config(None, rest)  # a training run reads algo
+        check_config(load_config(None, rest))  # a training run reads algo (preflight)
     for cmd in ("diagnose", "eval", "demo", "expert"):
         assert "algo" not in SECTIONS[cmd]
         cfg = _load(argparse.Namespace(command=cmd, config=None), rest)
         assert cfg.env.num_envs == 1
     with pytest.raises(ConfigError, match="num_generations=1 must be >= 2"):
-        load_config(None, ["--algo.name", "grpo", "--algo.num_generations", "1",
-                           "--env.num_envs", "2"])
+        check_config(load_config(None, ["--algo.name", "grpo", "--algo.num_generations", "1",
+                                        "--env.num_envs", "2"]))
     _load(argparse.Namespace(command="diagnose", config=None),
           ["--algo.name", "grpo", "--algo.num_generations", "1"])
 

@@ -118,10 +118,13 @@ def test_existing_run_dir_needs_resume_or_overwrite(reference_run):
 
 
 def test_unknown_algorithm_fails_before_envs_start(tmp_path):
-    t0 = time.perf_counter()
-    with pytest.raises(ConfigError, match="algo.name"):
-        _cfg(tmp_path / "x", "--algo.name", "sac")
-    assert time.perf_counter() - t0 < 1
+    from vlarl.trainer import train
+
+    envs_built = []
+    with pytest.raises(ConfigError, match=r"algo.name='sac' is not allowed; choose one of "
+                                          r"\['grpo', 'ppo', 'rloo', 'rpd'\]"):
+        train(_cfg(tmp_path / "x", "--algo.name", "sac"), make_env_fn=envs_built.append)
+    assert envs_built == [] and not (tmp_path / "x").exists()  # bad input leaves nothing
 
 
 def test_an_algorithm_that_needs_a_critic_refuses_a_policy_without_one_before_envs_start(tmp_path):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from vlarl.algorithms.advantages import local_sum
-from vlarl.config import AlgoConfig
+from vlarl.config import AlgoConfig, Config, ConfigError
 from vlarl.policies.base import Policy
 from vlarl.registry import Registry
 from vlarl.rollout import Batch, RolloutBuffer, iter_minibatches
@@ -82,6 +82,13 @@ class Algorithm:
     per update from seeded group resets, for group baselines)."""
     needs_critic: ClassVar[bool] = False
     """Whether ``policy.evaluate`` must return values (``policy.value_head``)."""
+    needs_teacher: ClassVar[bool] = False
+    """Whether it trains against a teacher's actions (run through ``vlarl distill``)."""
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """Refuse values legal one by one that this algorithm cannot run with (pure: raise
+        :class:`ConfigError` naming the keys; called by :func:`check_config` at start-up)."""
 
     def __init__(self, cfg: AlgoConfig):
         self.cfg = cfg
@@ -210,6 +217,15 @@ def _first_nonfinite(parts: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def check_config(cfg: Config) -> None:
+    """``algo.name`` is registered and the algorithm accepts the run's config (its
+    :meth:`Algorithm.check_config`); before any env or model starts."""
+    if cfg.algo.name not in ALGORITHMS:
+        raise ConfigError(f"algo.name={cfg.algo.name!r} is not allowed; choose one of "
+                          f"{ALGORITHMS.names()}")
+    ALGORITHMS.get(cfg.algo.name).check_config(cfg)
+
+
 from vlarl.algorithms import grpo, ppo, rpd  # noqa: F401  (register the algorithms)
 
-__all__ = ["ALGORITHMS", "Algorithm", "NonFiniteError", "UpdateContext"]
+__all__ = ["ALGORITHMS", "Algorithm", "NonFiniteError", "UpdateContext", "check_config"]

@@ -23,6 +23,7 @@ import torch
 from vlarl.algorithms import ALGORITHMS, Algorithm, UpdateContext
 from vlarl.algorithms.advantages import dynamic_sampling_mask, group_advantages, loss_weights
 from vlarl.algorithms.losses import entropy_bonus, kl_to_reference, linear_decay, policy_loss
+from vlarl.config import Config, ConfigError
 from vlarl.policies.base import Policy
 from vlarl.rollout import Batch, RolloutBuffer
 
@@ -41,6 +42,16 @@ class GRPO(Algorithm):
     rollout_mode = "episodic"  # a group = G episodes from one seeded initial state
 
     mode = "grpo"
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        G = cfg.algo.num_generations
+        if G < 2:
+            raise ConfigError(f"algo.num_generations={G} must be >= 2 for {cfg.algo.name}: a "
+                              "group baseline needs two episodes from one initial state")
+        if cfg.env.num_envs % G:
+            raise ConfigError(f"env.num_envs={cfg.env.num_envs} must be divisible by "
+                              f"algo.num_generations={G}")
 
     def process(self, buffer: RolloutBuffer, policy: Policy) -> dict[str, float]:
         """Group advantages into ``buffer.advantages`` and the training mask (in place)."""

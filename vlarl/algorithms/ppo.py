@@ -35,6 +35,7 @@ from vlarl.algorithms.losses import (
     policy_loss,
     value_loss,
 )
+from vlarl.config import Config, ConfigError
 from vlarl.policies.base import Policy
 from vlarl.rollout import Batch, RolloutBuffer
 
@@ -44,6 +45,18 @@ class PPO(Algorithm):
     """Actor-critic PPO (Schulman et al. 2017) over action chunks."""
 
     needs_critic = True  # GAE bootstraps from the value head
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        a = cfg.algo
+        batch = cfg.env.num_envs * cfg.train.rollout_steps
+        if batch % a.num_mini_batches:
+            raise ConfigError(f"env.num_envs*train.rollout_steps={batch} must be divisible by "
+                              f"algo.num_mini_batches={a.num_mini_batches}")
+        mb = batch // a.num_mini_batches
+        if mb % a.gradient_accumulation_steps:
+            raise ConfigError(f"minibatch size {mb} must be divisible by "
+                              f"algo.gradient_accumulation_steps={a.gradient_accumulation_steps}")
 
     def process(self, buffer: RolloutBuffer, policy: Policy) -> dict[str, float]:
         """GAE advantages and returns into ``buffer`` (in place)."""

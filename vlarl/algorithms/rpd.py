@@ -45,6 +45,8 @@ TEACHER_KEY = "teacher_actions"
 class RPD(PPO):
     """PPO + ``teacher_coef * MSE(student mean, teacher chunk)``."""
 
+    needs_teacher = True
+
     def coef(self, update_idx: int) -> float:
         return linear_decay(self.cfg.teacher_coef, update_idx, self.cfg.teacher_coef_decay_updates)
 

@@ -90,7 +90,10 @@ def check_rpd_config(cfg: Config) -> None:
     if cfg.train.resume:
         raise ConfigError("train.resume is not supported by distill.method=rpd (its run "
                           "directory lives inside the distillation's temporary output)")
-    rl_config(cfg, Path("rl"), 1, 1).resolve().validate()  # PPO's batch / minibatch divisibility
+    from vlarl.algorithms import check_config
+
+    rl = rl_config(cfg, Path("rl"), 1, 1).resolve().validate()
+    check_config(rl)  # PPO's batch / minibatch divisibility, before the teacher loads
 
 
 def rl_config(cfg: Config, run_dir: Path, chunk_size: int, action_dim: int) -> Config:

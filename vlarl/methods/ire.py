@@ -63,9 +63,13 @@ def check_ire_config(cfg: Config) -> Path:
     if not cfg.sft.full_finetune:
         raise ConfigError("sft.full_finetune=false is not allowed for vlarl ire: its SFT phase "
                           "merges the RL adapters and trains every weight (set it true)")
-    if cfg.algo.name == "rpd":
-        raise ConfigError("algo.name='rpd' needs a teacher (vlarl distill); choose one of "
-                          "['grpo', 'ppo', 'rloo'] for vlarl ire")
+    from vlarl.algorithms import ALGORITHMS, check_config
+
+    check_config(cfg)
+    if ALGORITHMS.get(cfg.algo.name).needs_teacher:
+        allowed = [n for n in ALGORITHMS.names() if not ALGORITHMS.get(n).needs_teacher]
+        raise ConfigError(f"algo.name={cfg.algo.name!r} needs a teacher (vlarl distill); "
+                          f"choose one of {allowed} for vlarl ire")
     if cfg.train.resume:
         raise ConfigError("train.resume is not supported by vlarl ire (rerun with "
                           "--train.overwrite true)")

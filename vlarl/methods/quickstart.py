@@ -38,7 +38,10 @@ def _recipe(smoke: bool, extra: list[str]) -> Config:
             set_field(cfg, section, values)
     for key, value in parse_overrides(extra):
         set_field(cfg, key, value)
-    return cfg.resolve().validate()
+    from vlarl.algorithms import check_config
+
+    check_config(cfg.resolve().validate())  # the RL stage's settings, before demos and SFT
+    return cfg
 
 
 def _key(*parts) -> str:

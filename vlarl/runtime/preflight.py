@@ -37,6 +37,9 @@ def preflight(cfg: Config) -> None:
                               "choose another --train.output_dir") from None
     try:
         _check_env_config(cfg)
+        from vlarl.algorithms import check_config as check_algorithm
+
+        check_algorithm(cfg)
         _check_policy_source(cfg)
         from vlarl.checkpoint import CheckpointManager, check_resume_compat
         from vlarl.runtime.rundir import prepare_run_dir

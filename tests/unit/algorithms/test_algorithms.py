@@ -31,6 +31,32 @@ def test_registry_names_and_classes():
         ALGORITHMS.get("trpo")
 
 
+@pytest.mark.parametrize("overrides, needle", [
+    (["--algo.name", "sac"], r"algo.name='sac' is not allowed; choose one of \['grpo', 'ppo'"),
+    (["--algo.name", "grpo", "--algo.num_generations", "1", "--env.num_envs", "2"],
+     "algo.num_generations=1 must be >= 2 for grpo"),
+    (["--algo.name", "rloo", "--env.num_envs", "6", "--algo.num_generations", "4"],
+     r"env.num_envs=6 must be divisible by algo.num_generations=4"),
+    (["--env.num_envs", "3", "--train.rollout_steps", "3", "--algo.num_mini_batches", "2"],
+     r"env.num_envs\*train.rollout_steps=9 must be divisible by algo.num_mini_batches=2"),
+    (["--algo.name", "rpd", "--env.num_envs", "2", "--train.rollout_steps", "4",
+      "--algo.num_mini_batches", "2", "--algo.gradient_accumulation_steps", "3"],
+     "minibatch size 4 must be divisible by algo.gradient_accumulation_steps=3"),
+])
+def test_each_algorithm_refuses_the_configs_it_cannot_run(overrides, needle):
+    """The checks live with the algorithm (``check_config``); ``load_config`` stays torch-free
+    and accepts these, each legal on its own."""
+    from vlarl.algorithms import check_config
+    from vlarl.config import ConfigError, load_config
+
+    cfg = load_config(None, overrides)
+    with pytest.raises(ConfigError, match=needle):
+        check_config(cfg)
+    check_config(load_config(None, ["--algo.name", "grpo", "--env.num_envs", "8",
+                                    "--algo.num_generations", "4"]))
+    assert ALGORITHMS.get("rpd").needs_teacher and not ALGORITHMS.get("ppo").needs_teacher
+
+
 def test_ppo_update_changes_params_and_fits_the_critic():
     policy = GaussianPolicy()
     buf = _ppo_rollout(policy)

@@ -27,13 +27,8 @@ def test_defaults_validate_and_overrides_apply(tmp_path):
 @pytest.mark.parametrize("overrides, needle", [
     (["--train.learing_rate", "1e-3"], "learing_rate"),
     (["--algo.gamma", "1.5"], "algo.gamma"),
-    (["--algo.name", "sac"], "algo.name"),
     (["--env.num_envs", "two"], "env.num_envs"),
     (["--env.image_size", "0"], "env.image_size"),
-    (["--algo.name", "grpo", "--algo.num_generations", "1"], "algo.num_generations"),
-    (["--algo.name", "grpo", "--env.num_envs", "6", "--algo.num_generations", "4"], "num_generations"),
-    (["--env.num_envs", "3", "--train.rollout_steps", "3", "--algo.num_mini_batches", "2"],
-     "num_mini_batches"),
     (["--env.reward_mode", "shaped"], "env.reward_mode"),
     (["--policy.action_low", "1", "--policy.action_high", "0"], "policy.action_low"),
     (["--data.extra_tasks", "PullCube-v1", "PullCube-v1"], "data.extra_tasks"),
