@@ -129,11 +129,14 @@ def _counter(starts: np.ndarray) -> np.ndarray:
 def collate_chunks(items: list[dict[str, Any]]) -> tuple[Obs, torch.Tensor]:
     """Stack ``ChunkDataset`` items into ``(Obs [B], actions float32 [B, k, A])``; states
     of different lengths (a multi-task batch, ``data.extra_tasks``) are zero-padded to the
-    longest, as the policies pad them at inference (``policies.common.pad_state``)."""
+    longest, as the policies pad them at inference (``policies.common.pad_state``). Items
+    with a ``privileged`` state (distillation data of a state-based student) keep it."""
     width = max(it["state"].shape[-1] for it in items)
+    priv = (torch.stack([it["privileged"] for it in items])
+            if all("privileged" in it for it in items) else None)
     obs = Obs(images=torch.stack([it["images"] for it in items]),
               state=torch.stack([torch.nn.functional.pad(torch.as_tensor(it["state"]).float(),
                                                          (0, width - it["state"].shape[-1]))
                                  for it in items]),
-              instructions=[it["instruction"] for it in items])
+              instructions=[it["instruction"] for it in items], privileged=priv)
     return obs, torch.stack([it["actions"] for it in items])

@@ -62,7 +62,9 @@ class DistillDataset(torch.utils.data.Dataset):
         """Append N observations and their ``[N, k, A]`` target chunks."""
         if len(obs) != actions.shape[0]:
             raise ValueError(f"{len(obs)} observations but {actions.shape[0]} action chunks")
-        self._obs.append(Obs(obs.images.cpu(), obs.state.float().cpu(), list(obs.instructions)))
+        priv = None if obs.privileged is None else obs.privileged.float().cpu()
+        self._obs.append(Obs(obs.images.cpu(), obs.state.float().cpu(), list(obs.instructions),
+                             priv))
         self._actions.append(actions.detach().float().cpu())
         self._cache = None
 
@@ -79,8 +81,11 @@ class DistillDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         obs, actions = self.tensors()
-        return {"images": obs.images[i], "state": obs.state[i],
+        item = {"images": obs.images[i], "state": obs.state[i],
                 "instruction": obs.instructions[i], "actions": actions[i]}
+        if obs.privileged is not None:  # a state-based student (RLDG's BC warm start)
+            item["privileged"] = obs.privileged[i]
+        return item
 
 
 class _Recorder(Policy):

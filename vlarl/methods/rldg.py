@@ -92,32 +92,26 @@ def scripted_state_data(cfg: Config) -> tuple[Obs, torch.Tensor, dict]:
 
 def bc_warm_start(cfg: Config, out: Path) -> Path:
     """Behaviour-clone a fresh ``cfg.policy`` (a privileged mlp_student) on the scripted
-    expert's state-env episodes (:func:`scripted_state_data`): MSE of the mean chunk,
-    ``distill.epochs`` epochs of batch ``distill.batch_size`` at ``distill.learning_rate``
-    (Adam). Saves it to ``out`` (``--policy.path`` of the RL run) with ``bc_report.json``."""
+    expert's state-env episodes (:func:`scripted_state_data`): the student's ``sft_loss``
+    through the distillation's fitting loop (:func:`vlarl.methods.distill.fit_student`, i.e.
+    ``fit_sft``: ``distill.epochs`` epochs of batch ``distill.batch_size`` at
+    ``distill.learning_rate``). Saves it to ``out`` (``--policy.path`` of the RL run) with
+    ``bc_report.json`` and the per-step ``bc_metrics.jsonl``."""
+    from vlarl.methods.distill import DistillDataset, fit_student
     from vlarl.policies import build_policy
 
     t0 = time.perf_counter()
     obs, target, stats = scripted_state_data(cfg)
     torch.manual_seed(cfg.train.seed)
     policy = build_policy(dataclasses.replace(cfg.policy, path=None))
-    opt = torch.optim.Adam(policy.policy_parameters(), lr=cfg.distill.learning_rate)
-    g = torch.Generator().manual_seed(cfg.train.seed)
-    losses = []
-    policy.train()
-    for _ in range(cfg.distill.epochs):
-        perm = torch.randperm(len(obs), generator=g)
-        epoch = []
-        for ids in perm.split(cfg.distill.batch_size):
-            loss = policy.sft_loss(obs.index(ids), target[ids])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            epoch.append(loss.item())
-        losses.append(sum(epoch) / len(epoch))
+    data = DistillDataset()
+    data.extend(obs, target)
+    out.mkdir(parents=True, exist_ok=True)
+    fit = fit_student(policy, data, cfg, out / "bc_metrics.jsonl")
     policy.eval().save_pretrained(out)
-    report = {**stats, "epochs": cfg.distill.epochs, "first_loss": losses[0],
-              "final_loss": losses[-1], "wall_time_s": round(time.perf_counter() - t0, 1)}
+    report = {**stats, "epochs": cfg.distill.epochs, "steps": fit["steps"],
+              "first_loss": fit["first_loss"], "final_loss": fit["final_loss"],
+              "wall_time_s": round(time.perf_counter() - t0, 1)}
     (out / "bc_report.json").write_text(json.dumps(report, indent=2))
     return out
 
