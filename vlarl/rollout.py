@@ -29,7 +29,7 @@ import torch
 
 from vlarl.envs.base import VecEnv
 from vlarl.policies.base import Policy
-from vlarl.types import ChunkStep, Obs
+from vlarl.types import ActOutput, ChunkStep, Obs
 
 
 def episode_seed(base_seed: int, update: int, env_idx: int, episode_idx: int) -> int:
@@ -170,8 +170,13 @@ class RolloutBuffer:
 def collect(env: VecEnv, policy: Policy, buffer: RolloutBuffer, *, base_seed: int,
             update: int, mode: Literal["continuous", "episodic"] = "continuous",
             group_size: int = 1, deterministic: bool = False,
-            generator: torch.Generator | None = None, first_env: int = 0) -> dict[str, float]:
+            generator: torch.Generator | None = None, first_env: int = 0,
+            pipeline_groups: int = 1) -> dict[str, float]:
     """Run one update's rollout of ``buffer.num_steps`` decisions into ``buffer``.
+
+    ``pipeline_groups`` > 1 splits the envs into that many contiguous groups; at every
+    decision the policy acts for one group while the groups before it step
+    (:func:`act_and_step`).
 
     Resets every env first (seeds from :func:`episode_seed` of the env's global index
     ``first_env + i``, :func:`seed_slots`; in ``episodic`` mode of its global group). Returns logging stats: ``episode_return``,
@@ -193,15 +198,17 @@ def collect(env: VecEnv, policy: Policy, buffer: RolloutBuffer, *, base_seed: in
         if first_env % group_size:
             raise ValueError(f"first_env={first_env} must be a multiple of group_size={group_size}")
         return _collect(env, policy, buffer, base_seed, update, mode, group_size,
-                        deterministic, generator, first_env)
+                        deterministic, generator, first_env, pipeline_groups)
     finally:
         policy.train(was_training)
 
 
 def _collect(env: VecEnv, policy: Policy, buffer: RolloutBuffer, base_seed: int,
              update: int, mode: str, group_size: int, deterministic: bool,
-             generator: torch.Generator | None, first_env: int) -> dict[str, float]:
+             generator: torch.Generator | None, first_env: int,
+             pipeline_groups: int) -> dict[str, float]:
     N, dev = env.num_envs, buffer.device
+    groups = check_pipeline_groups(env, pipeline_groups)
     seed_slot = seed_slots(N, group_size, first_env)
     episode_idx = [0] * N
     obs = env.reset([episode_seed(base_seed, update, seed_slot[i], 0) for i in range(N)])
@@ -218,10 +225,10 @@ def _collect(env: VecEnv, policy: Policy, buffer: RolloutBuffer, base_seed: int,
     active = torch.ones(N, dtype=torch.bool)  # episodic: env has not finished its episode
     t = 0
     for t in range(buffer.num_steps):
-        out = policy.act(obs, deterministic=deterministic, generator=generator)
         reset_seeds = [episode_seed(base_seed, update, seed_slot[i], episode_idx[i] + 1)
                        for i in range(N)]
-        step = env.step_chunk(out.actions, reset_seeds)
+        out, step = act_and_step(env, policy, obs, reset_seeds, groups,
+                                 deterministic=deterministic, generator=generator)
         valid = active.clone()
         buffer.add(t, obs.to(dev), None if out.values is None else out.values.to(dev),
                    out.log_probs.to(dev), {k: v.to(dev) for k, v in out.stored.items()},
@@ -262,6 +269,39 @@ def _collect(env: VecEnv, policy: Policy, buffer: RolloutBuffer, base_seed: int,
         "env_steps": float((buffer.steps * buffer.valid).sum()),
         "decisions": float(buffer.valid.sum()),
     }
+
+
+def check_pipeline_groups(env: VecEnv, pipeline_groups: int) -> list[range]:
+    """The env ranges of ``train.pipeline_groups`` groups; ValueError naming the key when the
+    count does not divide the envs or the backend steps all envs at once."""
+    N = env.num_envs
+    if pipeline_groups < 1 or N % pipeline_groups:
+        raise ValueError(f"train.pipeline_groups={pipeline_groups} must be >= 1 and divide "
+                         f"env.num_envs={N}")
+    if pipeline_groups > 1 and not env.supports_overlap:
+        raise ValueError(f"train.pipeline_groups={pipeline_groups} needs envs that step in "
+                         f"worker processes (env.backend=cpu); {type(env).__name__} steps all "
+                         "envs at once (set train.pipeline_groups=1)")
+    size = N // pipeline_groups
+    return [range(g * size, (g + 1) * size) for g in range(pipeline_groups)]
+
+
+def act_and_step(env: VecEnv, policy: Policy, obs: Obs, reset_seeds: list[int],
+                 groups: list[range], **act_kw) -> tuple[ActOutput, ChunkStep]:
+    """One decision of every env: the policy acts, the envs execute the chunks.
+
+    With several env groups (RLinf's pipelining of generation and simulation), the policy
+    acts for group g while groups ``< g`` step in their worker processes, and the steps are
+    collected after the last group has been sent. The policy's inputs and its order of
+    random draws do not depend on the overlap, only on the groups (a policy batch per group),
+    so a run is the same with or without it."""
+    outs = []
+    for ids in groups:
+        sl = slice(ids.start, ids.stop)
+        out = policy.act(obs if len(groups) == 1 else obs.index(sl), **act_kw)
+        env.step_chunk_start(out.actions, reset_seeds[sl], ids)
+        outs.append(out)
+    return ActOutput.cat(outs), ChunkStep.cat([env.step_chunk_finish(ids) for ids in groups])
 
 
 def _to(step: ChunkStep, device: torch.device) -> ChunkStep:

@@ -129,10 +129,17 @@ def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
 
     make_env_fn = make_env_fn or build_env
     env = make_env_fn(cfg.env)
-    if getattr(policy, "cfg", None) is not None:  # before the first env step
-        from vlarl.policies.common import check_state_size
+    try:  # before the first env step
+        from vlarl.rollout import check_pipeline_groups
 
-        check_state_size(policy.cfg, env.state_dim, f"env.task={cfg.env.task!r}")
+        check_pipeline_groups(env, t.pipeline_groups)
+        if getattr(policy, "cfg", None) is not None:
+            from vlarl.policies.common import check_state_size
+
+            check_state_size(policy.cfg, env.state_dim, f"env.task={cfg.env.task!r}")
+    except ValueError:
+        env.close()
+        raise
     buffer = RolloutBuffer(cfg.train.rollout_steps, env.num_envs)
     ckpt = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last)
     run = _Run(cfg=cfg, accelerator=accelerator, policy=policy, trainable=trainable,
@@ -278,7 +285,8 @@ def collect_and_update(run: _Run, ctx, update: int) -> dict:
         # episode seeds of the global env index: layouts draw the same episodes
         stats = collect(run.env, run.policy, run.buffer, base_seed=t.seed, update=update,
                         mode=mode, group_size=run.cfg.algo.num_generations if mode == "episodic" else 1,
-                        first_env=acc.process_index * run.env.num_envs)
+                        first_env=acc.process_index * run.env.num_envs,
+                        pipeline_groups=t.pipeline_groups)
         metrics = run.algo.process(run.buffer, run.policy)
         metrics.update(run.algo.update(run.trainable, run.optimizer, run.buffer, ctx, update,
                                        run.generator))

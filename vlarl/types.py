@@ -92,6 +92,23 @@ class ChunkStep:
     def done(self) -> torch.Tensor:
         return self.terminated | self.truncated
 
+    @staticmethod
+    def cat(items: list[ChunkStep]) -> ChunkStep:
+        """Env groups' steps, in order, as one step of all their envs."""
+        if len(items) == 1:
+            return items[0]
+        cat = torch.cat
+        finals = [p.final_obs for p in items]
+        return ChunkStep(
+            obs=Obs.cat([p.obs for p in items]), rewards=cat([p.rewards for p in items]),
+            terminated=cat([p.terminated for p in items]),
+            truncated=cat([p.truncated for p in items]),
+            success=cat([p.success for p in items]),
+            success_once=cat([p.success_once for p in items]),
+            steps=cat([p.steps for p in items]),
+            final_obs=None if any(f is None for f in finals) else Obs.cat(finals),  # type: ignore[arg-type]
+            info={k: cat([p.info[k] for p in items]) for k in items[0].info})
+
 
 @dataclass
 class ActOutput:
@@ -106,3 +123,15 @@ class ActOutput:
     stored: dict[str, torch.Tensor]
     """Tensors the rollout must keep so ``evaluate`` can recompute log-probs exactly
     (e.g. action token ids ``[N, k*A]`` or a flow policy's denoising trajectory)."""
+
+    @staticmethod
+    def cat(items: list[ActOutput]) -> ActOutput:
+        """Env groups' outputs, in order, as one output of all their envs."""
+        if len(items) == 1:
+            return items[0]
+        values = [o.values for o in items]
+        return ActOutput(
+            actions=torch.cat([o.actions for o in items]),
+            log_probs=torch.cat([o.log_probs for o in items]),
+            values=None if any(v is None for v in values) else torch.cat(values),  # type: ignore[arg-type]
+            stored={k: torch.cat([o.stored[k] for o in items]) for k in items[0].stored})

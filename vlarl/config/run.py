@@ -70,6 +70,15 @@ class Config:
             raise ConfigError(f"policy.chunk_size={p.chunk_size} is larger than "
                               f"env.max_episode_steps={e.max_episode_steps}: one chunk would "
                               "outlast the episode")
+        t = self.train
+        if {"env", "train"} <= read and t.pipeline_groups > 1:
+            if e.num_envs % t.pipeline_groups:
+                raise ConfigError(f"train.pipeline_groups={t.pipeline_groups} must divide "
+                                  f"env.num_envs={e.num_envs}")
+            if e.backend in ("inline", "gpu"):
+                raise ConfigError(f"train.pipeline_groups={t.pipeline_groups} needs "
+                                  f"env.backend=cpu (worker processes); env.backend={e.backend!r} "
+                                  "steps all envs at once")
         if "algo" in read:
             self._validate_algo()
         if "train" in read:
@@ -167,6 +176,7 @@ class Config:
         t = self.train
         positive("train.num_updates", t.num_updates)
         positive("train.rollout_steps", t.rollout_steps)
+        positive("train.pipeline_groups", t.pipeline_groups)
         positive("train.learning_rate", t.learning_rate)
         positive("train.save_every", t.save_every)
         positive("train.keep_last", t.keep_last)

@@ -136,6 +136,11 @@ class PolicyConfig:
     forwards per decision, KV cache); ``parallel`` feeds k*A-1 placeholder tokens instead and
     predicts the whole chunk in one forward (OpenVLA-OFT's parallel decoding; the chunk's
     tokens are then independent given the prompt). Fixed at SFT: a checkpoint keeps its mode."""
+    point_estimate: Literal["mode", "mean"] = "mode"
+    """token_vla's deterministic action (greedy evaluation): ``mode`` = the most likely bin of
+    each action token (argmax); ``mean`` = the bin nearest the mean of the bins' distribution
+    at ``temperature``, which moves with the probability mass RL shifts (the mode moves only
+    once another bin overtakes it)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Parameter dtype of the backbone (bf16 on GPU)."""
     trust_remote_code: bool = False
@@ -225,6 +230,10 @@ class TrainConfig:
     """Policy updates (each = one rollout + optimisation)."""
     rollout_steps: int = 8
     """Decisions per env per update: batch = num_envs * rollout_steps chunks."""
+    pipeline_groups: int = 1
+    """Split the envs into this many groups and let the policy act for one group while the
+    others step (RLinf's pipelining of generation and simulation; ``env.backend: cpu``, whose
+    envs are worker processes). 1: act for all envs, then step them all."""
     learning_rate: float = 1e-4
     """Peak learning rate of adapters / heads."""
     value_learning_rate: float | None = None
@@ -314,6 +323,9 @@ class EvalConfig:
     """Splits to evaluate."""
     deterministic: bool = True
     """Greedy / mean actions instead of sampling."""
+    point_estimate: Literal["mode", "mean"] | None = None
+    """Override each token_vla checkpoint's ``policy.point_estimate`` for a deterministic
+    evaluation (None: the checkpoint's own)."""
     video_episodes: int = 0
     """Write mp4 videos of the first K episodes."""
     out: str | None = None

@@ -38,6 +38,26 @@ class VecEnv:
         auto-reset (with ``reset_seeds[i]`` when given)."""
         raise NotImplementedError
 
+    supports_overlap: bool = False
+    """Whether :meth:`step_chunk_start` returns before the envs have stepped (worker
+    processes), so the policy can infer for other envs meanwhile (``train.pipeline_groups``)."""
+
+    def step_chunk_start(self, actions: torch.Tensor, reset_seeds: list[int] | None,
+                         envs: range) -> None:
+        """Start stepping the envs ``envs`` (a contiguous range) with ``actions [len(envs), k,
+        A]``; :meth:`step_chunk_finish` of the same range returns their :class:`ChunkStep`.
+        Backends without overlap step here (all N envs at once is the only way a single
+        simulator steps) and return the step at finish."""
+        if envs != range(self.num_envs):
+            raise ValueError(f"{type(self).__name__} steps all {self.num_envs} envs at once "
+                             f"(env.backend=cpu overlaps groups of envs); got envs {envs}")
+        self._pending = self.step_chunk(actions, reset_seeds)
+
+    def step_chunk_finish(self, envs: range) -> ChunkStep:
+        """The step started by :meth:`step_chunk_start` for ``envs``."""
+        step, self._pending = self._pending, None
+        return step
+
     def expert_actions(self) -> torch.Tensor:
         """Privileged scripted-expert action ``[N, A]`` for the current state (demonstrations)."""
         raise NotImplementedError

@@ -110,7 +110,7 @@ class CpuVecEnv(VecEnv):
             self._conns.append(parent)
             self._procs.append(proc)
         try:
-            dims = self._gather()
+            dims = self._receive("start")
         except BaseException:
             self.close()
             raise
@@ -140,17 +140,27 @@ class CpuVecEnv(VecEnv):
                 raise WorkerError(f"env worker {i} ({self.task}) did not answer within "
                                   f"{self.timeout_s} s")
 
-    def _gather(self) -> list[Any]:
-        deadline = time.monotonic() + self.timeout_s
-        return [self._recv(i, deadline) for i in range(self.num_envs)]
+    def _call(self, cmd: str, args: list[tuple], envs: range | None = None) -> list[Any]:
+        self._send(cmd, args, envs)
+        return self._receive(cmd, envs)
 
-    def _call(self, cmd: str, args: list[tuple]) -> list[Any]:
+    def _send(self, cmd: str, args: list[tuple], envs: range | None = None) -> None:
+        """Send ``cmd`` to the workers ``envs`` (all by default) without waiting."""
         if self._closed:
             raise RuntimeError("this CpuVecEnv is closed")
+        with self._stop_all_on_error(cmd):
+            for i, a in zip(envs or range(self.num_envs), args):
+                self._conns[i].send((cmd, a))
+
+    def _receive(self, cmd: str, envs: range | None = None) -> list[Any]:
+        deadline = time.monotonic() + self.timeout_s
+        with self._stop_all_on_error(cmd):
+            return [self._recv(i, deadline) for i in envs or range(self.num_envs)]
+
+    @contextlib.contextmanager
+    def _stop_all_on_error(self, cmd: str):
         try:
-            for conn, a in zip(self._conns, args):
-                conn.send((cmd, a))
-            return self._gather()
+            yield
         except (WorkerError, BrokenPipeError, OSError) as err:
             self.close()  # a half-answered batch leaves workers out of step: stop them all
             if isinstance(err, WorkerError):
@@ -163,22 +173,24 @@ class CpuVecEnv(VecEnv):
         return Obs.cat(self._call("reset", [([s],) for s in seeds]))
 
     def step_chunk(self, actions: torch.Tensor, reset_seeds: list[int] | None = None) -> ChunkStep:
-        actions = check_actions(actions, self.num_envs, self.action_dim)
-        seeds = check_seeds(reset_seeds, self.num_envs, "reset_seeds") or self._seeds.take(self.num_envs)
-        parts: list[ChunkStep] = self._call(
-            "step_chunk", [(actions[i:i + 1], [seeds[i]]) for i in range(self.num_envs)])
-        cat = torch.cat
-        return ChunkStep(
-            obs=Obs.cat([p.obs for p in parts]),
-            rewards=cat([p.rewards for p in parts]),
-            terminated=cat([p.terminated for p in parts]),
-            truncated=cat([p.truncated for p in parts]),
-            success=cat([p.success for p in parts]),
-            success_once=cat([p.success_once for p in parts]),
-            steps=cat([p.steps for p in parts]),
-            final_obs=Obs.cat([p.final_obs for p in parts]),  # type: ignore[misc]
-            info={k: cat([p.info[k] for p in parts]) for k in parts[0].info},
-        )
+        envs = range(self.num_envs)
+        self.step_chunk_start(actions, reset_seeds, envs)
+        return self.step_chunk_finish(envs)
+
+    supports_overlap = True  # each env is its own worker process
+
+    def step_chunk_start(self, actions: torch.Tensor, reset_seeds: list[int] | None,
+                         envs: range) -> None:
+        if envs.step != 1 or envs.start < 0 or envs.stop > self.num_envs or not len(envs):
+            raise ValueError(f"envs={envs} must be a non-empty contiguous range in "
+                             f"[0, {self.num_envs})")
+        n = len(envs)
+        actions = check_actions(actions, n, self.action_dim)
+        seeds = check_seeds(reset_seeds, n, "reset_seeds") or self._seeds.take(n)
+        self._send("step_chunk", [(actions[j:j + 1], [seeds[j]]) for j in range(n)], envs)
+
+    def step_chunk_finish(self, envs: range) -> ChunkStep:
+        return ChunkStep.cat(self._receive("step_chunk", envs))
 
     def expert_actions(self) -> torch.Tensor:
         return torch.cat(self._call("expert_actions", [()] * self.num_envs))

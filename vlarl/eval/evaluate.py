@@ -210,7 +210,8 @@ def _run_eval(checkpoints: list[str], cfg, out: Path) -> dict:
     envs: dict[tuple[str, bool], VecEnv] = {}
     try:
         for ck, label in zip(checkpoints, labels):
-            policy = load_policy(ck)
+            point = cfg.eval.point_estimate
+            policy = load_policy(ck, **({"point_estimate": point} if point else {}))
             priv = needs_privileged_env(policy, cfg.env)
             for split in cfg.eval.splits:
                 if (split, priv) not in envs:

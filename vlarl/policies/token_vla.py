@@ -245,6 +245,13 @@ class TokenVLAPolicy(Policy):
         return encode(self.processor, self._base(), images, self.prompts(obs),
                       self.position_offset, self.device, next(self.model.parameters()).dtype)
 
+    def _point_token(self, logp: torch.Tensor) -> torch.Tensor:
+        """The deterministic bin of each row of ``logp [..., bins]`` (``policy.point_estimate``)."""
+        if self.cfg.point_estimate == "mode":
+            return logp.argmax(-1)
+        bins = torch.arange(logp.shape[-1], device=logp.device, dtype=logp.dtype)
+        return (logp.exp() * bins).sum(-1).round().long().clamp_(0, logp.shape[-1] - 1)
+
     def _masked_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits restricted to the action ids, in fp32, divided by the temperature."""
         ids = slice(self.action_start, self.action_start + self.cfg.action_bins)
@@ -282,7 +289,7 @@ class TokenVLAPolicy(Policy):
         for t in range(steps):
             logp = torch.log_softmax(self._masked_logits(out.logits[:, -1]), dim=-1)
             if deterministic:
-                tok = logp.argmax(-1)
+                tok = self._point_token(logp)
             else:
                 tok = multinomial(logp.exp(), generator).squeeze(-1)
             tokens[:, t] = tok
@@ -306,7 +313,7 @@ class TokenVLAPolicy(Policy):
         out, batch, prefix = self._teacher_forced(obs, dummy)
         logp = torch.log_softmax(self._masked_logits(out.logits), dim=-1)  # [N, T, bins]
         if deterministic:
-            tokens = logp.argmax(-1)
+            tokens = self._point_token(logp)
         else:
             tokens = multinomial(logp.exp().view(n * steps, -1), generator).view(n, steps)
         log_probs = logp.gather(-1, tokens[..., None]).squeeze(-1).double().sum(-1).float()

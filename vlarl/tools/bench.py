@@ -74,35 +74,48 @@ def bench_policy(quick: bool = False) -> dict:
     return out
 
 
-def _loop_cfg(quick: bool, decoding: str = "autoregressive") -> Config:
+def _loop_cfg(quick: bool, decoding: str = "autoregressive", pipeline_groups: int = 1) -> Config:
     return load_config(None, [
         "--env.num_envs", "2", "--env.image_size", "64", "--env.max_episode_steps", "48",
         "--env.reward_mode", "normalized_dense", "--policy.chunk_size", "8",
-        "--policy.decoding", decoding,
+        "--policy.decoding", decoding, "--train.pipeline_groups", str(pipeline_groups),
         "--train.rollout_steps", "6", "--algo.num_mini_batches", "2",
         "--algo.num_ppo_epochs", "1", "--train.output_dir", "/tmp/vlarl-bench-loop",
         "--train.overwrite", "true", "--train.save_every", "1000",
         "--train.num_updates", "2" if quick else "4"])
 
 
+LOOP_VARIANTS = {"autoregressive": ("autoregressive", 1), "parallel": ("parallel", 1),
+                 "pipelined": ("autoregressive", 2)}
+"""Loop rows: token decoding and ``train.pipeline_groups`` (2: the policy acts for one env
+while the other steps)."""
+
+
 def bench_loop(quick: bool = False) -> dict:
-    """The loop with both token decodings (autoregressive, parallel), same env, one run."""
-    rows = {d: _bench_loop(quick, d) for d in ("autoregressive", "parallel")}
+    """The loop with both token decodings (autoregressive, parallel) and with the
+    autoregressive one pipelined over 2 env groups; same env, one run."""
+    # the GPU backend steps all envs in one simulator: nothing to pipeline there
+    names = [n for n in LOOP_VARIANTS if n != "pipelined" or not torch.cuda.is_available()]
+    rows = {name: _bench_loop(quick, *LOOP_VARIANTS[name]) for name in names}
     out = dict(rows["autoregressive"])
-    for k in ("loop_steps_per_s", "loop_over_sim", "update_fraction"):
-        out[f"parallel_{k}"] = rows["parallel"][k]
-    out["parallel_env_only_steps_per_s"] = rows["parallel"]["env_only_steps_per_s"]
+    for name in names[1:]:
+        for k in ("loop_steps_per_s", "loop_over_sim", "update_fraction", "rollout_s"):
+            out[f"{name}_{k}"] = rows[name][k]
+        out[f"{name}_env_only_steps_per_s"] = rows[name]["env_only_steps_per_s"]
+    if "pipelined" in rows:
+        out["pipelined_over_autoregressive_rollout"] = (rows["autoregressive"]["rollout_s"]
+                                                        / rows["pipelined"]["rollout_s"])
     out["peak_rss_mb"] = peak_rss_mb(children=True)
     return out
 
 
-def _bench_loop(quick: bool, decoding: str) -> dict:
+def _bench_loop(quick: bool, decoding: str, pipeline_groups: int = 1) -> dict:
     """Full PPO loop env-steps/s vs env-only random-action stepping with the same chunking."""
     from vlarl.algorithms import UpdateContext
     from vlarl.rollout import collect
     from vlarl.trainer import setup
 
-    cfg = _loop_cfg(quick, decoding)
+    cfg = _loop_cfg(quick, decoding, pipeline_groups)
     run = setup(cfg)
     env, k = run.env, cfg.policy.chunk_size
     try:
@@ -125,7 +138,7 @@ def _bench_loop(quick: bool, decoding: str) -> dict:
             for u in range(cfg.train.num_updates):
                 t0 = time.perf_counter()
                 stats = collect(env, run.policy, run.buffer, base_seed=1, update=u,
-                                mode="continuous")
+                                mode="continuous", pipeline_groups=pipeline_groups)
                 t1 = time.perf_counter()
                 run.algo.process(run.buffer, run.policy)
                 run.algo.update(run.policy, run.optimizer, run.buffer, ctx, u, run.generator)
@@ -140,7 +153,8 @@ def _bench_loop(quick: bool, decoding: str) -> dict:
     total = phases["rollout_s"] + phases["update_s"]
     return {"chunk": k, "num_envs": cfg.env.num_envs, "image_size": cfg.env.image_size,
             "env_only_steps_per_s": sim, "loop_steps_per_s": full, "loop_over_sim": full / sim,
-            "update_fraction": phases["update_s"] / total, "peak_rss_mb": peak_rss_mb(children=True)}
+            "update_fraction": phases["update_s"] / total, "rollout_s": phases["rollout_s"],
+            "peak_rss_mb": peak_rss_mb(children=True)}
 
 
 CONTENTION_CHILD = r"""

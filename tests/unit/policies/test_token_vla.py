@@ -43,6 +43,27 @@ def test_act_shapes_and_matches_evaluate(policy):
     assert (policy.evaluate(obs, det1.stored)[0] - det1.log_probs).abs().max().item() < 1e-5
 
 
+def test_mean_point_estimate_follows_the_bins_mass(policy, tmp_path):
+    """policy.point_estimate=mean: the bin nearest the distribution's mean; mode = argmax.
+    Through a saved checkpoint and the eval override (``eval.point_estimate``)."""
+    import math
+
+    logp = torch.tensor([[0.40, 0.00, 0.25, 0.35], [0.0, 0.1, 0.1, 0.8]]).clamp_min(1e-12).log()
+    assert policy._point_token(logp).tolist() == [0, 3]  # the default: the mode
+    policy.save_pretrained(tmp_path / "p")
+    mean = load_policy(tmp_path / "p", point_estimate="mean")
+    # means 0.25*2 + 0.35*3 = 1.55 -> bin 2; 0.1 + 0.2 + 2.4 = 2.7 -> bin 3
+    assert mean._point_token(logp).tolist() == [2, 3]
+    obs = make_obs()
+    out = mean.act(obs, deterministic=True)
+    # the tiny model's near-uniform bins: the mean sits mid-range, the mode anywhere
+    mid = out.stored["tokens"].float()
+    assert 96 <= float(mid.min()) and float(mid.max()) <= 160, mid
+    assert not torch.equal(out.stored["tokens"], policy.act(obs, deterministic=True).stored["tokens"])
+    assert (mean.evaluate(obs, out.stored)[0] - out.log_probs).abs().max().item() < 1e-5
+    assert math.isfinite(float(out.log_probs.sum()))
+
+
 def test_batch_rows_independent_of_padding(policy):
     """A row's log-prob does not depend on the other rows (left padding + explicit positions)."""
     obs = make_obs(3)
