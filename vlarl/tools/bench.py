@@ -9,6 +9,8 @@ measured in the same run (medians over repeats):
   trainable fraction with LoRA;
 * loop: the full PPO loop (rollout + update) with the tiny token VLA vs vlarl's env alone
   with random actions and the same chunking (loop/sim), and vs raw per-step rendering;
+* pipeline: the quickstart's GRPO rollout with ``train.pipeline_groups`` 1, 2, 4 (the policy
+  acting for one env group while the others step);
 * contention: SFT steps of the tiny token VLA in one process alone vs two processes at once,
   with OpenMP's default wait policy vs the ``PASSIVE`` one ``VLARL_SHARED_CORES=1`` sets
   (``vlarl.runtime.system.SHARED_CORES_ENV``).
@@ -74,48 +76,70 @@ def bench_policy(quick: bool = False) -> dict:
     return out
 
 
-def _loop_cfg(quick: bool, decoding: str = "autoregressive", pipeline_groups: int = 1) -> Config:
+def _loop_cfg(quick: bool, decoding: str = "autoregressive") -> Config:
     return load_config(None, [
         "--env.num_envs", "2", "--env.image_size", "64", "--env.max_episode_steps", "48",
         "--env.reward_mode", "normalized_dense", "--policy.chunk_size", "8",
-        "--policy.decoding", decoding, "--train.pipeline_groups", str(pipeline_groups),
+        "--policy.decoding", decoding,
         "--train.rollout_steps", "6", "--algo.num_mini_batches", "2",
         "--algo.num_ppo_epochs", "1", "--train.output_dir", "/tmp/vlarl-bench-loop",
         "--train.overwrite", "true", "--train.save_every", "1000",
         "--train.num_updates", "2" if quick else "4"])
 
 
-LOOP_VARIANTS = {"autoregressive": ("autoregressive", 1), "parallel": ("parallel", 1),
-                 "pipelined": ("autoregressive", 2)}
-"""Loop rows: token decoding and ``train.pipeline_groups`` (2: the policy acts for one env
-while the other steps)."""
-
-
 def bench_loop(quick: bool = False) -> dict:
-    """The loop with both token decodings (autoregressive, parallel) and with the
-    autoregressive one pipelined over 2 env groups; same env, one run."""
-    # the GPU backend steps all envs in one simulator: nothing to pipeline there
-    names = [n for n in LOOP_VARIANTS if n != "pipelined" or not torch.cuda.is_available()]
-    rows = {name: _bench_loop(quick, *LOOP_VARIANTS[name]) for name in names}
+    """The loop with both token decodings (autoregressive, parallel), same env, one run."""
+    rows = {d: _bench_loop(quick, d) for d in ("autoregressive", "parallel")}
     out = dict(rows["autoregressive"])
-    for name in names[1:]:
-        for k in ("loop_steps_per_s", "loop_over_sim", "update_fraction", "rollout_s"):
-            out[f"{name}_{k}"] = rows[name][k]
-        out[f"{name}_env_only_steps_per_s"] = rows[name]["env_only_steps_per_s"]
-    if "pipelined" in rows:
-        out["pipelined_over_autoregressive_rollout"] = (rows["autoregressive"]["rollout_s"]
-                                                        / rows["pipelined"]["rollout_s"])
+    for k in ("loop_steps_per_s", "loop_over_sim", "update_fraction", "rollout_s"):
+        out[f"parallel_{k}"] = rows["parallel"][k]
+    out["parallel_env_only_steps_per_s"] = rows["parallel"]["env_only_steps_per_s"]
     out["peak_rss_mb"] = peak_rss_mb(children=True)
     return out
 
 
-def _bench_loop(quick: bool, decoding: str, pipeline_groups: int = 1) -> dict:
+def bench_pipeline(quick: bool = False) -> dict:
+    """The quickstart recipe's GRPO rollout (8 CPU worker envs, groups of G = 4, chunk 4, tiny
+    token VLA) with ``train.pipeline_groups`` 1, 2 and 4, interleaved repeats: env steps/s of
+    each and the ratio to 1 group."""
+    from vlarl.envs import make_env
+    from vlarl.policies import build_policy
+    from vlarl.rollout import RolloutBuffer, collect
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "recipes" / "cpu" / "quickstart.yaml",
+                      ["--env.backend", "cpu"])
+    torch.manual_seed(0)
+    policy = build_policy(cfg.policy).eval()
+    env = make_env(cfg.env)
+    counts = (1, 2, 4)
+    steps, secs = {g: 0.0 for g in counts}, {g: 0.0 for g in counts}
+    try:
+        for rep in range(2 if quick else 4):
+            for g in counts:
+                buf = RolloutBuffer(2 if quick else cfg.train.rollout_steps, env.num_envs)
+                t0 = time.perf_counter()
+                stats = collect(env, policy, buf, base_seed=rep, update=0, mode="episodic",
+                                group_size=cfg.algo.num_generations, pipeline_groups=g,
+                                generator=torch.Generator().manual_seed(rep))
+                secs[g] += time.perf_counter() - t0
+                steps[g] += stats["env_steps"]
+    finally:
+        env.close()
+    out: dict = {"num_envs": cfg.env.num_envs, "chunk": cfg.policy.chunk_size}
+    for g in counts:
+        out[f"groups_{g}_steps_per_s"] = steps[g] / secs[g]
+        out[f"groups_{g}_over_1"] = (steps[g] / secs[g]) / (steps[1] / secs[1])
+    out["peak_rss_mb"] = peak_rss_mb(children=True)
+    return out
+
+
+def _bench_loop(quick: bool, decoding: str) -> dict:
     """Full PPO loop env-steps/s vs env-only random-action stepping with the same chunking."""
     from vlarl.algorithms import UpdateContext
     from vlarl.rollout import collect
     from vlarl.trainer import setup
 
-    cfg = _loop_cfg(quick, decoding, pipeline_groups)
+    cfg = _loop_cfg(quick, decoding)
     run = setup(cfg)
     env, k = run.env, cfg.policy.chunk_size
     try:
@@ -138,7 +162,7 @@ def _bench_loop(quick: bool, decoding: str, pipeline_groups: int = 1) -> dict:
             for u in range(cfg.train.num_updates):
                 t0 = time.perf_counter()
                 stats = collect(env, run.policy, run.buffer, base_seed=1, update=u,
-                                mode="continuous", pipeline_groups=pipeline_groups)
+                                mode="continuous")
                 t1 = time.perf_counter()
                 run.algo.process(run.buffer, run.policy)
                 run.algo.update(run.policy, run.optimizer, run.buffer, ctx, u, run.generator)
@@ -227,10 +251,10 @@ def bench_contention(quick: bool = False) -> dict:
 
 def run_bench(parts: list[str], json_path: str | None = None, quick: bool = False,
               extra: list[str] | None = None) -> dict:
-    unknown = set(parts) - {"env", "policy", "loop", "contention"}
+    unknown = set(parts) - {"env", "policy", "loop", "contention", "pipeline"}
     if unknown:
         raise ValueError(f"unknown bench part(s) {sorted(unknown)}; allowed: env, policy, loop, "
-                         "contention")
+                         "contention, pipeline")
     results: dict = {"machine": _machine()}
     if "env" in parts:
         from vlarl.envs.bench import bench_env
@@ -240,6 +264,8 @@ def run_bench(parts: list[str], json_path: str | None = None, quick: bool = Fals
         results["policy"] = bench_policy(quick)
     if "contention" in parts:
         results["contention"] = bench_contention(quick)
+    if "pipeline" in parts:
+        results["pipeline"] = bench_pipeline(quick)
     if "loop" in parts:
         results["loop"] = bench_loop(quick)
         raw = results.get("env", {}).get("raw_maniskill")  # steps/s, renders every step
