@@ -1,4 +1,5 @@
-"""Every recipe in recipes/ loads and validates, and shows its batch arithmetic consistently."""
+"""Every recipe in recipes/ loads, validates and passes its algorithm's checks, and shows its
+batch arithmetic consistently."""
 
 from pathlib import Path
 
@@ -20,9 +21,12 @@ def test_recipe_loads(path):
         cfg = _recipe(smoke=True, extra=[])
         assert cfg.train.num_updates == 2
         return
+    from vlarl.algorithms import ALGORITHMS, check_config
+
     cfg = load_config(path)
     assert cfg.env.num_envs >= 1
-    if cfg.algo.name in ("grpo", "rloo"):
+    check_config(cfg)  # the recipe's algorithm accepts it (group size, minibatch split)
+    if ALGORITHMS.get(cfg.algo.name).rollout_mode == "episodic":
         assert cfg.env.num_envs % cfg.algo.num_generations == 0
 
 
