@@ -101,7 +101,8 @@ def bench_loop(quick: bool = False) -> dict:
 def bench_pipeline(quick: bool = False) -> dict:
     """The quickstart recipe's GRPO rollout (8 CPU worker envs, groups of G = 4, chunk 4, tiny
     token VLA) with ``train.pipeline_groups`` 1, 2 and 4, interleaved repeats: env steps/s of
-    each and the ratio to 1 group."""
+    each, the ratio to 1 group, and the fraction of the rollout's wall time spent in
+    ``policy.act`` (the rest is the envs' stepping and the rollout's bookkeeping)."""
     from vlarl.envs import make_env
     from vlarl.policies import build_policy
     from vlarl.rollout import RolloutBuffer, collect
@@ -113,9 +114,20 @@ def bench_pipeline(quick: bool = False) -> dict:
     env = make_env(cfg.env)
     counts = (1, 2, 4)
     steps, secs = {g: 0.0 for g in counts}, {g: 0.0 for g in counts}
+    act_s = {g: 0.0 for g in counts}
+    act, current = policy.act, [1]
+
+    def timed_act(*args, **kw):  # the policy's share of the rollout's wall time
+        t0 = time.perf_counter()
+        out = act(*args, **kw)
+        act_s[current[0]] += time.perf_counter() - t0
+        return out
+
+    policy.act = timed_act
     try:
         for rep in range(2 if quick else 4):
             for g in counts:
+                current[0] = g
                 buf = RolloutBuffer(2 if quick else cfg.train.rollout_steps, env.num_envs)
                 t0 = time.perf_counter()
                 stats = collect(env, policy, buf, base_seed=rep, update=0, mode="episodic",
@@ -129,6 +141,7 @@ def bench_pipeline(quick: bool = False) -> dict:
     for g in counts:
         out[f"groups_{g}_steps_per_s"] = steps[g] / secs[g]
         out[f"groups_{g}_over_1"] = (steps[g] / secs[g]) / (steps[1] / secs[1])
+        out[f"groups_{g}_act_fraction"] = act_s[g] / secs[g]
     out["peak_rss_mb"] = peak_rss_mb(children=True)
     return out
 
