@@ -68,7 +68,8 @@ def _options_epilog(sections: list[str]) -> str:
 
                 doc += " Registered: " + ", ".join(sorted(TASKS)) + "."
             lines.append(f"  --{sec}.{name} (default {getattr(default, name)!r})")
-            lines.extend(textwrap.wrap(doc, 88, initial_indent="      ", subsequent_indent="      "))
+            lines.extend(textwrap.wrap(" ".join(doc.split()), 88, initial_indent="      ",
+                                       subsequent_indent="      "))
     return "\n".join(lines)
 
 
