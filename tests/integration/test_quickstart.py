@@ -23,12 +23,17 @@ def test_quickstart_smoke_runs_every_stage_and_caches(tmp_path):
     for stage in ("collect", "sft", "rl", "distill", "eval"):
         assert (run_dir / f"stage_{stage}.json").is_file(), stage
     table = (run_dir / "summary.md").read_text()
-    assert table.count("\n| ") == 6  # 3 policies x 2 splits
+    assert table.count("\n| ") == 6 + 2  # 3 policies x 2 splits greedy, base and RL sampled
     assert "SFT base" in table and "RL (GRPO+LoRA)" in table and "student" in table
+    assert table.count("| sampled | train |") == 2 and table.count("| greedy |") == 6
     report = json.loads((run_dir / "eval" / "report.json").read_text())
     assert {r["split"] for r in report["results"]} == {"train", "unseen_color"}
     assert all(r["n"] == 4 for r in report["results"])
     assert (run_dir / "eval" / "success.png").stat().st_size > 1000
+    sampled = json.loads((run_dir / "eval" / "sampled" / "report.json").read_text())
+    assert sampled["config"]["eval"]["deterministic"] is False
+    assert [(r["split"], r["n"]) for r in sampled["results"]] == [("train", 4)] * 2
+    assert len(sampled["comparisons"]) == 1  # RL vs base, paired on the same seeds
     # rerun: every stage comes from the cache
     t0 = time.perf_counter()
     again = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,

@@ -1,6 +1,8 @@
 """`vlarl quickstart`: the whole story on one machine, no GPU, no downloads.
 
-demos -> SFT base VLA -> RL (GRPO + LoRA by default) -> eval (ID + OOD) -> distill -> eval student -> table.
+demos -> SFT base VLA -> RL (GRPO + LoRA by default) -> distill -> eval -> table: base, RL and
+student greedy on every split (ID + OOD), and base and RL with their sampler (the policy RL
+trains) on the first split, all on the same seeds.
 
 Every stage is cached in the run directory under a key of its config: a rerun resumes at
 the first stage whose output is missing or whose config changed. The recipe is
@@ -126,18 +128,26 @@ def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool 
     student = stages.run("distill", k_dist, lambda: {"path": str(run_distill(d_cfg))})["path"]
 
     # 5. one paired evaluation of the three checkpoints, ID + OOD, same seeds
-    k_eval = _key(k_dist, non_default(cfg.eval), non_default(cfg.env))
+    k_eval = _key(k_dist, non_default(cfg.eval), non_default(cfg.env), "greedy+sampled")
     out = root / "eval"
+
+    keys = ("label", "split", "n", "success_rate", "ci_low", "ci_high", "actions_per_s")
 
     def _eval() -> dict:
         report = run_eval([base, rl, student], cfg, out)
-        return {"results": [{k: r[k] for k in ("label", "split", "n", "success_rate", "ci_low",
-                                               "ci_high", "actions_per_s")}
-                            for r in report["results"]]}
+        # RL trains the policy it samples from (temperature policy.temperature): evaluate that
+        # one too, base and RL on the first split, the same seeds, paired
+        sampled_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(
+            cfg.eval, deterministic=False, splits=cfg.eval.splits[:1]))
+        sampled = run_eval([base, rl], sampled_cfg, out / "sampled")
+        return {"results": [{k: r[k] for k in keys} for r in report["results"]],
+                "sampled": [{**{k: r[k] for k in keys}, "sampled": True}
+                            for r in sampled["results"]]}
 
     res = stages.run("eval", k_eval, _eval)
     rl_label = f"RL ({cfg.algo.name.upper()}+LoRA)"
-    table = _table(res["results"], {base: "SFT base", rl: rl_label, student: "student"})
+    names = {base: "SFT base", rl: rl_label, student: "student"}
+    table = _table(res["results"] + res.get("sampled", []), names)
     summary = {"run_dir": str(root), "wall_time_s": time.perf_counter() - t_start,
                "stage_seconds": stages.timings, "table": table, "plot": str(out / "success.png"),
                "report": str(out / "report.md")}
@@ -149,11 +159,14 @@ def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool 
 
 
 def _table(rows: list[dict], names: dict[str, str]) -> str:
-    lines = ["| policy | split | n | success % [95% CI] | actions/s |", "|---|---|---|---|---|"]
+    """One row per (policy, split, decoding): greedy rows, then the sampled ones."""
+    lines = ["| policy | actions | split | n | success % [95% CI] | actions/s |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         label = next((v for k, v in names.items() if r["label"] in k or k.endswith(r["label"])),
                      r["label"])
-        lines.append(f"| {label} | {r['split']} | {r['n']} | {100 * r['success_rate']:.1f} "
+        decoding = "sampled" if r.get("sampled") else "greedy"
+        lines.append(f"| {label} | {decoding} | {r['split']} | {r['n']} | {100 * r['success_rate']:.1f} "
                      f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] | "
                      f"{r['actions_per_s']:.0f} |")
     return "\n".join(lines)
