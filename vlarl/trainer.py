@@ -87,6 +87,7 @@ def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
     from vlarl.algorithms import ALGORITHMS
     from vlarl.checkpoint import CheckpointManager
     from vlarl.rollout import RolloutBuffer
+    from vlarl.runtime.rng import seed_everything
     from vlarl.runtime.rundir import MetricsLogger
     from vlarl.runtime.tracking import WandbTracker
 
@@ -104,7 +105,7 @@ def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
 
         runlock.check_held_by_launch(run_dir, "train.output_dir")
     algo = ALGORITHMS.get(cfg.algo.name)(cfg.algo)  # unknown name -> lists the known ones
-    _seed_everything(t.seed + accelerator.process_index * RANK_SEED_STRIDE)
+    seed_everything(t.seed + accelerator.process_index * RANK_SEED_STRIDE)
 
     # the local main process builds any cached tiny model first; the others then load it
     # (transformers' save_pretrained writes nothing on a rank other than 0)
@@ -163,16 +164,6 @@ def build_env(env_cfg):
     from vlarl.envs import make_env
 
     return make_env(env_cfg)
-
-
-def _seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _check_action_space(cfg: Config, policy) -> None:

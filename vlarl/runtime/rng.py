@@ -52,3 +52,10 @@ def restore_rng_state(state: Mapping[str, Any],
 def _to_tuple(x: Any) -> Any:
     """random.setstate needs tuples; a JSON / pickle round trip may give lists."""
     return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python ``random``, numpy's global RNG and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
