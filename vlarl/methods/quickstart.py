@@ -147,7 +147,7 @@ def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool 
     res = stages.run("eval", k_eval, _eval)
     rl_label = f"RL ({cfg.algo.name.upper()}+LoRA)"
     names = {base: "SFT base", rl: rl_label, student: "student"}
-    table = _table(res["results"] + res.get("sampled", []), names)
+    table = _table(res["results"] + res["sampled"], names)
     summary = {"run_dir": str(root), "wall_time_s": time.perf_counter() - t_start,
                "stage_seconds": stages.timings, "table": table, "plot": str(out / "success.png"),
                "report": str(out / "report.md")}
