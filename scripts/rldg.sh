@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # RLDG on PushCube-v1 (docs/rldg.md): state-based RL expert -> 100 rendered expert episodes ->
 # SFT of the quickstart's tiny token VLA on them -> eval against the SFT on 100 scripted demos.
-#   bash scripts/rldg.sh [OUT_DIR]          (default /tmp/runs/rldg; not yet timed end to end)
+#   bash scripts/rldg.sh [OUT_DIR]          (default runs/rldg, ignored by git; not yet timed end to end)
 # Needs the quickstart's SFT base (~/.cache/vlarl/quickstart/sft, from `vlarl quickstart`)
 # for the comparison. Every stage logs to OUT_DIR/<stage>.log.
 set -euo pipefail
-OUT=${1:-/tmp/runs/rldg}
+OUT=${1:-runs/rldg}
 QS=recipes/cpu/quickstart.yaml
 BASE=${RLDG_BASE:-$HOME/.cache/vlarl/quickstart/sft}
 VLARL=${VLARL:-vlarl}

@@ -282,7 +282,11 @@ def collect_and_update(run: _Run, ctx, update: int) -> dict:
         metrics.update(run.algo.update(run.trainable, run.optimizer, run.buffer, ctx, update,
                                        run.generator))
     metrics = _prefix("algo/", metrics)
-    run.scheduler.step()
+    with warnings.catch_warnings():
+        # the schedule counts updates, skipped ones too (dynamic sampling can leave the first
+        # update without an optimizer step, which torch reports as a misordered call)
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        run.scheduler.step()
     stats = reduce_rollout_stats(acc, stats)
     run.env_steps += int(stats["env_steps"])
     metrics.update(_prefix("rollout/", stats))

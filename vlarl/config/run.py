@@ -145,6 +145,7 @@ class Config:
         choice("policy.dtype", p.dtype, {"float32", "bfloat16"})
         choice("policy.action_token_layout", p.action_token_layout, {"vlarl", "openvla"})
         choice("policy.state_range", p.state_range, {"demos", "fixed"})
+        choice("policy.state_input", p.state_input, {"text", "embedding"})
         if "{instruction}" not in p.prompt_template:
             raise ConfigError(f"policy.prompt_template={p.prompt_template!r} must contain the "
                               "placeholder '{instruction}'")

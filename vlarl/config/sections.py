@@ -73,11 +73,19 @@ class PolicyConfig:
     """Upper clip of each action dimension before binning."""
     use_state: bool = True
     """Feed proprioceptive state to the policy."""
+    state_input: Literal["text", "embedding"] = "text"
+    """How the token VLA reads the state (with ``use_state``): ``text`` = each dimension
+    binned to 0..255 and written into the prompt (RT-2 / OpenVLA); ``embedding`` = a 2-layer
+    MLP projects the state, scaled to [-1, 1] on the state range, into the embedding of the
+    prompt's last token " state:" (OpenVLA-OFT / pi0 style; saved as the ``state_proj``
+    head, frozen under LoRA once trained). A checkpoint refuses a run that changes it."""
     state_range: Literal["demos", "fixed"] = "demos"
     """How SFT sets the range the state is binned / normalised on: ``demos`` = each
     dimension's range in the demonstrations (+10 %), written to ``state_low`` /
     ``state_high``; ``fixed`` = [-4, 4] on every dimension, the same for every task and
-    every state size (no per-dimension lists)."""
+    every state size (no per-dimension lists). Loading a checkpoint, ``demos`` keeps the
+    range it was trained on and ``fixed`` bins on [-4, 4] instead (the coarse-input
+    experiment, docs/experiments/2026-11-24-coarse-state-input.md)."""
     state_low: list[float] | None = None
     """Per-dimension lower end of the state range used to bin / normalise it (SFT sets it
     from the demonstrations, like LeRobot's normalisation stats); None: -4 for every dim."""

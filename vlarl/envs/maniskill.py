@@ -30,6 +30,10 @@ cameras (ManiSkill ``obs_mode="state_dict"``; nothing is rendered): images are e
 
 from __future__ import annotations
 
+import contextlib
+import os
+import warnings
+
 import numpy as np
 import torch
 
@@ -41,6 +45,20 @@ from vlarl.envs.variants import variant_env_id
 from vlarl.types import ChunkStep, Obs
 
 CAMERA = "base_camera"
+
+
+@contextlib.contextmanager
+def sim_noise_off():
+    """Silence what ManiSkill 3.0.1 warns on every CPU control step and that says nothing:
+    its NaN check runs ``np.isnan`` on the torch action it built itself (NumPy 2's
+    ``__array_wrap__`` deprecation; thousands per run). ``VLARL_VERBOSE=1`` shows it."""
+    if os.environ.get("VLARL_VERBOSE"):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="__array_wrap__ must accept context",
+                                category=DeprecationWarning)
+        yield
 
 
 class SeedStream:
@@ -217,7 +235,8 @@ class ManiSkillVecEnv(VecEnv):
         for j in range(k):
             active = ~ended
             act = torch.where(active[:, None], actions[:, j], torch.zeros_like(actions[:, j]))
-            act = self.u._step_action(act)
+            with sim_noise_off():
+                act = self.u._step_action(act)
             self.u._elapsed_steps += 1
             info = self.u.get_info()
             r = self.u.get_reward(obs=None, action=act, info=info).float()

@@ -48,7 +48,8 @@ def quiet_model_io() -> None:
     """Turn off what transformers and peft print on every load and save that says nothing
     new: the weight-loading and shard-writing progress bars, the deprecation warning peft
     0.21 triggers in transformers 5 (``is_gradient_checkpointing``), and peft's note that a
-    saved adapter's base moved (vlarl saves the base beside it). Hub download bars
+    saved adapter's base moved (vlarl saves the base beside it), the NumPy 2 deprecation
+    PaliGemma's processor triggers on every call. Hub download bars
     (huggingface_hub's own) stay. ``VLARL_VERBOSE=1`` keeps everything."""
     if os.environ.get("VLARL_VERBOSE"):
         return
@@ -63,6 +64,11 @@ def quiet_model_io() -> None:
     # next to it (<dir>/base), which peft reports as a rename
     warnings.filterwarnings("ignore", message="The PEFT config's `base_model_name_or_path` was "
                             "renamed", category=UserWarning)
+    # transformers' PaliGemma processor builds training labels with np.array(<torch tensor>)
+    # on every call (NumPy 2 deprecation in torch's __array__); vlarl never reads those labels
+    warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy",
+                            category=DeprecationWarning,
+                            module=r"transformers\.models\.paligemma")
 
 
 def build_policy(cfg: PolicyConfig) -> Policy:

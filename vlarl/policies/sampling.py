@@ -27,3 +27,12 @@ def multinomial(probs: torch.Tensor, generator: torch.Generator | None) -> torch
     """One ``torch.multinomial`` draw per row, on the generator's device, moved back."""
     where = _draw_device(generator, probs.device)
     return torch.multinomial(probs.to(where), 1, generator=generator).to(probs.device)
+
+
+def point_token(logp: torch.Tensor, estimate: str = "mode") -> torch.Tensor:
+    """The deterministic bin of each row of ``logp [..., bins]`` (``policy.point_estimate``):
+    ``mode`` = the argmax, ``mean`` = the bin nearest the distribution's mean."""
+    if estimate == "mode":
+        return logp.argmax(-1)
+    bins = torch.arange(logp.shape[-1], device=logp.device, dtype=logp.dtype)
+    return (logp.exp() * bins).sum(-1).round().long().clamp_(0, logp.shape[-1] - 1)

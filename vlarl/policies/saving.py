@@ -76,8 +76,15 @@ def read_policy_json(path: str | Path, **overrides: Any) -> tuple[str, PolicyCon
     # ``state_high``) are None there - RL would otherwise bin the state on another scale than
     # the one the checkpoint was trained on.
     kept = {k: v for k, v in overrides.items() if v is not None or saved.get(k) is None}
+    # ``state_range``: ``fixed`` asks for the state binned on [-4, 4] whatever range the
+    # checkpoint was trained on (its lists are dropped); ``demos`` (every run's default)
+    # keeps the checkpoint's own range and setting.
+    if kept.get("state_range") == "demos" and "state_range" in saved:
+        kept.pop("state_range")
     for key, value in {**saved, **kept}.items():
         set_field(cfg, key, value, "policy.")
+    if kept.get("state_range") == "fixed":
+        cfg.state_low = cfg.state_high = None
     return data["policy"], cfg, data
 
 

@@ -9,8 +9,9 @@ OpenVLA's exact ids and binning instead (:class:`OpenVLAActionTokenizer`: descen
 below ``tokenizer.vocab_size``), so OpenVLA checkpoints act as trained.
 
 Prompt: the processor's image placeholder per camera + ``policy.prompt_template`` (default
-"What action should the robot take to <instruction>?") (+ " state: 12 200 ..." with the
-proprio state binned to 0..255 as text).
+"What action should the robot take to <instruction>?") + the proprio state: " state: 12 200
+..." binned to 0..255 as text, or (``state_input: embedding``) " state:" with the state
+projected into that token's embedding (:mod:`.state_input`).
 
 * ``act``: one prefix forward (KV cache), then k*A single-token steps; logits are restricted
   to the action ids and divided by ``temperature``; log-probs are summed over the chunk.
@@ -45,11 +46,10 @@ from vlarl.policies.common import (
     make_value_head,
     masked_mean_pool,
     merge_adapters,
-    pad_state,
     privileged_input,
 )
 from vlarl.policies.prismatic import is_prismatic, prismatic_forward
-from vlarl.policies.sampling import multinomial
+from vlarl.policies.sampling import multinomial, point_token
 from vlarl.policies.saving import (
     ADAPTER_DIR,
     BASE_DIR,
@@ -61,13 +61,9 @@ from vlarl.policies.saving import (
     refuse_changed,
     save_checkpoint,
 )
+from vlarl.policies.state_input import STATE_BINS, STATE_RANGE, added_at, projector_for, state_words
 from vlarl.policies.token_inputs import check_forward_signature, encode, extend, image_placeholder
 from vlarl.types import ActOutput, Obs
-
-STATE_BINS = 256
-"""Bins of the proprio state rendered as text."""
-STATE_RANGE = 4.0
-"""State values are clipped to [-STATE_RANGE, STATE_RANGE] before binning (joint angles in rad)."""
 
 
 @POLICIES.register("token_vla")
@@ -117,6 +113,7 @@ class TokenVLAPolicy(Policy):
         self.position_offset = 1 if paligemma else 0
         self.image_token = image_placeholder(processor)  # per camera; see token_inputs
         self.value_head = make_value_head(cfg, text_cfg.hidden_size)
+        self.state_proj = projector_for(cfg, text_cfg.hidden_size)  # state_input: embedding
         # Parallel decoding's inputs: slot j of the chunk is fed the fixed id
         # action_start - k*A + j (on PaliGemma checkpoints: its rarely used <loc>/<seg> ids).
         # Distinct ids tell the slots apart; one shared id (e.g. pad, whose embedding is zero
@@ -166,7 +163,7 @@ class TokenVLAPolicy(Policy):
             return cls.from_config(cfg)
         _, cfg, meta = read_policy_json(path, **overrides)
         meta.setdefault("config", {}).setdefault("decoding", "autoregressive")  # saved before it existed
-        refuse_changed(path, cfg, meta, ("decoding", "use_state", "action_bins"),
+        refuse_changed(path, cfg, meta, ("decoding", "use_state", "state_input", "action_bins"),
                        "the model would misread its inputs or outputs")
         model, processor = load_base(Path(path, BASE_DIR), cfg)
         if Path(path, ADAPTER_DIR).is_dir():
@@ -177,11 +174,14 @@ class TokenVLAPolicy(Policy):
             model = apply_lora(model, cfg)
         policy = cls(model, processor, cfg)
         load_saved_heads(policy, path, meta)
+        if policy.state_proj is not None and is_peft(policy.model):  # part of the frozen base
+            policy.state_proj.requires_grad_("state_proj" not in meta.get("heads", []))
         return policy
 
     def save_pretrained(self, path: str | Path) -> None:
         """Base model + processor, peft adapter, heads and ``vlarl_policy.json`` (see saving.py)."""
-        heads = {"value_head": self.value_head} if self.value_head is not None else {}
+        heads = {n: m for n, m in (("value_head", self.value_head), ("state_proj", self.state_proj))
+                 if m is not None}
         save_checkpoint(path, "token_vla", self.cfg, self.model, self.processor, heads)
 
     def merge_and_unload(self) -> TokenVLAPolicy:
@@ -200,6 +200,15 @@ class TokenVLAPolicy(Policy):
             return prismatic_forward(self._base(), **inputs)
         return self.model(**inputs)
 
+    def _prompt_forward(self, obs: Obs, prefix: int, **inputs: Any):
+        """``_forward`` over inputs that start with the ``prefix``-token prompt; with
+        ``state_input: embedding`` the projected state is added at its last token."""
+        vec = None
+        if self.state_proj is not None and obs.state.numel():
+            vec = self.state_proj(obs.state.to(self.device))
+        with added_at(self._base().get_input_embeddings(), prefix - 1, vec):
+            return self._forward(**inputs)
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -216,19 +225,15 @@ class TokenVLAPolicy(Policy):
     # ------------------------------------------------------------------ inputs
 
     def prompts(self, obs: Obs) -> list[str]:
-        """Prompt text per env (image placeholders + instruction + optional binned state)."""
+        """Prompt text per env (image placeholders + instruction + optional state)."""
         cams = obs.images.shape[1]
         out = []
         for i, instr in enumerate(obs.instructions):
             task = instr.strip().rstrip(".?").lower()
             text = self.image_token * cams + self.cfg.prompt_template.replace("{instruction}", task)
             if self.cfg.use_state and obs.state.numel():
-                state = obs.state[i].float().cpu()
-                if self.cfg.state_low is not None:  # a multi-task base: shorter states padded
-                    state = pad_state(state, len(self.cfg.state_low),
-                                      "the SFT demos had fewer state dims than this env")
-                bins = self.state_tokenizer.tokenize(state).tolist()
-                text += " state: " + " ".join(map(str, bins))
+                text += state_words(obs.state[i], self.cfg.state_low,
+                                    None if self.state_proj is not None else self.state_tokenizer)
             out.append(text)
         return out
 
@@ -244,13 +249,6 @@ class TokenVLAPolicy(Policy):
             images = [Image.fromarray(cams[0]) for cams in images]
         return encode(self.processor, self._base(), images, self.prompts(obs),
                       self.position_offset, self.device, next(self.model.parameters()).dtype)
-
-    def _point_token(self, logp: torch.Tensor) -> torch.Tensor:
-        """The deterministic bin of each row of ``logp [..., bins]`` (``policy.point_estimate``)."""
-        if self.cfg.point_estimate == "mode":
-            return logp.argmax(-1)
-        bins = torch.arange(logp.shape[-1], device=logp.device, dtype=logp.dtype)
-        return (logp.exp() * bins).sum(-1).round().long().clamp_(0, logp.shape[-1] - 1)
 
     def _masked_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits restricted to the action ids, in fp32, divided by the temperature."""
@@ -279,7 +277,8 @@ class TokenVLAPolicy(Policy):
         if self.cfg.decoding == "parallel":
             return self._act_parallel(obs, deterministic, generator)
         batch = self._encode(obs)
-        out = self._forward(**batch, use_cache=True, output_hidden_states=True, logits_to_keep=1)
+        out = self._prompt_forward(obs, batch["input_ids"].shape[1], **batch, use_cache=True,
+                                   output_hidden_states=True, logits_to_keep=1)
         values = self._act_values(out.hidden_states[-1], batch["attention_mask"], obs)
         mask, pos = batch["attention_mask"], batch["position_ids"][..., -1:]
         tokens = torch.empty(n, steps, dtype=torch.long, device=self.device)
@@ -289,7 +288,7 @@ class TokenVLAPolicy(Policy):
         for t in range(steps):
             logp = torch.log_softmax(self._masked_logits(out.logits[:, -1]), dim=-1)
             if deterministic:
-                tok = self._point_token(logp)
+                tok = point_token(logp, self.cfg.point_estimate)
             else:
                 tok = multinomial(logp.exp(), generator).squeeze(-1)
             tokens[:, t] = tok
@@ -313,7 +312,7 @@ class TokenVLAPolicy(Policy):
         out, batch, prefix = self._teacher_forced(obs, dummy)
         logp = torch.log_softmax(self._masked_logits(out.logits), dim=-1)  # [N, T, bins]
         if deterministic:
-            tokens = self._point_token(logp)
+            tokens = point_token(logp, self.cfg.point_estimate)
         else:
             tokens = multinomial(logp.exp().view(n * steps, -1), generator).view(n, steps)
         log_probs = logp.gather(-1, tokens[..., None]).squeeze(-1).double().sum(-1).float()
@@ -342,7 +341,7 @@ class TokenVLAPolicy(Policy):
             kwargs["labels"] = lab
         else:
             kwargs["logits_to_keep"] = steps
-        return self._forward(**full, **kwargs), batch, prefix
+        return self._prompt_forward(obs, prefix, **full, **kwargs), batch, prefix
 
     def evaluate(self, obs: Obs, stored: dict[str, torch.Tensor]
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -372,7 +371,8 @@ class TokenVLAPolicy(Policy):
         if not self._critic_on_features:  # the privileged critic needs no backbone pass
             return self._values(None, torch.ones(0), obs)
         batch = self._encode(obs)
-        out = self._forward(**batch, output_hidden_states=True, logits_to_keep=1)
+        out = self._prompt_forward(obs, batch["input_ids"].shape[1], **batch,
+                                   output_hidden_states=True, logits_to_keep=1)
         return self._values(out.hidden_states[-1], batch["attention_mask"], obs)
 
     def _act_values(self, hidden: torch.Tensor | None, mask: torch.Tensor,

@@ -14,6 +14,7 @@ from helpers import A, K, make_obs, make_policy, trained_step
 
 from vlarl.config import PolicyConfig
 from vlarl.policies import build_policy, load_policy, policy_class
+from vlarl.policies.sampling import point_token
 from vlarl.types import Obs
 
 
@@ -49,11 +50,11 @@ def test_mean_point_estimate_follows_the_bins_mass(policy, tmp_path):
     import math
 
     logp = torch.tensor([[0.40, 0.00, 0.25, 0.35], [0.0, 0.1, 0.1, 0.8]]).clamp_min(1e-12).log()
-    assert policy._point_token(logp).tolist() == [0, 3]  # the default: the mode
+    assert point_token(logp, policy.cfg.point_estimate).tolist() == [0, 3]  # the default: the mode
     policy.save_pretrained(tmp_path / "p")
     mean = load_policy(tmp_path / "p", point_estimate="mean")
     # means 0.25*2 + 0.35*3 = 1.55 -> bin 2; 0.1 + 0.2 + 2.4 = 2.7 -> bin 3
-    assert mean._point_token(logp).tolist() == [2, 3]
+    assert point_token(logp, mean.cfg.point_estimate).tolist() == [2, 3]
     obs = make_obs()
     out = mean.act(obs, deterministic=True)
     # the tiny model's near-uniform bins: the mean sits mid-range, the mode anywhere
@@ -243,6 +244,14 @@ def test_run_config_keeps_the_checkpoints_state_range(tmp_path):
     wide = build_policy(PolicyConfig(path=str(tmp_path), chunk_size=2, action_bins=16,
                                      state_low=[-4.0] * 9, state_high=[4.0] * 9))
     assert wide.prompts(obs) != sft.prompts(obs)
+    # the same coarse input without per-dimension lists, for any state size
+    fixed = build_policy(PolicyConfig(path=str(tmp_path), chunk_size=2, action_bins=16,
+                                      state_range="fixed"))
+    assert fixed.cfg.state_low is None and fixed.prompts(obs) == wide.prompts(obs)
+    fixed.save_pretrained(tmp_path / "rl")
+    # a run's default ``demos`` keeps the range the checkpoint was trained on
+    again = build_policy(PolicyConfig(path=str(tmp_path / "rl"), chunk_size=2, action_bins=16))
+    assert again.cfg.state_range == "fixed" and again.prompts(obs) == wide.prompts(obs)
 
 
 def test_run_config_cannot_silently_change_what_the_checkpoint_reads(tmp_path):
