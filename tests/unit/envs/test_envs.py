@@ -206,3 +206,21 @@ def test_ood_split_changes_only_what_it_says(split, inline):
             assert torch.allclose(u.goal_site.pose.p - goal0, shift, atol=1e-6)
     finally:
         env.close()
+
+
+def test_control_steps_warn_nothing_unless_verbose(inline, monkeypatch):
+    """ManiSkill 3.0.1 runs ``np.isnan`` on the torch action it builds itself, a NumPy 2
+    deprecation warning on every CPU control step; vlarl's env silences it at the step and
+    ``VLARL_VERBOSE=1`` shows it again."""
+    import warnings
+
+    def library_noise() -> int:
+        inline.reset(seeds=[0])
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            inline.step_chunk(torch.zeros(1, 3, inline.action_dim))
+        return sum("__array_wrap__" in str(w.message) for w in seen)
+
+    assert library_noise() == 0
+    monkeypatch.setenv("VLARL_VERBOSE", "1")
+    assert library_noise() >= 3  # one per control step
