@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import demo_config
@@ -127,3 +128,33 @@ def test_multi_task_sft_pads_the_shorter_state(env_cache: Path) -> None:
     cfg.data.extra_tasks = ["NoSuchTask-v1"]
     with pytest.raises(ConfigError, match="data.extra_tasks: 'NoSuchTask-v1' is not allowed"):
         demo_dirs(cfg)
+
+
+@pytest.mark.slow
+def test_state_noise_is_scaled_per_dimension_and_changes_training(env_cache: Path) -> None:
+    """sft.state_noise: noise of std state_noise x each dimension's std over the demos (0 on
+    the zero padding of a shorter state), labels untouched, and a different SFT run."""
+    from vlarl.config import ConfigError
+    from vlarl.methods.sft import noisy_state, state_std
+
+    cfg = sft_config(env_cache)
+    demos = load_demos(collect_demos(cfg))
+    std = state_std([demos])
+    states = torch.from_numpy(np.asarray(demos.with_format("numpy")["state"], dtype=np.float64))
+    torch.testing.assert_close(std, states.std(0).float())
+    assert std.shape == (20,) and (std > 0).sum() >= 10
+    obs, _ = collate_chunks([ChunkDataset(demos, 4)[0]] * 4000)
+    torch.manual_seed(0)
+    noisy = noisy_state(obs, 0.2 * torch.cat([std[:16], torch.zeros(4)]))
+    delta = noisy.state - obs.state
+    torch.testing.assert_close(delta[:, :16].std(0), 0.2 * std[:16], rtol=0.06, atol=1e-6)
+    assert delta[:, 16:].abs().max() == 0 and noisy.images is obs.images
+
+    cfg.sft.output_dir = str(env_cache / "sft_plain")
+    plain = json.loads((run_sft(cfg, max_steps=2) / DONE_FILE).read_text())
+    cfg.sft.state_noise, cfg.sft.output_dir = 0.5, str(env_cache / "sft_noisy")
+    noised = json.loads((run_sft(cfg, max_steps=2) / DONE_FILE).read_text())
+    assert noised["key"] != plain["key"] and noised["first_loss"] != plain["first_loss"]
+    cfg.sft.state_noise = -0.1
+    with pytest.raises(ConfigError, match=r"sft.state_noise"):
+        cfg.validate()

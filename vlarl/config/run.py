@@ -87,6 +87,7 @@ class Config:
             positive("eval.num_episodes", self.eval.num_episodes)
         if "sft" in read:
             positive("sft.batch_size", self.sft.batch_size)
+            positive("sft.state_noise", self.sft.state_noise, zero_ok=True)
         if "data" in read:
             positive("data.num_episodes", self.data.num_episodes)
             if not str(self.data.expert).strip():

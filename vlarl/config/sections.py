@@ -319,6 +319,11 @@ class SFTConfig:
     """Train all weights (True) or LoRA adapters only (False)."""
     seed: int = 0
     """Training seed."""
+    state_noise: float = 0.0
+    """Augmentation: Gaussian noise added to every demo state before the policy reads it, its
+    std as a fraction of each state dimension's std over the demos (0: none). The labels (the
+    expert's actions) stay as recorded, so the policy sees states near, not only on, the
+    demos' trajectories."""
 
 
 @dataclass

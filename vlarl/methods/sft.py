@@ -92,6 +92,18 @@ def state_range(demos, margin: float = 0.1) -> tuple[list[float], list[float]]:
     return (lo - pad).round(5).tolist(), (hi + pad).round(5).tolist()
 
 
+def state_std(demos) -> torch.Tensor:
+    """Per-dimension std of the demonstrations' states (shorter states zero-padded, their
+    padding std 0): the scale of ``sft.state_noise``."""
+    import numpy as np
+
+    parts = [torch.from_numpy(np.asarray(d.with_format("numpy")["state"], dtype=np.float64))
+             for d in demos]
+    width = max(p.shape[1] for p in parts)
+    states = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+    return states.std(0).float()
+
+
 def demo_dirs(cfg: Config) -> list[Path]:
     """The demonstration datasets of an SFT run, collected if missing: ``env.task``'s (at
     ``data.dataset_dir`` or the cache), then each of ``data.extra_tasks`` (in the cache)."""
@@ -179,9 +191,11 @@ def _run_sft(cfg: Config, out: Path, force: bool, max_steps: int | None,
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    noise = (cfg.sft.state_noise * state_std([load_demos(d) for d in data_dirs])
+             if cfg.sft.state_noise > 0 and cfg.policy.use_state else None)
     stats = fit_sft(policy, chunks, cfg, max_steps=max_steps,
                     gradient_accumulation_steps=gradient_accumulation_steps,
-                    metrics_path=tmp / METRICS_FILE)
+                    metrics_path=tmp / METRICS_FILE, state_noise_std=noise)
     policy.save_pretrained(tmp)
     (tmp / DONE_FILE).write_text(json.dumps({"key": key, "dataset": data_dir, **stats}, indent=2))
     if out.exists():
@@ -192,15 +206,24 @@ def _run_sft(cfg: Config, out: Path, force: bool, max_steps: int | None,
     return out
 
 
+def noisy_state(obs: Obs, std: torch.Tensor) -> Obs:
+    """``obs`` with ``N(0, std^2)`` added to its state, per dimension (``std`` may be longer
+    than the state: a multi-task batch padded to the widest state)."""
+    std = std[: obs.state.shape[-1]].to(obs.state)
+    return dataclasses.replace(obs, state=obs.state + torch.randn_like(obs.state) * std)
+
+
 def fit_sft(policy: nn.Module, chunks: ChunkDataset, cfg: Config, *, max_steps: int | None = None,
-            gradient_accumulation_steps: int = 1, metrics_path: str | Path | None = None
-            ) -> dict[str, Any]:
+            gradient_accumulation_steps: int = 1, metrics_path: str | Path | None = None,
+            state_noise_std: torch.Tensor | None = None) -> dict[str, Any]:
     """Train ``policy`` in place with ``sft_loss`` on ``chunks``; return summary stats.
 
     One optimizer step = ``gradient_accumulation_steps`` micro-batches of
     ``cfg.sft.batch_size`` chunks. Steps = ``max_steps`` or
     ``ceil(num_epochs * ceil(len(loader) / grad_accum))``. Every step's loss, learning rate
-    and gradient norm go to ``metrics_path`` (JSON lines).
+    and gradient norm go to ``metrics_path`` (JSON lines). ``state_noise_std`` (per state
+    dimension) adds Gaussian noise to each batch's states (``sft.state_noise``), drawn from
+    torch's seeded global generator.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -237,6 +260,8 @@ def fit_sft(policy: nn.Module, chunks: ChunkDataset, cfg: Config, *, max_steps: 
                                        disable=not acc.is_main_process))
         while step < total:
             for obs, actions in loader:
+                if state_noise_std is not None:
+                    obs = noisy_state(obs, state_noise_std)
                 with acc.accumulate(model):
                     loss = model(obs, actions)
                     acc.backward(loss)
