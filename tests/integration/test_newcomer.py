@@ -55,6 +55,9 @@ def test_skipped_updates_are_explained_once_then_counted(capsys):
            "tree": 5100.4}
     assert ("peak RSS: main process 1900 MB, 8 child processes 3200 MB (largest 410), tree "
             "5100 MB") in report.summary(Path("/r"), 1234, mem)
+    mem["tree_pss_now"] = 4321.0
+    assert "tree 5100 MB; tree PSS at the end 4321 MB (shared pages counted once)" in \
+        report.summary(Path("/r"), 1234, mem)
 
 
 def test_expert_command_measures_a_shipped_task():

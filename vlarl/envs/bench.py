@@ -5,13 +5,15 @@ Rows (env control steps per second, median over ``repeats``; random actions):
 * ``raw_maniskill``       - ``gym.make(task, obs_mode="rgb")`` + ``env.step``: renders every step;
 * ``inline_every_step_k1`` - vlarl inline backend, ``render_every_step=True`` (same work as raw);
 * ``inline_k{1,4,8}``     - vlarl inline backend rendering only at decision steps, chunk k;
-* ``cpu_{1,2}w_k{k}``     - the worker-process backend with 1 and 2 workers (total env steps/s),
-  at chunk ``vector_chunk`` (default 1: a render and a parent round trip every step) and 8.
+* ``cpu_{w}w_k{k}``       - the worker-process backend with ``w`` workers (default 1 and 2; total
+  env steps/s), at chunk ``vector_chunk`` (default 1: a render and a parent round trip every
+  step) and 8.
 
-Ratios are against ``raw_maniskill``; ``scaling_2w_k{k}`` is 2 workers over 1. Peak RSS is
+Ratios are against ``raw_maniskill``; ``scaling_{w}w_k{k}`` is ``w`` workers over 1. Peak RSS is
 this process's and its (finished) children's. Usage::
 
     python -m vlarl.envs.bench --task PickCube-v1 --image-size 64 --steps 48 --repeats 3
+    python -m vlarl.envs.bench --task PushCube-v1 --vector-chunk 4 --workers 1 2 8
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def vlarl_steps_per_s(env, k: int, steps: int, repeats: int) -> float:
 
 
 def bench_env(task: str = "PickCube-v1", image_size: int = 64, steps: int = 48,
-              repeats: int = 3, vector_chunk: int = 1) -> dict:
+              repeats: int = 3, vector_chunk: int = 1, workers: tuple[int, ...] = (1, 2)) -> dict:
     """Measure every row of the module docstring; returns ``{row: steps/s, ...}`` plus
     ratios and peak RSS in MiB."""
     from vlarl.envs import make_env
@@ -89,18 +91,20 @@ def bench_env(task: str = "PickCube-v1", image_size: int = 64, steps: int = 48,
     finally:
         env.close()
     chunks = sorted({vector_chunk, 8})
-    for workers in (1, 2):
-        venv = make_env(dataclasses.replace(cfg, backend="cpu", num_envs=workers))
+    counts = sorted({1, *workers})
+    for w in counts:
+        venv = make_env(dataclasses.replace(cfg, backend="cpu", num_envs=w))
         try:
             for k in chunks:
-                out[f"cpu_{workers}w_k{k}"] = vlarl_steps_per_s(venv, k, max(steps, 8 * k), repeats)
+                out[f"cpu_{w}w_k{k}"] = vlarl_steps_per_s(venv, k, max(steps, 8 * k), repeats)
         finally:
             venv.close()
     raw = out["raw_maniskill"]
     out["ratios_vs_raw"] = {k: round(v / raw, 2) for k, v in out.items()
                             if isinstance(v, float) and k != "raw_maniskill"}
-    for k in chunks:
-        out[f"scaling_2w_k{k}"] = round(out[f"cpu_2w_k{k}"] / out[f"cpu_1w_k{k}"], 2)
+    for w in counts[1:]:
+        for k in chunks:
+            out[f"scaling_{w}w_k{k}"] = round(out[f"cpu_{w}w_k{k}"] / out[f"cpu_1w_k{k}"], 2)
     mib = 1024.0  # ru_maxrss is in KiB on Linux
     out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / mib, 1)
     out["peak_rss_children_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / mib, 1)
@@ -114,8 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=48)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--vector-chunk", type=int, default=1)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                   help="worker-process counts to measure (1 is always measured: the baseline)")
     a = p.parse_args(argv)
-    print(json.dumps(bench_env(a.task, a.image_size, a.steps, a.repeats, a.vector_chunk), indent=2))
+    print(json.dumps(bench_env(a.task, a.image_size, a.steps, a.repeats, a.vector_chunk,
+                               tuple(a.workers)), indent=2))
 
 
 if __name__ == "__main__":

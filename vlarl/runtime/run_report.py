@@ -67,6 +67,8 @@ class RunReport:
         if memory:
             lines.append(f"  peak RSS: main process {memory['main']:.0f} MB, "
                          f"{memory['num_children']} child processes {memory['children']:.0f} MB "
-                         f"(largest {memory['largest_child']:.0f}), tree {memory['tree']:.0f} MB")
+                         f"(largest {memory['largest_child']:.0f}), tree {memory['tree']:.0f} MB"
+                         + (f"; tree PSS at the end {memory['tree_pss_now']:.0f} MB (shared "
+                            "pages counted once)" if memory.get("tree_pss_now") else ""))
         lines.append(f"  policy: {run_dir / 'policy'}; metrics: {run_dir / 'metrics.jsonl'}")
         return "\n".join(lines)

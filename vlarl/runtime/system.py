@@ -46,7 +46,10 @@ def configure_threads() -> dict[str, str]:
 def tree_peak_rss_mb() -> dict[str, float]:
     """Peak resident memory (Linux ``VmHWM``) of this process and of every live descendant
     (env workers, ...), in MB: ``main``, ``children`` (sum), ``largest_child``, ``tree``
-    (main + children; an upper bound of what the run held at once). Empty without /proc."""
+    (main + children; an upper bound of what the run held at once: pages the processes share,
+    such as torch's libraries, count once per process), and ``tree_pss_now``: the tree's
+    proportional set size at the call (each shared page split among its sharers), the memory
+    the tree really holds now. Empty without /proc."""
     def hwm(pid: int) -> float:
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -60,10 +63,19 @@ def tree_peak_rss_mb() -> dict[str, float]:
         return {}
     import psutil
 
-    kids = [hwm(c.pid) for c in psutil.Process().children(recursive=True)]
+    def pss(proc) -> float:
+        try:
+            return proc.memory_full_info().pss / 2**20  # /proc/PID/smaps_rollup
+        except (psutil.Error, AttributeError, OSError):
+            return 0.0
+
+    me = psutil.Process()
+    procs = me.children(recursive=True)
+    kids = [hwm(c.pid) for c in procs]
     main = hwm(os.getpid())
     return {"main": round(main, 1), "children": round(sum(kids), 1), "num_children": len(kids),
-            "largest_child": round(max(kids, default=0.0), 1), "tree": round(main + sum(kids), 1)}
+            "largest_child": round(max(kids, default=0.0), 1), "tree": round(main + sum(kids), 1),
+            "tree_pss_now": round(sum(pss(p) for p in (me, *procs)), 1)}
 
 
 def peak_rss_mb(children: bool = False) -> float:

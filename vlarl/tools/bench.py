@@ -42,18 +42,22 @@ def _median_rate(fn, repeats: int) -> float:
 
 
 def bench_policy(quick: bool = False) -> dict:
-    """Actions/s of the tiny VLAs (batch 1 and 16, chunk 4) and their parameter counts."""
+    """Actions/s of the tiny VLAs (batch 1 and 16, chunk 4) and their parameter counts; the
+    token VLA with LoRA adapters (as RL runs it) and without (``token_vla_no_lora``: what the
+    adapters' extra modules cost the autoregressive decoder)."""
     from vlarl.policies import build_policy, default_device
     from vlarl.types import Obs
 
     out: dict = {}
     repeats = 3 if quick else 5
-    for row_name, name, tiny, decoding in (
-            ("token_vla", "token_vla", "paligemma", "autoregressive"),
-            ("token_vla_parallel", "token_vla", "paligemma", "parallel"),
-            ("flow_vla", "flow_vla", "pi0", "autoregressive")):
+    for row_name, name, tiny, decoding, lora in (
+            ("token_vla", "token_vla", "paligemma", "autoregressive", True),
+            ("token_vla_no_lora", "token_vla", "paligemma", "autoregressive", False),
+            ("token_vla_parallel", "token_vla", "paligemma", "parallel", True),
+            ("flow_vla", "flow_vla", "pi0", "autoregressive", True)):
         cfg = load_config(None, {"policy.name": name, "policy.tiny": tiny, "policy.chunk_size": 4,
-                                 "policy.value_head": True, "policy.decoding": decoding})
+                                 "policy.value_head": True, "policy.decoding": decoding,
+                                 "policy.use_lora": lora})
         policy = build_policy(cfg.policy).eval().to(default_device())
         n_all = sum(p.numel() for p in policy.parameters())
         n_train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
@@ -72,6 +76,8 @@ def bench_policy(quick: bool = False) -> dict:
             row[f"actions_per_s_b{batch}"] = _median_rate(step, repeats)
         out[row_name] = row
         del policy
+    out["token_vla_lora_slowdown_b1"] = (out["token_vla_no_lora"]["actions_per_s_b1"]
+                                         / out["token_vla"]["actions_per_s_b1"])
     out["peak_rss_mb"] = peak_rss_mb(children=True)
     return out
 

@@ -43,6 +43,8 @@ def test_tree_peak_rss_counts_a_child_that_held_300_mb():
     assert mem["largest_child"] >= 300, mem
     assert abs(mem["tree"] - (mem["main"] + mem["children"])) < 0.2
     assert mem["main"] > 20  # this test process (torch imported by conftest) holds more than that
+    # PSS: the child's 300 MB are private (counted whole), shared library pages are split
+    assert 300 + 20 < mem["tree_pss_now"] <= mem["tree"], mem
     t0 = time.perf_counter()
     assert tree_peak_rss_mb()["num_children"] == others  # the child is gone
     assert time.perf_counter() - t0 < 1.0
