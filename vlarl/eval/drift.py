@@ -6,7 +6,11 @@ policies with ``evaluate`` (the same teacher-forced log-probs the RL losses use)
 average ``log pi(a|s) - log pi_base(a|s)`` - an unbiased Monte-Carlo estimate of the
 chunk-level KL that ``algo.beta`` penalises. On the states of a task RL never saw it
 measures drift where success rates are too coarse to (the KL forgetting check,
-``docs/kl.md``); on the fine-tuned task it says how far RL went.
+``docs/kl.md``); on the fine-tuned task it says how far RL went. Beside the KL of the
+samplers, the greedy actions of both policies on the same states: how often they are equal
+(per action value and per whole chunk) and how far apart (mean absolute difference, in action
+units). RL can reshape a sampler without moving its mode; then the KL is large and the
+greedy actions, what a greedy evaluation runs, stay the same.
 
     vlarl drift RUN/policy BASE --dataset DEMOS_DIR [--rows 256] [--seed 0]
 """
@@ -39,6 +43,27 @@ def policy_kl(policy, reference, batches: list[Obs], seed: int = 0) -> dict[str,
     d = torch.cat(diffs)
     sem = float(d.std(unbiased=True) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
     return {"kl": float(d.mean()), "kl_sem": sem, "n": len(d)}
+
+
+@torch.no_grad()
+def greedy_agreement(policy, reference, batches: list[Obs]) -> dict[str, float]:
+    """How often the two policies' deterministic actions agree on ``batches``: per action value
+    (``greedy_value_match``), per chunk (``greedy_chunk_match``: every value equal), and their
+    mean absolute difference (``greedy_action_l1``, action units)."""
+    policy.eval()
+    reference.eval()
+    equal, l1, chunks, values = 0.0, 0.0, 0, 0
+    chunk_equal = 0
+    for obs in batches:
+        a = policy.act(obs, deterministic=True).actions.float()
+        b = reference.act(obs, deterministic=True).actions.float()
+        same = a == b
+        equal += float(same.sum())
+        chunk_equal += int(same.flatten(1).all(1).sum())
+        l1 += float((a - b).abs().sum())
+        chunks, values = chunks + len(a), values + a.numel()
+    return {"greedy_value_match": equal / values, "greedy_chunk_match": chunk_equal / chunks,
+            "greedy_action_l1": l1 / values}
 
 
 def dataset_batches(path: str | Path, chunk_size: int, rows: int, batch_size: int = 32,
@@ -74,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"({args.reference}); the KL would mix sampler settings")
     for path in args.dataset:
         batches = dataset_batches(path, policy.chunk_size, args.rows, seed=args.seed)
-        res = policy_kl(policy, reference, batches, seed=args.seed)
+        res = {**policy_kl(policy, reference, batches, seed=args.seed),
+               **greedy_agreement(policy, reference, batches)}
         task = json.loads((Path(path) / "meta" / "info.json").read_text()).get("task")
         print(json.dumps({"policy": args.policy, "reference": args.reference, "dataset": path,
                           "task": task, **res}))

@@ -10,7 +10,7 @@ import torch
 from vlarl.cli import main as vlarl_main
 from vlarl.config import Config, PolicyConfig
 from vlarl.data import collect_demos
-from vlarl.eval.drift import dataset_batches, policy_kl
+from vlarl.eval.drift import dataset_batches, greedy_agreement, policy_kl
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +48,11 @@ def test_kl_is_zero_to_itself_and_positive_to_another_policy(setup):
     far = policy_kl(b, a, batches)
     assert far["n"] == 12 and far["kl"] > 3 * far["kl_sem"] > 0
     assert policy_kl(b, a, batches) == far  # seeded: the same draws
+    assert greedy_agreement(a, a2, batches) == {"greedy_value_match": 1.0,
+                                                "greedy_chunk_match": 1.0, "greedy_action_l1": 0.0}
+    moved = greedy_agreement(b, a, batches)
+    assert moved["greedy_value_match"] < 0.9 and moved["greedy_chunk_match"] < 0.5
+    assert moved["greedy_action_l1"] > 0.05
 
 
 def test_vlarl_drift_prints_one_json_line_per_dataset_and_refuses_other_temperatures(setup, capsys):
@@ -57,6 +62,7 @@ def test_vlarl_drift_prints_one_json_line_per_dataset_and_refuses_other_temperat
     assert vlarl_main(["drift", str(tmp / "b"), str(tmp / "a"), "--dataset", str(demos), "--rows", "4"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["task"] == "PushCube-v1" and row["n"] == 4 and row["kl"] > 0
+    assert 0 <= row["greedy_value_match"] < 1 and row["greedy_action_l1"] > 0
     load_policy(tmp / "a", temperature=1.0).save_pretrained(tmp / "a_t1")
     with pytest.raises(SystemExit, match="policy.temperature differs: 0.5"):
         vlarl_main(["drift", str(tmp / "b"), str(tmp / "a_t1"), "--dataset", str(demos), "--rows", "4"])
