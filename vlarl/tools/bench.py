@@ -227,11 +227,17 @@ print(json.dumps({"s_per_step": (time.perf_counter() - t0) / steps,
 """
 
 
-def _timed_steps(n_procs: int, steps: int, wait_policy: str | None) -> list[dict]:
-    """``n_procs`` SFT-step processes started together; each reports its s/step."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if wait_policy is not None:
-        env["OMP_WAIT_POLICY"] = wait_policy
+OPENMP_SETTINGS = {"openmp_default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+                   "spin_10k": {"GOMP_SPINCOUNT": "10000"}}
+"""The OpenMP settings ``bench contention`` compares: libgomp's default (idle threads spin
+~300k iterations before they sleep), no spinning, and a short spin."""
+
+
+def _timed_steps(n_procs: int, steps: int, settings: dict[str, str]) -> list[dict]:
+    """``n_procs`` SFT-step processes started together with the OpenMP ``settings`` (the
+    user's own OpenMP variables removed); each reports its s/step."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(settings)
     procs = [subprocess.Popen([sys.executable, "-c", CONTENTION_CHILD, str(steps)], env=env,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for _ in range(n_procs)]
@@ -253,18 +259,19 @@ def _timed_steps(n_procs: int, steps: int, wait_policy: str | None) -> list[dict
 
 
 def bench_contention(quick: bool = False) -> dict:
-    """s/step of tiny-VLA SFT steps alone and with a second identical process, under
-    OpenMP's default wait policy (idle threads spin) and under ``PASSIVE``."""
+    """s/step of tiny-VLA SFT steps alone and with a second identical process, under each of
+    :data:`OPENMP_SETTINGS`."""
     steps = 8 if quick else 25
     out: dict = {}
-    for label, policy in (("openmp_default", None), ("passive", "PASSIVE")):
-        alone = _timed_steps(1, steps, policy)[0]["s_per_step"]
-        pair = statistics.mean(r["s_per_step"] for r in _timed_steps(2, steps, policy))
+    for label, settings in OPENMP_SETTINGS.items():
+        alone = _timed_steps(1, steps, settings)[0]["s_per_step"]
+        pair = statistics.mean(r["s_per_step"] for r in _timed_steps(2, steps, settings))
         out[f"{label}_alone_s_per_step"] = alone
         out[f"{label}_two_procs_s_per_step"] = pair
         out[f"{label}_slowdown_two_procs"] = pair / alone
-    out["passive_over_default_alone"] = (out["passive_alone_s_per_step"]
-                                         / out["openmp_default_alone_s_per_step"])
+    for label in list(OPENMP_SETTINGS)[1:]:
+        out[f"{label}_over_default_alone"] = (out[f"{label}_alone_s_per_step"]
+                                              / out["openmp_default_alone_s_per_step"])
     return out
 
 
