@@ -29,7 +29,9 @@ step with the default and 0.52 s with ``PASSIVE`` (6.2x); ``vlarl bench contenti
 the default, 1.41x with ``PASSIVE``. But alone ``PASSIVE`` costs 1.27x on those steps and 1.53x
 on the quickstart's GRPO update (8.74 s vs 5.72 s with ``ACTIVE``, 8 updates each; with the
 default the same recipe's updates took ~5-5.5 s), so it is not the default: a training run alone keeps OpenMP's
-default, and a job started beside it sets ``VLARL_SHARED_CORES=1``."""
+default, and a job started beside it sets ``VLARL_SHARED_CORES=1``. A short spin instead
+(``GOMP_SPINCOUNT=10000``) keeps neither speed: 1.18x slower alone and 4.01x with a second
+process (docs/bench/2026-12-06-cpu2-policy-contention.json)."""
 
 
 def configure_threads() -> dict[str, str]:
