@@ -76,6 +76,17 @@ def pad_mode(control_mode: str) -> str:
     return "hold" if "delta" in control_mode else "repeat"
 
 
+def demo_states(demos):
+    """Every state of the demonstrations (one dataset or a list of them) as one float64 array
+    ``[rows, D]``; multi-task: shorter states zero-padded to the widest."""
+    import numpy as np
+
+    parts = [np.asarray(d.with_format("numpy")["state"], dtype=np.float64)
+             for d in (demos if isinstance(demos, list) else [demos])]
+    width = max(p.shape[1] for p in parts)
+    return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in parts])
+
+
 def state_range(demos, margin: float = 0.1) -> tuple[list[float], list[float]]:
     """Per-dimension state range of the demonstrations (one dataset or a list of them),
     widened by ``margin`` of its width (at least 1e-3), stored in the policy config so every
@@ -83,25 +94,16 @@ def state_range(demos, margin: float = 0.1) -> tuple[list[float], list[float]]:
     the policy too)."""
     import numpy as np
 
-    parts = [np.asarray(d.with_format("numpy")["state"], dtype=np.float64)
-             for d in (demos if isinstance(demos, list) else [demos])]
-    width = max(p.shape[1] for p in parts)  # multi-task: shorter states zero-padded
-    states = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in parts])
+    states = demo_states(demos)
     lo, hi = states.min(0), states.max(0)
     pad = np.maximum((hi - lo) * margin, 1e-3)
     return (lo - pad).round(5).tolist(), (hi + pad).round(5).tolist()
 
 
 def state_std(demos) -> torch.Tensor:
-    """Per-dimension std of the demonstrations' states (shorter states zero-padded, their
-    padding std 0): the scale of ``sft.state_noise``."""
-    import numpy as np
-
-    parts = [torch.from_numpy(np.asarray(d.with_format("numpy")["state"], dtype=np.float64))
-             for d in demos]
-    width = max(p.shape[1] for p in parts)
-    states = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
-    return states.std(0).float()
+    """Per-dimension std of the demonstrations' states (padding std 0): the scale of
+    ``sft.state_noise``."""
+    return torch.from_numpy(demo_states(demos)).std(0).float()
 
 
 def demo_dirs(cfg: Config) -> list[Path]:
