@@ -97,6 +97,7 @@ def test_multi_task_sft_pads_the_shorter_state(env_cache: Path) -> None:
     from vlarl.policies.common import pad_state
 
     cfg = sft_config(env_cache)
+    cfg.policy.state_input = "text"  # the padding is visible in the prompt's state bins
     cfg.sft.output_dir = str(env_cache / "sft_multi")
     cfg.data.extra_tasks = ["PushCube-v1"]
     cfg.validate()

@@ -73,12 +73,15 @@ class PolicyConfig:
     """Upper clip of each action dimension before binning."""
     use_state: bool = True
     """Feed proprioceptive state to the policy."""
-    state_input: Literal["text", "embedding"] = "text"
-    """How the token VLA reads the state (with ``use_state``): ``text`` = each dimension
-    binned to 0..255 and written into the prompt (RT-2 / OpenVLA); ``embedding`` = a 2-layer
-    MLP projects the state, scaled to [-1, 1] on the state range, into the embedding of the
-    prompt's last token " state:" (OpenVLA-OFT / pi0 style; saved as the ``state_proj``
-    head, frozen under LoRA once trained). A checkpoint refuses a run that changes it."""
+    state_input: Literal["text", "embedding"] = "embedding"
+    """How the token VLA reads the state (with ``use_state``): ``embedding`` (default) = a
+    2-layer MLP projects the state, scaled to [-1, 1] on the state range, into the embedding
+    of the prompt's last token " state:" (OpenVLA-OFT / pi0 style; saved as the
+    ``state_proj`` head, frozen under LoRA once trained); ``text`` = each dimension binned to
+    0..255 and written into the prompt (RT-2 / OpenVLA). On the same 100 PushCube demos the
+    embedding gave the better SFT base and GRPO gains on 3 of 3 seeds where text gave none on
+    average (docs/experiments/2026-12-06-state-input-embedding.md). A checkpoint refuses a
+    run that changes it; checkpoints saved before this field existed read the state as text."""
     state_range: Literal["demos", "fixed"] = "demos"
     """How SFT sets the range the state is binned / normalised on: ``demos`` = each
     dimension's range in the demonstrations (+10 %), written to ``state_low`` /

@@ -176,7 +176,8 @@ def needs_privileged_env(policy, env_cfg) -> bool:
     return env_cfg.privileged_state or bool(getattr(policy, "needs_privileged_state", False))
 
 
-def run_eval(checkpoints: list[str], cfg, out_dir: str | Path | None = None) -> dict:
+def run_eval(checkpoints: list[str], cfg, out_dir: str | Path | None = None,
+             envs: dict | None = None) -> dict:
     """Evaluate every checkpoint on every split of ``cfg.eval.splits`` and write the report.
 
     Files in ``out_dir`` (default ``<first checkpoint>/eval``): ``report.json`` (version,
@@ -184,6 +185,11 @@ def run_eval(checkpoints: list[str], cfg, out_dir: str | Path | None = None) -> 
     Wilson CIs, paired comparison vs the first checkpoint), ``report.md``, ``success.png``,
     ``manifest.json`` (provenance of every number) and ``videos/*.mp4``. Returns the
     report dict.
+
+    ``envs``: a dict the caller owns and closes, ``(split, privileged) -> VecEnv``: the envs
+    made here are added to it and left open, and a later ``run_eval`` with the same dict and
+    env config reuses them instead of starting new worker processes (every episode starts
+    from its own seeded reset, so reuse does not change results). None: made and closed here.
     """
 
     checkpoints = [str(c) for c in checkpoints]
@@ -192,10 +198,17 @@ def run_eval(checkpoints: list[str], cfg, out_dir: str | Path | None = None) -> 
     from vlarl.runtime import runlock
 
     with runlock.holding(out, "eval --out"):  # one writer per report directory
-        return _run_eval(checkpoints, cfg, out)
+        if envs is not None:
+            return _run_eval(checkpoints, cfg, out, envs)
+        envs = {}
+        try:
+            return _run_eval(checkpoints, cfg, out, envs)
+        finally:
+            for env in envs.values():
+                env.close()
 
 
-def _run_eval(checkpoints: list[str], cfg, out: Path) -> dict:
+def _run_eval(checkpoints: list[str], cfg, out: Path, envs: dict) -> dict:
     from vlarl.config import to_dict
     from vlarl.envs import make_env
     from vlarl.eval.report import checkpoint_sha256, vlarl_version
@@ -207,29 +220,24 @@ def _run_eval(checkpoints: list[str], cfg, out: Path) -> dict:
     labels = _labels(checkpoints)
     hashes = [checkpoint_sha256(c, exclude=out) for c in checkpoints]
     results: list[dict] = []
-    envs: dict[tuple[str, bool], VecEnv] = {}
-    try:
-        for ck, label in zip(checkpoints, labels):
-            point = cfg.eval.point_estimate
-            policy = load_policy(ck, **({"point_estimate": point} if point else {}))
-            priv = needs_privileged_env(policy, cfg.env)
-            for split in cfg.eval.splits:
-                if (split, priv) not in envs:
-                    envs[split, priv] = make_env(dataclasses.replace(  # seed s: one state
-                        cfg.env, split=split, privileged_state=priv, reset_each_env=True))
-                env = envs[split, priv]
-                check_compatible(policy, env, ck)
-                eps = evaluate_policy(policy, env, seeds, cfg.eval.deterministic,
-                                      cfg.eval.video_episodes)
-                results.append({"checkpoint": ck, "label": label, "split": split,
-                                "task": env.task, **aggregate(eps),
-                                "actions_per_s": eps.actions_per_s,
-                                "episodes_per_min": eps.episodes_per_min,
-                                "episodes": list(eps), "_frames": eps.frames})
-            del policy
-    finally:
-        for env in envs.values():
-            env.close()
+    for ck, label in zip(checkpoints, labels):
+        point = cfg.eval.point_estimate
+        policy = load_policy(ck, **({"point_estimate": point} if point else {}))
+        priv = needs_privileged_env(policy, cfg.env)
+        for split in cfg.eval.splits:
+            if (split, priv) not in envs:
+                envs[split, priv] = make_env(dataclasses.replace(  # seed s: one state
+                    cfg.env, split=split, privileged_state=priv, reset_each_env=True))
+            env = envs[split, priv]
+            check_compatible(policy, env, ck)
+            eps = evaluate_policy(policy, env, seeds, cfg.eval.deterministic,
+                                  cfg.eval.video_episodes)
+            results.append({"checkpoint": ck, "label": label, "split": split,
+                            "task": env.task, **aggregate(eps),
+                            "actions_per_s": eps.actions_per_s,
+                            "episodes_per_min": eps.episodes_per_min,
+                            "episodes": list(eps), "_frames": eps.frames})
+        del policy
     comparisons = []
     for r in results:
         base = next(b for b in results if b["split"] == r["split"])

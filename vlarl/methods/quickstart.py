@@ -134,12 +134,17 @@ def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool 
     keys = ("label", "split", "n", "success_rate", "ci_low", "ci_high", "actions_per_s")
 
     def _eval() -> dict:
-        report = run_eval([base, rl, student], cfg, out)
-        # RL trains the policy it samples from (temperature policy.temperature): evaluate that
-        # one too, base and RL on the first split, the same seeds, paired
-        sampled_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(
-            cfg.eval, deterministic=False, splits=cfg.eval.splits[:1]))
-        sampled = run_eval([base, rl], sampled_cfg, out / "sampled")
+        envs: dict = {}  # the sampled evaluation reuses the greedy one's env workers
+        try:
+            report = run_eval([base, rl, student], cfg, out, envs=envs)
+            # RL trains the policy it samples from (temperature policy.temperature): evaluate
+            # that one too, base and RL on the first split, the same seeds, paired
+            sampled_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(
+                cfg.eval, deterministic=False, splits=cfg.eval.splits[:1]))
+            sampled = run_eval([base, rl], sampled_cfg, out / "sampled", envs=envs)
+        finally:
+            for env in envs.values():
+                env.close()
         return {"results": [{k: r[k] for k in keys} for r in report["results"]],
                 "sampled": [{**{k: r[k] for k in keys}, "sampled": True}
                             for r in sampled["results"]]}

@@ -66,6 +66,10 @@ from vlarl.policies.token_inputs import check_forward_signature, encode, extend,
 from vlarl.types import ActOutput, Obs
 
 
+LEGACY_DEFAULTS = {"decoding": "autoregressive", "state_input": "text"}
+"""What a checkpoint saved before one of these fields existed was trained with."""
+
+
 @POLICIES.register("token_vla")
 class TokenVLAPolicy(Policy):
     """A VLA emitting k*A discrete action tokens per decision; see the module docstring."""
@@ -162,7 +166,12 @@ class TokenVLAPolicy(Policy):
             cfg.path = str(path)
             return cls.from_config(cfg)
         _, cfg, meta = read_policy_json(path, **overrides)
-        meta.setdefault("config", {}).setdefault("decoding", "autoregressive")  # saved before it existed
+        saved = meta.setdefault("config", {})
+        for key, value in LEGACY_DEFAULTS.items():  # saved before the field existed
+            if key not in saved:
+                saved[key] = value
+                if key not in overrides:
+                    setattr(cfg, key, value)
         refuse_changed(path, cfg, meta, ("decoding", "use_state", "state_input", "action_bins"),
                        "the model would misread its inputs or outputs")
         model, processor = load_base(Path(path, BASE_DIR), cfg)

@@ -134,6 +134,25 @@ def test_state_size_mismatch_named(checkpoint, cpu_env):
 
 
 @pytest.mark.slow
+def test_run_eval_reuses_the_callers_envs(checkpoint, tmp_path):
+    """``envs=``: the env made by one run_eval stays open in the caller's dict and the next
+    run_eval steps it instead of making another, with the same per-episode results."""
+    cfg = _cfg(tmp_path, num_episodes=2)
+    cfg.env = EnvConfig(**ENV, num_envs=1, backend="inline")
+    envs: dict = {}
+    try:
+        first = run_eval([checkpoint], cfg, tmp_path / "a", envs=envs)
+        assert list(envs) == [("train", False)]
+        env = envs["train", False]
+        again = run_eval([checkpoint], cfg, tmp_path / "b", envs=envs)
+        assert list(envs.values()) == [env]
+        assert first["results"][0]["episodes"] == again["results"][0]["episodes"]
+        assert env.reset([SEED0]).state.shape[0] == 1  # still open
+    finally:
+        for e in envs.values():
+            e.close()
+
+
 def test_run_eval_report_files(checkpoint, tmp_path, capsys):
     cfg = _cfg(tmp_path, num_episodes=3, video_episodes=1)
     cfg.env = EnvConfig(**ENV, num_envs=1, backend="inline")  # in-process: no worker start-up

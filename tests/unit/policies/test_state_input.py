@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import make_obs, make_policy
 
+from vlarl.config import PolicyConfig
 from vlarl.policies import build_policy, load_policy
 from vlarl.policies.state_input import StateProjector, added_at
 from vlarl.types import Obs
@@ -78,7 +79,33 @@ def test_embedding_state_reads_the_state_and_act_matches_evaluate(tmp_path):
 
 
 def test_text_state_checkpoint_refuses_an_embedding_run(tmp_path):
-    make_policy(value_head=False).save_pretrained(tmp_path)
+    make_policy(state_input="text", value_head=False).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"policy\.state_input='embedding' differs .*"
                                          r"state_input='text'"):
         load_policy(tmp_path, state_input="embedding")
+
+
+def test_embedding_is_the_default_and_older_checkpoints_still_read_text(tmp_path):
+    """A fresh token VLA reads the state as an embedding; a checkpoint saved before
+    ``state_input`` existed (no such key in its ``vlarl_policy.json``) was trained on the state
+    as text and loads as text, and a run config that leaves the new default is refused with
+    the value to write."""
+    import json
+
+    from vlarl.policies.saving import POLICY_FILE
+
+    assert PolicyConfig().state_input == "embedding"
+    fresh = make_policy(value_head=False)
+    assert fresh.state_proj is not None and fresh.prompts(make_obs(1))[0].endswith(" state:")
+    make_policy(state_input="text", value_head=False).save_pretrained(tmp_path)
+    meta_file = tmp_path / POLICY_FILE
+    meta = json.loads(meta_file.read_text())
+    del meta["config"]["state_input"]
+    meta_file.write_text(json.dumps(meta))
+    old = load_policy(tmp_path)
+    assert old.cfg.state_input == "text" and old.state_proj is None
+    assert " state: " in old.prompts(make_obs(1))[0]
+    with pytest.raises(ValueError, match=r"policy\.state_input='embedding' differs .*"
+                                         r"state_input='text'.*set policy\.state_input: \"text\""):
+        build_policy(PolicyConfig(path=str(tmp_path), chunk_size=old.cfg.chunk_size,
+                                  action_dim=old.cfg.action_dim))
