@@ -65,7 +65,6 @@ from vlarl.policies.state_input import STATE_BINS, STATE_RANGE, added_at, projec
 from vlarl.policies.token_inputs import check_forward_signature, encode, extend, image_placeholder
 from vlarl.types import ActOutput, Obs
 
-
 LEGACY_DEFAULTS = {"decoding": "autoregressive", "state_input": "text"}
 """What a checkpoint saved before one of these fields existed was trained with."""
 
