@@ -139,6 +139,7 @@ def test_state_noise_is_scaled_per_dimension_and_changes_training(env_cache: Pat
     from vlarl.methods.sft import noisy_state, state_std
 
     cfg = sft_config(env_cache)
+    cfg.policy.state_input = "text"  # the noise shows in the first loss (a fresh projector reads 0)
     demos = load_demos(collect_demos(cfg))
     std = state_std([demos])
     states = torch.from_numpy(np.asarray(demos.with_format("numpy")["state"], dtype=np.float64))

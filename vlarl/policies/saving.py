@@ -59,18 +59,22 @@ def write_policy_json(path: str | Path, name: str, cfg: PolicyConfig, **extra: A
     Path(path, POLICY_FILE).write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
-def read_policy_json(path: str | Path, **overrides: Any) -> tuple[str, PolicyConfig, dict]:
+def read_policy_json(path: str | Path, legacy: dict | None = None,
+                     **overrides: Any) -> tuple[str, PolicyConfig, dict]:
     """Read ``vlarl_policy.json`` -> ``(policy name, PolicyConfig with overrides, raw dict)``.
 
     Overrides use PolicyConfig field names (``temperature=0.5``); unknown names raise
-    :class:`ConfigError` listing the allowed ones.
+    :class:`ConfigError` listing the allowed ones. ``legacy``: the value of each field a
+    checkpoint saved before that field existed was trained with (added to the raw dict too).
     """
     f = Path(path, POLICY_FILE)
     if not f.is_file():
         raise FileNotFoundError(f"{path} is not a vlarl policy directory: {POLICY_FILE} not found")
     data = json.loads(f.read_text())
     cfg = PolicyConfig()
-    saved = data.get("config", {})
+    saved = data.setdefault("config", {})
+    for key, value in (legacy or {}).items():
+        saved.setdefault(key, value)
     # An override of None never erases a saved value: ``from_config`` passes every field of
     # the run's PolicyConfig, and the data-derived ones (the SFT demos' ``state_low`` /
     # ``state_high``) are None there - RL would otherwise bin the state on another scale than

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from vlarl.policies.action_tokenizer import ActionTokenizer
 from vlarl.policies.common import pad_state
 
 STATE_BINS = 256
@@ -62,6 +63,13 @@ def projector_for(cfg, hidden: int) -> StateProjector | None:
         return StateProjector(len(cfg.state_low), hidden, cfg.state_low, cfg.state_high)
     width = max(cfg.state_sizes) if cfg.state_sizes else DEFAULT_WIDTH
     return StateProjector(width, hidden, -STATE_RANGE, STATE_RANGE)
+
+
+def state_tokenizer(cfg) -> ActionTokenizer:
+    """The bins of the state as text: :data:`STATE_BINS` on the policy's state range, else on
+    [-STATE_RANGE, STATE_RANGE]."""
+    return ActionTokenizer(STATE_BINS, cfg.state_low if cfg.state_low is not None else -STATE_RANGE,
+                           cfg.state_high if cfg.state_high is not None else STATE_RANGE)
 
 
 def state_words(state: torch.Tensor, low: list[float] | None, tokenizer=None) -> str:

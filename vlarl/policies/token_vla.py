@@ -8,10 +8,8 @@ resizing embeddings (LoRA alone can learn to emit them); the tiny models name th
 OpenVLA's exact ids and binning instead (:class:`OpenVLAActionTokenizer`: descending ids
 below ``tokenizer.vocab_size``), so OpenVLA checkpoints act as trained.
 
-Prompt: the processor's image placeholder per camera + ``policy.prompt_template`` (default
-"What action should the robot take to <instruction>?") + the proprio state: " state: 12 200
-..." binned to 0..255 as text, or (``state_input: embedding``) " state:" with the state
-projected into that token's embedding (:mod:`.state_input`).
+Prompt: an image placeholder per camera + ``policy.prompt_template`` + " state:", the token
+the projected proprio state is added to (or, ``state_input: text``, its bins as words).
 
 * ``act``: one prefix forward (KV cache), then k*A single-token steps; logits are restricted
   to the action ids and divided by ``temperature``; log-probs are summed over the chunk.
@@ -61,7 +59,7 @@ from vlarl.policies.saving import (
     refuse_changed,
     save_checkpoint,
 )
-from vlarl.policies.state_input import STATE_BINS, STATE_RANGE, added_at, projector_for, state_words
+from vlarl.policies.state_input import added_at, projector_for, state_tokenizer, state_words
 from vlarl.policies.token_inputs import check_forward_signature, encode, extend, image_placeholder
 from vlarl.types import ActOutput, Obs
 
@@ -107,9 +105,7 @@ class TokenVLAPolicy(Policy):
         if "{instruction}" not in cfg.prompt_template:
             raise ValueError(f"policy.prompt_template={cfg.prompt_template!r} must contain "
                              "'{instruction}'")
-        self.state_tokenizer = ActionTokenizer(
-            STATE_BINS, cfg.state_low if cfg.state_low is not None else -STATE_RANGE,
-            cfg.state_high if cfg.state_high is not None else STATE_RANGE)
+        self.state_tokenizer = state_tokenizer(cfg)  # state_input: text
         # PaliGemma (and remote-code subclasses of it) counts positions from 1; most from 0.
         paligemma = any(c.__name__ == "PaliGemmaForConditionalGeneration"
                         for c in type(self._base()).__mro__)
@@ -117,6 +113,7 @@ class TokenVLAPolicy(Policy):
         self.image_token = image_placeholder(processor)  # per camera; see token_inputs
         self.value_head = make_value_head(cfg, text_cfg.hidden_size)
         self.state_proj = projector_for(cfg, text_cfg.hidden_size)  # state_input: embedding
+        self._in_reference = False
         # Parallel decoding's inputs: slot j of the chunk is fed the fixed id
         # action_start - k*A + j (on PaliGemma checkpoints: its rarely used <loc>/<seg> ids).
         # Distinct ids tell the slots apart; one shared id (e.g. pad, whose embedding is zero
@@ -164,13 +161,7 @@ class TokenVLAPolicy(Policy):
                 set_field(cfg, k, v, "policy.")
             cfg.path = str(path)
             return cls.from_config(cfg)
-        _, cfg, meta = read_policy_json(path, **overrides)
-        saved = meta.setdefault("config", {})
-        for key, value in LEGACY_DEFAULTS.items():  # saved before the field existed
-            if key not in saved:
-                saved[key] = value
-                if key not in overrides:
-                    setattr(cfg, key, value)
+        _, cfg, meta = read_policy_json(path, legacy=LEGACY_DEFAULTS, **overrides)
         refuse_changed(path, cfg, meta, ("decoding", "use_state", "state_input", "action_bins"),
                        "the model would misread its inputs or outputs")
         model, processor = load_base(Path(path, BASE_DIR), cfg)
@@ -212,7 +203,7 @@ class TokenVLAPolicy(Policy):
         """``_forward`` over inputs that start with the ``prefix``-token prompt; with
         ``state_input: embedding`` the projected state is added at its last token."""
         vec = None
-        if self.state_proj is not None and obs.state.numel():
+        if self.state_proj is not None and obs.state.numel() and not self._in_reference:
             vec = self.state_proj(obs.state.to(self.device))
         with added_at(self._base().get_input_embeddings(), prefix - 1, vec):
             return self._forward(**inputs)
@@ -223,12 +214,18 @@ class TokenVLAPolicy(Policy):
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
-        """The reference policy: the same model with LoRA adapters disabled (no second copy)."""
+        """The reference policy: the same model with LoRA adapters disabled (no second copy),
+        and without a state projector that trains with them (fresh: zero at the start)."""
         if not is_peft(self.model):
             raise RuntimeError("reference() needs LoRA adapters (policy.use_lora=true); a fully "
                                "fine-tuned policy has no frozen reference inside it")
-        with self.model.disable_adapter():
-            yield
+        proj = self.state_proj
+        self._in_reference = proj is not None and any(p.requires_grad for p in proj.parameters())
+        try:
+            with self.model.disable_adapter():
+                yield
+        finally:
+            self._in_reference = False
 
     # ------------------------------------------------------------------ inputs
 
