@@ -42,22 +42,25 @@ def _median_rate(fn, repeats: int) -> float:
 
 
 def bench_policy(quick: bool = False) -> dict:
-    """Actions/s of the tiny VLAs (batch 1 and 16, chunk 4) and their parameter counts; the
-    token VLA with LoRA adapters (as RL runs it) and without (``token_vla_no_lora``: what the
-    adapters' extra modules cost the autoregressive decoder)."""
+    """Actions/s of the tiny VLAs (batch 1 and 16, chunk 4, a 16-value state) and their
+    parameter counts; the token VLA with LoRA adapters (as RL runs it) and without
+    (``token_vla_no_lora``: what the adapters' extra modules cost the autoregressive decoder),
+    and with the state as text bins instead of the default embedding (``token_vla_text_state``:
+    16 more prompt tokens)."""
     from vlarl.policies import build_policy, default_device
     from vlarl.types import Obs
 
     out: dict = {}
     repeats = 3 if quick else 5
-    for row_name, name, tiny, decoding, lora in (
-            ("token_vla", "token_vla", "paligemma", "autoregressive", True),
-            ("token_vla_no_lora", "token_vla", "paligemma", "autoregressive", False),
-            ("token_vla_parallel", "token_vla", "paligemma", "parallel", True),
-            ("flow_vla", "flow_vla", "pi0", "autoregressive", True)):
+    for row_name, name, tiny, decoding, lora, state in (
+            ("token_vla", "token_vla", "paligemma", "autoregressive", True, "embedding"),
+            ("token_vla_no_lora", "token_vla", "paligemma", "autoregressive", False, "embedding"),
+            ("token_vla_text_state", "token_vla", "paligemma", "autoregressive", True, "text"),
+            ("token_vla_parallel", "token_vla", "paligemma", "parallel", True, "embedding"),
+            ("flow_vla", "flow_vla", "pi0", "autoregressive", True, "embedding")):
         cfg = load_config(None, {"policy.name": name, "policy.tiny": tiny, "policy.chunk_size": 4,
                                  "policy.value_head": True, "policy.decoding": decoding,
-                                 "policy.use_lora": lora})
+                                 "policy.use_lora": lora, "policy.state_input": state})
         policy = build_policy(cfg.policy).eval().to(default_device())
         n_all = sum(p.numel() for p in policy.parameters())
         n_train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
@@ -78,6 +81,9 @@ def bench_policy(quick: bool = False) -> dict:
         del policy
     out["token_vla_lora_slowdown_b1"] = (out["token_vla_no_lora"]["actions_per_s_b1"]
                                          / out["token_vla"]["actions_per_s_b1"])
+    for b in (1, 16):
+        out[f"token_vla_embedding_speedup_b{b}"] = (out["token_vla"][f"actions_per_s_b{b}"]
+                                                    / out["token_vla_text_state"][f"actions_per_s_b{b}"])
     out["peak_rss_mb"] = peak_rss_mb(children=True)
     return out
 
