@@ -183,6 +183,9 @@ def _run_sft(cfg: Config, out: Path, force: bool, max_steps: int | None,
                  if cfg.policy.state_range == "demos" else (None, None))
     state_sizes = (sorted({int(read_info(d)["state_dim"]) for d in data_dirs})
                    if cfg.policy.use_state else None)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.sft.seed)  # the fresh modules (state projector, LoRA A) are drawn from it
     policy = build_policy(dataclasses.replace(cfg.policy, use_lora=not cfg.sft.full_finetune,
                                               state_low=low, state_high=high, state_sizes=state_sizes))
     chunks, sizes = sft_dataset(data_dirs, policy.chunk_size, policy.action_dim)
