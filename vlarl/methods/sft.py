@@ -179,8 +179,8 @@ def _run_sft(cfg: Config, out: Path, force: bool, max_steps: int | None,
     for d in data_dirs:
         check_action_dim(read_info(d)["action_dim"], cfg.policy.action_dim, str(d))
 
-    low, high = (state_range([load_demos(d) for d in data_dirs])
-                 if cfg.policy.state_range == "demos" else (None, None))
+    demos = [load_demos(d) for d in data_dirs]
+    low, high = state_range(demos) if cfg.policy.state_range == "demos" else (None, None)
     state_sizes = (sorted({int(read_info(d)["state_dim"]) for d in data_dirs})
                    if cfg.policy.use_state else None)
     from accelerate.utils import set_seed
@@ -196,7 +196,7 @@ def _run_sft(cfg: Config, out: Path, force: bool, max_steps: int | None,
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    noise = (cfg.sft.state_noise * state_std([load_demos(d) for d in data_dirs])
+    noise = (cfg.sft.state_noise * state_std(demos)
              if cfg.sft.state_noise > 0 and cfg.policy.use_state else None)
     stats = fit_sft(policy, chunks, cfg, max_steps=max_steps,
                     gradient_accumulation_steps=gradient_accumulation_steps,

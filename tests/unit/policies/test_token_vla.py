@@ -89,8 +89,7 @@ def test_lora_step_changes_only_adapters_and_reference_is_base():
 
     trainable = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
     frozen = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
-    assert all("lora_" in n or "value_head" in n or "state_proj" in n
-                                for n in trainable)
+    assert all("lora_" in n or "value_head" in n or "state_proj" in n for n in trainable)
     trained_step(policy, obs, out.stored, steps=1)
     # With B = 0 (and the value head's last layer = 0) the first step moves only B and the
     # last layer; the second moves the rest. So check after two steps.
@@ -237,22 +236,23 @@ def test_run_config_keeps_the_checkpoints_state_range(tmp_path):
     different input than the one the base learned); an explicit value still overrides. With
     the state as text the range shows in the prompt's state bins."""
     low, high = [-0.5] * 9, [0.5] * 9
-    sft = build_policy(PolicyConfig(chunk_size=2, action_bins=16, state_input="text", state_low=low, state_high=high))
+    text = {"chunk_size": 2, "action_bins": 16, "state_input": "text"}
+    sft = build_policy(PolicyConfig(**text, state_low=low, state_high=high))
     sft.save_pretrained(tmp_path)
     obs = Obs(torch.zeros(1, 1, 64, 64, 3, dtype=torch.uint8), torch.full((1, 9), 0.25), ["push"])
-    rl = build_policy(PolicyConfig(path=str(tmp_path), chunk_size=2, action_bins=16, state_input="text"))
+    rl = build_policy(PolicyConfig(path=str(tmp_path), **text))
     assert rl.cfg.state_low == low and rl.cfg.state_high == high
     assert rl.prompts(obs) == sft.prompts(obs)  # the same state tokens
-    wide = build_policy(PolicyConfig(path=str(tmp_path), chunk_size=2, action_bins=16, state_input="text",
+    wide = build_policy(PolicyConfig(path=str(tmp_path), **text,
                                      state_low=[-4.0] * 9, state_high=[4.0] * 9))
     assert wide.prompts(obs) != sft.prompts(obs)
     # the same coarse input without per-dimension lists, for any state size
-    fixed = build_policy(PolicyConfig(path=str(tmp_path), chunk_size=2, action_bins=16, state_input="text",
+    fixed = build_policy(PolicyConfig(path=str(tmp_path), **text,
                                       state_range="fixed"))
     assert fixed.cfg.state_low is None and fixed.prompts(obs) == wide.prompts(obs)
     fixed.save_pretrained(tmp_path / "rl")
     # a run's default ``demos`` keeps the range the checkpoint was trained on
-    again = build_policy(PolicyConfig(path=str(tmp_path / "rl"), chunk_size=2, action_bins=16, state_input="text"))
+    again = build_policy(PolicyConfig(path=str(tmp_path / "rl"), **text))
     assert again.cfg.state_range == "fixed" and again.prompts(obs) == wide.prompts(obs)
 
 

@@ -58,7 +58,7 @@ def test_lora_step_changes_only_adapters_and_heads(tiny):
     trainable = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
     frozen = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
     assert trainable and all("lora_" in n or "value_head" in n or "state_proj" in n
-                                for n in trainable)
+               for n in trainable)
     trained_step(policy, obs, out.stored, steps=2)  # step 1 moves B only, step 2 the rest
     assert all(not torch.equal(p, trainable[n]) for n, p in policy.named_parameters()
                if n in trainable)

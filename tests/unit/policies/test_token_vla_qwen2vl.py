@@ -135,8 +135,7 @@ def test_lora_step_changes_only_adapters_and_heads(parts):
         before = policy.evaluate(obs, out.stored)[0]
     trainable = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
     frozen = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
-    assert all("lora_" in n or "value_head" in n or "state_proj" in n
-                                for n in trainable)
+    assert all("lora_" in n or "value_head" in n or "state_proj" in n for n in trainable)
     trained_step(policy, obs, out.stored, steps=2)
     assert all(not torch.equal(p, trainable[n]) for n, p in policy.named_parameters()
                if n in trainable)
