@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlarl.config import Config, PolicyConfig, load_config
+from vlarl.config import Config, load_config
 from vlarl.envs.base import VecEnv
-from vlarl.policies import build_policy
+from vlarl.policies import TokenVLAConfig, build_policy
 from vlarl.policies.base import Policy
 from vlarl.types import ActOutput, ChunkStep, Obs
 
@@ -65,7 +65,7 @@ def make_obs(n: int = 3, seed: int = 0) -> Obs:
 
 
 def make_policy(**kw) -> torch.nn.Module:
-    return build_policy(PolicyConfig(chunk_size=K, action_dim=A, **kw))
+    return build_policy(TokenVLAConfig(chunk_size=K, action_dim=A, **kw))
 
 
 def trained_step(policy, obs, stored=None, steps: int = 1, lr: float = 1e-2):

@@ -59,17 +59,24 @@ def _options_epilog(sections: list[str]) -> str:
                "eval": C.EvalConfig, "distill": C.DistillConfig, "ire": C.IreConfig}
     lines = ["config fields (YAML recipe keys; override any as --section.field VALUE):"]
     for sec in sections:
-        cls = classes[sec]
-        docs = C.field_docs(cls)
-        default = cls()
-        for name, doc in docs.items():
-            if (sec, name) == ("env", "task"):  # the registry's names, never a hand-kept list
-                from vlarl.envs.tasks import TASKS
+        # the policy section: the fields every policy has, then each policy's own
+        parts = [(classes[sec], classes[sec], "")] if sec != "policy" else \
+            [(C.PolicyConfig, C.POLICY_CONFIGS["token_vla"], "")] + \
+            [(cls, cls, f" [policy.name={name}]") for name, cls in sorted(
+                C.POLICY_CONFIGS.items(), key=lambda item: item[0] != "token_vla")]
+        shared = C.field_docs(C.PolicyConfig)
+        for cls, default_cls, only in parts:
+            default = default_cls()
+            for name, doc in C.field_docs(cls).items():
+                if (sec, name) == ("env", "task"):  # the registry's names, never a hand-kept list
+                    from vlarl.envs.tasks import TASKS
 
-                doc += " Registered: " + ", ".join(sorted(TASKS)) + "."
-            lines.append(f"  --{sec}.{name} (default {getattr(default, name)!r})")
-            lines.extend(textwrap.wrap(" ".join(doc.split()), 88, initial_indent="      ",
-                                       subsequent_indent="      "))
+                    doc += " Registered: " + ", ".join(sorted(TASKS)) + "."
+                if only and name in shared:
+                    continue
+                lines.append(f"  --{sec}.{name} (default {getattr(default, name)!r}){only}")
+                lines.extend(textwrap.wrap(" ".join(doc.split()), 88, initial_indent="      ",
+                                           subsequent_indent="      "))
     return "\n".join(lines)
 
 

@@ -11,10 +11,10 @@ import json
 import pytest
 import torch
 
-from vlarl.config import Config, ConfigError, EnvConfig, PolicyConfig
+from vlarl.config import Config, ConfigError, EnvConfig
 from vlarl.data import collate_chunks
 from vlarl.methods.distill import SEED0, DistillDataset, run_distill
-from vlarl.policies import build_policy, load_policy
+from vlarl.policies import MLPStudentConfig, TokenVLAConfig, build_policy, load_policy
 from vlarl.types import Obs
 
 K, A = 4, 4
@@ -26,7 +26,7 @@ def teacher_dir(tmp_path_factory):
     """A tiny token VLA (random weights) saved as a checkpoint."""
     path = tmp_path_factory.mktemp("teacher")
     torch.manual_seed(0)
-    build_policy(PolicyConfig(chunk_size=K, action_dim=A)).save_pretrained(path)
+    build_policy(TokenVLAConfig(chunk_size=K, action_dim=A)).save_pretrained(path)
     return path
 
 
@@ -59,9 +59,9 @@ def test_missing_teacher_fails_before_env(tmp_path, no_env):
 
 
 def test_chunk_mismatch_fails_before_env(tmp_path, teacher_dir, no_env):
-    from vlarl.policies.student import MLPStudentPolicy
+    from vlarl.policies.mlp_student.modeling_mlp_student import MLPStudentPolicy
 
-    MLPStudentPolicy(PolicyConfig(chunk_size=2, action_dim=A)).save_pretrained(tmp_path / "s2")
+    MLPStudentPolicy(MLPStudentConfig(chunk_size=2, action_dim=A)).save_pretrained(tmp_path / "s2")
     cfg = _cfg(tmp_path, teacher_dir)
     cfg.policy.path = str(tmp_path / "s2")
     with pytest.raises(ValueError, match="chunk_size=2 but the teacher .* has chunk_size=4"):

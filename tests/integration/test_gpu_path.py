@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlarl.config import ConfigError, PolicyConfig, load_config
-from vlarl.policies import build_policy
+from vlarl.config import ConfigError, load_config
+from vlarl.policies import TokenVLAConfig, build_policy
 from vlarl.types import Obs
 
 
@@ -39,7 +39,7 @@ def test_bf16_act_and_evaluate_share_one_precision_path():
 
     src = inspect.getsource(trainer.collect_and_update)
     assert "with acc.autocast():" in src and src.index("acc.autocast()") < src.index("collect(")
-    policy = build_policy(PolicyConfig(chunk_size=2, action_dim=7, value_head=True)).eval()
+    policy = build_policy(TokenVLAConfig(chunk_size=2, action_dim=7, value_head=True)).eval()
     obs = _obs(6)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -59,9 +59,9 @@ def test_bf16_act_and_evaluate_share_one_precision_path():
 def test_gradient_checkpointing_changes_memory_not_numbers():
     cfg = {"chunk_size": 2, "action_dim": 7, "value_head": False}
     torch.manual_seed(0)
-    plain = build_policy(PolicyConfig(**cfg))
+    plain = build_policy(TokenVLAConfig(**cfg))
     torch.manual_seed(0)
-    ckpt = build_policy(PolicyConfig(**cfg, gradient_checkpointing=True))
+    ckpt = build_policy(TokenVLAConfig(**cfg, gradient_checkpointing=True))
     assert ckpt._base().is_gradient_checkpointing and not plain._base().is_gradient_checkpointing
     obs = _obs(3)
     stored = plain.act(obs, generator=torch.Generator().manual_seed(1)).stored
@@ -143,8 +143,8 @@ def test_doctor_calls_a_cpu_renderer_on_a_gpu_machine_a_problem():
 def test_a_model_whose_forward_takes_no_position_ids_is_refused_at_load():
     """OpenVLA's remote forward signature (no position_ids / logits_to_keep / **kwargs) on a
     model without Prismatic's parts; OpenVLA itself: tests/unit/policies/test_token_vla_prismatic.py."""
-    from vlarl.policies.prismatic import is_prismatic
-    from vlarl.policies.token_inputs import check_forward_signature
+    from vlarl.policies.token_vla.inputs import check_forward_signature
+    from vlarl.policies.token_vla.prismatic import is_prismatic
 
     class PrismaticLike(torch.nn.Module):
         def forward(self, input_ids=None, attention_mask=None, pixel_values=None, labels=None,
@@ -156,7 +156,7 @@ def test_a_model_whose_forward_takes_no_position_ids_is_refused_at_load():
     assert not is_prismatic(PrismaticLike())
     with pytest.raises(NotImplementedError, match=r"position_ids.*logits_to_keep.*batched forward"):
         check_forward_signature(PrismaticLike())
-    check_forward_signature(build_policy(PolicyConfig(chunk_size=1, action_dim=7))._base())
+    check_forward_signature(build_policy(TokenVLAConfig(chunk_size=1, action_dim=7))._base())
 
 
 def test_gpu_check_exits_at_once_without_cuda(tmp_path):

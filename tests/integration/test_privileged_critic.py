@@ -8,8 +8,9 @@ import dataclasses
 import pytest
 import torch
 
-from vlarl.config import Config, ConfigError, EnvConfig, PolicyConfig, load_config
+from vlarl.config import Config, ConfigError, EnvConfig, load_config
 from vlarl.envs import make_env
+from vlarl.policies import TokenVLAConfig
 
 P = 71  # PushCube: get_state() 70 values (table, cube, goal: 13 each; panda: 31) + elapsed
 
@@ -79,10 +80,10 @@ def policies(tmp_path_factory):
     from vlarl.policies import build_policy
 
     torch.manual_seed(0)
-    feat = build_policy(PolicyConfig(chunk_size=2, action_bins=16))
+    feat = build_policy(TokenVLAConfig(chunk_size=2, action_bins=16))
     path = tmp_path_factory.mktemp("feat")
     feat.save_pretrained(path)
-    priv = build_policy(PolicyConfig(path=str(path), chunk_size=2, action_bins=16,
+    priv = build_policy(TokenVLAConfig(path=str(path), chunk_size=2, action_bins=16,
                                      critic_input="privileged"))
     return feat, priv, path
 
@@ -121,7 +122,7 @@ def test_privileged_critic_reads_only_the_sim_state(policies, tmp_path):
     priv.zero_grad()
     # save -> load keeps the privileged critic
     priv.save_pretrained(tmp_path / "priv")
-    back = build_policy(PolicyConfig(path=str(tmp_path / "priv"), chunk_size=2, action_bins=16,
+    back = build_policy(TokenVLAConfig(path=str(tmp_path / "priv"), chunk_size=2, action_bins=16,
                                      critic_input="privileged"))
     assert torch.equal(back.value(obs), v)
     with pytest.raises(ValueError, match="privileged_dim"):

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from vlarl.config import Config, ConfigError, EnvConfig, PolicyConfig, load_config
+from vlarl.config import Config, ConfigError, EnvConfig, load_config
 from vlarl.envs import make_env
-from vlarl.policies import POLICIES, load_policy
+from vlarl.policies import POLICIES, MLPStudentConfig, load_policy
 from vlarl.policies.base import Policy
-from vlarl.policies.student import MLPStudentPolicy
+from vlarl.policies.mlp_student.modeling_mlp_student import MLPStudentPolicy
 from vlarl.types import ActOutput, Obs
 
 P = 71  # PushCube: get_state() (70) + elapsed fraction
@@ -37,7 +37,7 @@ def state_obs() -> Obs:
 
 def _student(**kw) -> MLPStudentPolicy:
     torch.manual_seed(0)
-    return MLPStudentPolicy(PolicyConfig(name="mlp_student", chunk_size=2, action_dim=7,
+    return MLPStudentPolicy(MLPStudentConfig(chunk_size=2, action_dim=7,
                                          student_input="privileged", **kw))
 
 
@@ -94,7 +94,7 @@ def test_config_and_collect_refusals_name_the_key(tmp_path, no_env):
     with pytest.raises(ConfigError, match="data.expert"):
         load_config(None, ["--data.expert="])
     with pytest.raises(ValueError, match="policy.student_input='x'"):
-        MLPStudentPolicy(PolicyConfig(student_input="x"))  # type: ignore[arg-type]
+        MLPStudentPolicy(MLPStudentConfig(student_input="x"))  # type: ignore[arg-type]
     cfg = load_config(None, ["--data.expert", str(tmp_path / "nope"),
                              "--data.dataset_dir", str(tmp_path / "d")])
     with pytest.raises(FileNotFoundError, match="data.expert="):

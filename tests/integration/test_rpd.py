@@ -13,11 +13,11 @@ from vlarl.algorithms import ALGORITHMS, UpdateContext
 from vlarl.algorithms.losses import linear_decay, teacher_action_loss
 from vlarl.algorithms.ppo import PPO
 from vlarl.algorithms.rpd import RPD, TEACHER_KEY
-from vlarl.config import AlgoConfig, Config, ConfigError, EnvConfig, PolicyConfig
+from vlarl.config import AlgoConfig, Config, ConfigError, EnvConfig
 from vlarl.methods.distill import run_distill
 from vlarl.methods.distill_rpd import TeacherLabelled
-from vlarl.policies import build_policy, load_policy
-from vlarl.policies.student import MLPStudentPolicy
+from vlarl.policies import MLPStudentConfig, TokenVLAConfig, build_policy, load_policy
+from vlarl.policies.mlp_student.modeling_mlp_student import MLPStudentPolicy
 from vlarl.rollout import Batch
 from vlarl.types import Obs
 
@@ -29,7 +29,7 @@ def teacher_dir(tmp_path_factory):
     """A tiny token VLA (random weights) saved as a checkpoint (as tests/integration/test_distill.py)."""
     path = tmp_path_factory.mktemp("teacher")
     torch.manual_seed(0)
-    build_policy(PolicyConfig(chunk_size=K, action_dim=A)).save_pretrained(path)
+    build_policy(TokenVLAConfig(chunk_size=K, action_dim=A)).save_pretrained(path)
     return path
 
 
@@ -61,7 +61,7 @@ def _obs(n: int, seed: int = 0) -> Obs:
 
 def _student(chunk: int = K, dim: int = A) -> MLPStudentPolicy:
     torch.manual_seed(0)
-    return MLPStudentPolicy(PolicyConfig(name="mlp_student", chunk_size=chunk, action_dim=dim))
+    return MLPStudentPolicy(MLPStudentConfig(chunk_size=chunk, action_dim=dim))
 
 
 # ----------------------------------------------------------------------------- pure math

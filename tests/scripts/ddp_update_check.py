@@ -27,8 +27,9 @@ from accelerate.utils import DistributedDataParallelKwargs
 
 from vlarl.algorithms import ALGORITHMS, UpdateContext
 from vlarl.algorithms.advantages import local_sum
-from vlarl.config import AlgoConfig, PolicyConfig
-from vlarl.policies.student import MLPStudentPolicy
+from vlarl.config import AlgoConfig
+from vlarl.policies import MLPStudentConfig
+from vlarl.policies.mlp_student.modeling_mlp_student import MLPStudentPolicy
 from vlarl.rollout import RolloutBuffer
 from vlarl.runtime.runlock import launch_env
 from vlarl.trainer import _DDPView, update_context
@@ -91,7 +92,7 @@ def main() -> int:
     acc = Accelerator(cpu=True, kwargs_handlers=[DistributedDataParallelKwargs(
         find_unused_parameters=True)])
     torch.manual_seed(0)
-    pcfg = PolicyConfig(name="mlp_student", chunk_size=K, action_dim=A, value_head=True,
+    pcfg = MLPStudentConfig(chunk_size=K, action_dim=A, value_head=True,
                         student_input="privileged", privileged_dim=P)
     policy = MLPStudentPolicy(pcfg)
     init = copy.deepcopy(policy.state_dict())

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from vlarl.config.checks import ConfigError
+from vlarl.config.policy import POLICY_CONFIGS, PolicyConfig
 from vlarl.config.run import Config
 
 
@@ -85,6 +86,21 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _retyped(section: PolicyConfig, name: str, key: str) -> PolicyConfig:
+    """The policy section as policy ``name``'s class, with the fields set so far; a set field
+    that ``name``'s class does not have is refused, naming it and the keys ``name`` has."""
+    cls = PolicyConfig.for_name(name)
+    if type(section) is cls:
+        return section
+    own = {f.name for f in dataclasses.fields(cls)}
+    carried = {k: v for k, v in non_default(section).items() if k != "name"}
+    for k in carried:
+        if k not in own:
+            raise ConfigError(f"{key}.{k} is a {section.name} key; {key}.name={name!r} has no "
+                              f"such key (allowed: {sorted(own)})")
+    return cls(**carried)
+
+
 def set_field(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
     head, _, rest = dotted.partition(".")
     names = [f.name for f in dataclasses.fields(obj)]
@@ -92,9 +108,24 @@ def set_field(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
     if head not in names:
         close = difflib.get_close_matches(head, names, n=1)
         hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
+        if isinstance(obj, PolicyConfig):  # another policy's key: say whose
+            owners = [n for n, c in sorted(POLICY_CONFIGS.items())
+                      if head in {f.name for f in dataclasses.fields(c)}]
+            if owners:
+                hint = f" for policy.name={obj.name!r} (it is a key of {', '.join(owners)})"
         raise ConfigError(f"unknown key {key!r}{hint}; allowed: {names}")
     tp = _hints(type(obj))[head]
     current = getattr(obj, head)
+    if isinstance(current, PolicyConfig):  # its name picks its class: set it first
+        name = value.get("name") if isinstance(value, dict) and not rest else \
+            value if rest == "name" else None
+        if name is not None:
+            current = _retyped(current, str(name), key)
+            setattr(obj, head, current)
+            if rest == "name":
+                return
+            if not rest:
+                value = {k: v for k, v in value.items() if k != "name"}
     if dataclasses.is_dataclass(current):
         if rest:
             set_field(current, rest, value, key + ".")
@@ -184,17 +215,17 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 
 def field_docs(cls) -> dict[str, str]:
-    """Field docstrings (the string literal under each field) for ``--help``."""
+    """Field docstrings (the string literal under each field) for ``--help``, inherited ones
+    first (a policy's config: the shared fields, then its own)."""
     import ast
     import inspect
     import itertools
 
-    src = inspect.getsource(cls)
-    tree = ast.parse(src)
     docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in itertools.pairwise(body):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and \
-                isinstance(getattr(nxt, "value", None), ast.Constant):
-            docs[node.target.id] = str(nxt.value.value)  # type: ignore[union-attr]
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        body = ast.parse(inspect.getsource(klass)).body[0].body  # type: ignore[attr-defined]
+        for node, nxt in itertools.pairwise(body):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and \
+                    isinstance(getattr(nxt, "value", None), ast.Constant):
+                docs[node.target.id] = str(nxt.value.value)  # type: ignore[union-attr]
     return docs

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from vlarl.config.checks import ConfigError, choice, positive
+from vlarl.config.policy import PolicyConfig
 from vlarl.config.sections import (
     AlgoConfig,
     DataConfig,
@@ -14,7 +15,6 @@ from vlarl.config.sections import (
     EnvConfig,
     EvalConfig,
     IreConfig,
-    PolicyConfig,
     SFTConfig,
     TrainConfig,
 )
@@ -23,7 +23,7 @@ from vlarl.config.sections import (
 @dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    policy: PolicyConfig = field(default_factory=lambda: PolicyConfig.for_name("token_vla")())
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -46,8 +46,7 @@ class Config:
         ``load_config``): a policy that reads the simulator state (privileged critic or
         student, ``env.obs_mode: state``) needs the env to return it. Returns ``self``."""
         p, e = self.policy, self.env
-        if p.critic_input == "privileged" or p.student_input == "privileged" or \
-                e.obs_mode == "state":
+        if p.reads_privileged_state() or e.obs_mode == "state":
             e.privileged_state = True
         return self
 
@@ -113,43 +112,16 @@ class Config:
 
     def _validate_policy(self) -> None:
         e, p = self.env, self.policy
-        choice("policy.critic_input", p.critic_input, {"features", "privileged"})
-        positive("policy.privileged_dim", p.privileged_dim)
-        choice("policy.student_input", p.student_input, {"full", "privileged"})
-        if p.student_input == "privileged" and p.name != "mlp_student":
-            raise ConfigError(f"policy.student_input=privileged needs policy.name=mlp_student "
-                              f"(got policy.name={p.name!r}); a VLA actor never reads the sim state")
-        if (p.critic_input == "privileged" or p.student_input == "privileged"
-                or e.obs_mode == "state") and not e.privileged_state:
-            raise ConfigError("policy.critic_input / policy.student_input = privileged and "
-                              "env.obs_mode=state read the simulator state: env.privileged_state "
-                              "must be true (load_config sets it; Config.resolve() does too)")
-        if p.critic_input == "privileged" and not p.value_head:
-            raise ConfigError("policy.critic_input=privileged needs policy.value_head=true")
-        if p.lora_lm_head and (p.name != "token_vla" or not p.use_lora):
-            raise ConfigError(f"policy.lora_lm_head=true needs policy.name=token_vla and "
-                              f"policy.use_lora=true (got {p.name!r}, use_lora={p.use_lora})")
-        # peft would refuse these later with its own names ("`r` should be a positive integer")
-        positive("policy.lora_r", p.lora_r)
-        positive("policy.lora_alpha", p.lora_alpha)
-        if not 0.0 <= p.lora_dropout < 1.0:
-            raise ConfigError(f"policy.lora_dropout={p.lora_dropout} must be in [0, 1)")
-        positive("policy.chunk_size", p.chunk_size)
-        positive("policy.action_dim", p.action_dim)
-        if p.action_bins < 2:
-            raise ConfigError(f"policy.action_bins={p.action_bins} must be >= 2")
-        if not p.action_low < p.action_high:
-            raise ConfigError(f"policy.action_low={p.action_low} must be < policy.action_high={p.action_high}")
-        positive("policy.temperature", p.temperature)
-        positive("policy.num_inference_steps", p.num_inference_steps)
-        positive("policy.noise_level", p.noise_level, zero_ok=True)
-        choice("policy.dtype", p.dtype, {"float32", "bfloat16"})
-        choice("policy.action_token_layout", p.action_token_layout, {"vlarl", "openvla"})
-        choice("policy.state_range", p.state_range, {"demos", "fixed"})
-        choice("policy.state_input", p.state_input, {"text", "embedding"})
-        if "{instruction}" not in p.prompt_template:
-            raise ConfigError(f"policy.prompt_template={p.prompt_template!r} must contain the "
-                              "placeholder '{instruction}'")
+        if type(p) is not PolicyConfig.for_name(p.name):
+            raise ConfigError(f"policy.name={p.name!r} but the policy section is a "
+                              f"{type(p).__name__}: set policy.name through load_config / "
+                              "set_field, or build PolicyConfig.for_name(name)")
+        p.check()
+        if (p.reads_privileged_state() or e.obs_mode == "state") and not e.privileged_state:
+            raise ConfigError("a privileged critic or student (policy.critic_input / "
+                              "policy.student_input = privileged) and env.obs_mode=state read the "
+                              "simulator state: env.privileged_state must be true (load_config "
+                              "sets it; Config.resolve() does too)")
 
     def _validate_algo(self) -> None:
         # algo.name and what an algorithm needs of the other sections are the algorithm's own

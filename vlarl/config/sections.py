@@ -1,6 +1,7 @@
 """The config sections: one dataclass per recipe key (``env``, ``policy``, ``algo``, ``train``,
 ``data``, ``sft``, ``eval``, ``distill``, ``ire``), a docstring under every field (what
-``vlarl <command> --help`` lists). Values are checked in :mod:`vlarl.config.run`."""
+``vlarl <command> --help`` lists). Values are checked in :mod:`vlarl.config.run`. The ``policy``
+section's shared fields are :mod:`vlarl.config.policy`'s; each policy's own live with it."""
 
 from __future__ import annotations
 
@@ -50,121 +51,6 @@ class EnvConfig:
     state-only RL experts, RLDG): images are empty ``[N, 0, H, W, 3]``, ``Obs.state`` is
     ManiSkill's state observation (agent + task extras, object poses included) and
     privileged state is on."""
-
-
-@dataclass
-class PolicyConfig:
-    name: str = "token_vla"
-    """Registered policy (``vlarl.policies.POLICIES``): ``token_vla``, ``flow_vla``, ``mlp_student``."""
-    path: str | None = None
-    """Checkpoint directory or hub id to load with ``from_pretrained``; None builds ``tiny``."""
-    tiny: str = "paligemma"
-    """Tiny offline architecture when ``path`` is None: ``paligemma``, ``idefics3`` (SmolVLM's
-    architecture) or ``llava`` (token_vla); ``pi0`` (flow_vla)."""
-    chunk_size: int = 4
-    """Actions k emitted per decision (one image every k control steps)."""
-    action_dim: int = 7
-    """Action dimension A; must match the env's action space."""
-    action_bins: int = 256
-    """Discrete bins per action dimension (token VLAs)."""
-    action_low: float = -1.0
-    """Lower clip of each action dimension before binning."""
-    action_high: float = 1.0
-    """Upper clip of each action dimension before binning."""
-    use_state: bool = True
-    """Feed proprioceptive state to the policy."""
-    state_input: Literal["text", "embedding"] = "embedding"
-    """How the token VLA reads the state (with ``use_state``): ``embedding`` (default) = a
-    2-layer MLP projects the state, scaled to [-1, 1] on the state range, into the embedding
-    of the prompt's last token " state:" (OpenVLA-OFT / pi0 style; saved as the
-    ``state_proj`` head, frozen under LoRA once trained); ``text`` = each dimension binned to
-    0..255 and written into the prompt (RT-2 / OpenVLA). On the same 100 PushCube demos the
-    embedding gave the better SFT base and GRPO gains on 3 of 3 seeds where text gave none on
-    average (docs/experiments/2026-12-06-state-input-embedding.md). A checkpoint refuses a
-    run that changes it; checkpoints saved before this field existed read the state as text."""
-    state_range: Literal["demos", "fixed"] = "demos"
-    """How SFT sets the range the state is binned / normalised on: ``demos`` = each
-    dimension's range in the demonstrations (+10 %), written to ``state_low`` /
-    ``state_high``; ``fixed`` = [-4, 4] on every dimension, the same for every task and
-    every state size (no per-dimension lists). Loading a checkpoint, ``demos`` keeps the
-    range it was trained on and ``fixed`` bins on [-4, 4] instead (the coarse-input
-    experiment, docs/experiments/2026-11-24-coarse-state-input.md)."""
-    state_low: list[float] | None = None
-    """Per-dimension lower end of the state range used to bin / normalise it (SFT sets it
-    from the demonstrations, like LeRobot's normalisation stats); None: -4 for every dim."""
-    state_high: list[float] | None = None
-    """Per-dimension upper end of the state range (see ``state_low``); None: +4."""
-    state_sizes: list[int] | None = None
-    """Lengths of the proprioceptive state the policy was trained on (SFT writes those of its
-    demonstrations: one per task of a multi-task base); an env whose state has another length
-    is refused before its first step, naming both. None: not recorded (no check)."""
-    temperature: float = 1.0
-    """Sampling temperature during rollouts (TRL's name)."""
-    num_inference_steps: int = 4
-    """Denoising steps of flow policies."""
-    noise_level: float = 0.3
-    """Std of the noise injected into each flow denoising step (Flow-Noise / ReinFlow)."""
-    use_lora: bool = True
-    """Train LoRA adapters (peft) instead of the full backbone."""
-    gradient_checkpointing: bool = False
-    """Recompute the backbone's layer activations in backward (transformers'
-    ``gradient_checkpointing_enable``, non-reentrant): activation memory of the update falls
-    from all layers to one layer's inputs (docs/gpu.md, memory plan), at ~1 extra forward."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling alpha."""
-    lora_dropout: float = 0.0
-    """LoRA dropout (0 keeps rollout and update log-probs identical)."""
-    lora_target_modules: str = "all-linear"
-    """peft target modules: ``all-linear`` or a comma-separated list of module names."""
-    lora_lm_head: bool = False
-    """Token VLAs: also LoRA-adapt the output layer (``lm_head``, the action tokens' logits),
-    which peft's ``all-linear`` leaves out. Frozen, it is tied to the input embeddings and
-    bounds how far RL can move the action distribution (docs/ppo.md, "the frozen output
-    layer"). A tied output layer gets its own weight before adapters are merged."""
-    value_head: bool = True
-    """Add a value head on pooled backbone features (PPO's critic)."""
-    critic_input: Literal["features", "privileged"] = "features"
-    """What the value head reads: ``features`` = pooled backbone features (RL4VLA's shared
-    critic); ``privileged`` = the simulator state ``Obs.privileged`` (asymmetric actor-critic:
-    the actor still sees only images + proprioception; needs ``env.privileged_state``, which
-    is switched on for it)."""
-    privileged_dim: int = 128
-    """Width the privileged state is zero-padded to for ``critic_input: privileged`` and
-    ``student_input: privileged`` (PushCube / PickCube: 71 values); a larger state is refused."""
-    student_input: Literal["full", "privileged"] = "full"
-    """mlp_student's input: ``full`` = camera images + hashed instruction + proprioception (a
-    student of a VLA); ``privileged`` = only the simulator state ``Obs.privileged``,
-    zero-padded to ``privileged_dim`` (a state-based RL expert, RLDG: images and words are
-    ignored, the critic reads the same state; needs ``env.privileged_state``, which is
-    switched on for it, and trains fastest with ``env.obs_mode: state``)."""
-    detach_value_features: bool = False
-    """Feed the value head detached backbone features, so the value loss does not move the
-    actor's adapters (token_vla; default False = the shared backbone of RL4VLA)."""
-    decoding: Literal["autoregressive", "parallel"] = "autoregressive"
-    """token_vla: ``autoregressive`` feeds each sampled action token back (k*A sequential
-    forwards per decision, KV cache); ``parallel`` feeds k*A-1 placeholder tokens instead and
-    predicts the whole chunk in one forward (OpenVLA-OFT's parallel decoding; the chunk's
-    tokens are then independent given the prompt). Fixed at SFT: a checkpoint keeps its mode."""
-    point_estimate: Literal["mode", "mean"] = "mode"
-    """token_vla's deterministic action (greedy evaluation): ``mode`` = the most likely bin of
-    each action token (argmax); ``mean`` = the bin nearest the mean of the bins' distribution
-    at ``temperature``, which moves with the probability mass RL shifts (the mode moves only
-    once another bin overtakes it)."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Parameter dtype of the backbone (bf16 on GPU)."""
-    trust_remote_code: bool = False
-    """Pass to ``from_pretrained`` (OpenVLA-format checkpoints need it)."""
-    action_token_layout: Literal["vlarl", "openvla"] = "vlarl"
-    """token_vla's action-token ids: ``vlarl`` = bin ``b`` of ``action_bins`` equal-width bins
-    is id ``V - action_bins + b`` (V = output-embedding rows, ascending); ``openvla`` =
-    OpenVLA's ActionTokenizer: ``np.digitize`` on ``action_bins`` uniform edges (so
-    ``action_bins - 1`` bins), id ``tokenizer.vocab_size - digitized`` (descending, below the
-    tokenizer's base vocabulary size). Use ``openvla`` for OpenVLA checkpoints."""
-    prompt_template: str = "What action should the robot take to {instruction}?"
-    """token_vla prompt after the image placeholders; ``{instruction}`` is the lower-cased task.
-    OpenVLA's: ``"In: What action should the robot take to {instruction}?\\nOut:"``."""
 
 
 @dataclass

@@ -200,8 +200,8 @@ def build_student(cfg: Config, teacher: Policy, student: str | None) -> Policy:
     from vlarl.policies import build_policy
 
     name = student or DEFAULT_STUDENT
-    pcfg = dataclasses.replace(cfg.policy, name=name, chunk_size=teacher.chunk_size,
-                               action_dim=teacher.action_dim, path=None)
+    pcfg = cfg.policy.to(name, chunk_size=teacher.chunk_size, action_dim=teacher.action_dim,
+                         path=None)
     path = cfg.policy.path
     meta = Path(path, "vlarl_policy.json") if path else None
     if meta is not None and meta.is_file() and json.loads(meta.read_text())["policy"] == name:

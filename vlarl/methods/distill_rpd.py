@@ -100,8 +100,7 @@ def rl_config(cfg: Config, run_dir: Path, chunk_size: int, action_dim: int) -> C
     """The trainer's config: algo ``rpd``, the student's policy section, run dir ``run_dir``."""
     return dataclasses.replace(
         cfg, algo=dataclasses.replace(cfg.algo, name="rpd"),
-        policy=dataclasses.replace(cfg.policy, name="mlp_student", chunk_size=chunk_size,
-                                   action_dim=action_dim),
+        policy=cfg.policy.to("mlp_student", chunk_size=chunk_size, action_dim=action_dim),
         train=dataclasses.replace(cfg.train, output_dir=str(run_dir), resume=False,
                                   overwrite=False))
 

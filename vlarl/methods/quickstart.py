@@ -123,7 +123,7 @@ def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool 
     # 4. distill the RL policy into a small student
     d_cfg = dataclasses.replace(
         cfg, distill=dataclasses.replace(cfg.distill, teacher=rl, output_dir=str(root / "student")),
-        policy=dataclasses.replace(cfg.policy, name="mlp_student", path=None))
+        policy=cfg.policy.to("mlp_student", path=None))
     k_dist = _key(k_rl, non_default(d_cfg.distill))
     student = stages.run("distill", k_dist, lambda: {"path": str(run_distill(d_cfg))})["path"]
 

@@ -1,5 +1,16 @@
 """Policies: the only package that imports transformers / peft (lazily, inside submodules).
 
+Layout: one folder per policy, its ``policy`` section next to its model (LeRobot's)::
+
+    token_vla/    configuration_token_vla.py  modeling_token_vla.py  (+ its tokenizer, inputs)
+    flow_vla/     configuration_flow_vla.py   modeling_flow_vla.py   flow_math.py
+    mlp_student/  configuration_mlp_student.py modeling_mlp_student.py
+
+and what they share: ``base`` (the ``Policy`` protocol), ``common`` (value head, LoRA),
+``saving``, ``sampling``, ``tokenizer``, ``tiny`` / ``tiny_backbones`` (offline checkpoints).
+Importing this package imports the configurations only (no torch): ``import vlarl`` does, so
+``load_config`` knows every policy's keys.
+
 Data flow: ``Obs`` -> policy.act -> ``ActOutput`` (actions [N, k, A], log_probs, values,
 stored tensors) -> rollout; algorithms call ``policy.evaluate(obs, stored)``.
 
@@ -15,23 +26,29 @@ import importlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlarl.config import PolicyConfig
-from vlarl.policies.base import Policy
+from vlarl.policies.flow_vla import FlowVLAConfig
+from vlarl.policies.mlp_student import MLPStudentConfig
+from vlarl.policies.token_vla import TokenVLAConfig
 from vlarl.registry import Registry
+
+if TYPE_CHECKING:
+    from vlarl.policies.base import Policy
 
 POLICIES: Registry = Registry("policy")
 """Policy classes by name (``token_vla``, ``flow_vla``, ...)."""
 
 LAZY_POLICIES: dict[str, str] = {
-    "token_vla": "vlarl.policies.token_vla",
-    "flow_vla": "vlarl.policies.flow_vla",
-    "mlp_student": "vlarl.policies.student",
+    "token_vla": "vlarl.policies.token_vla.modeling_token_vla",
+    "flow_vla": "vlarl.policies.flow_vla.modeling_flow_vla",
+    "mlp_student": "vlarl.policies.mlp_student.modeling_mlp_student",
 }
 """name -> module that registers it on import; other packages may add entries."""
 
-__all__ = ["LAZY_POLICIES", "POLICIES", "Policy", "build_policy", "load_policy", "policy_class"]
+__all__ = ["LAZY_POLICIES", "POLICIES", "FlowVLAConfig", "MLPStudentConfig", "TokenVLAConfig",
+           "build_policy", "load_policy", "policy_class"]
 
 
 def policy_class(name: str) -> type[Policy]:

@@ -114,9 +114,9 @@ def privileged_input(obs: Obs, dim: int, device: torch.device | str,
 
 # ----------------------------------------------------------------------------- LoRA
 
-def lora_config(cfg: PolicyConfig, model: nn.Module | None = None):
+def lora_config(cfg: PolicyConfig, model: nn.Module | None = None, lm_head: bool = False):
     """peft ``LoraConfig`` from the policy config (``all-linear`` or a comma-separated list;
-    ``cfg.lora_lm_head`` adds ``model``'s output layer)."""
+    ``lm_head`` adds ``model``'s output layer: the token VLA's ``policy.lora_lm_head``)."""
     from peft import LoraConfig
 
     targets: str | list[str] = cfg.lora_target_modules
@@ -125,7 +125,7 @@ def lora_config(cfg: PolicyConfig, model: nn.Module | None = None):
         if not targets:
             raise ConfigError(f"policy.lora_target_modules={cfg.lora_target_modules!r} is empty; "
                               "use 'all-linear' or module names like 'q_proj,v_proj'")
-    if cfg.lora_lm_head:
+    if lm_head:
         if model is None or model.get_output_embeddings() is None:
             raise ValueError("policy.lora_lm_head needs a model with an output layer")
         head = next(n for n, m in model.named_modules() if m is model.get_output_embeddings())
@@ -140,7 +140,7 @@ def lora_config(cfg: PolicyConfig, model: nn.Module | None = None):
                       target_modules=targets, bias="none")
 
 
-def apply_lora(model: PreTrainedModel, cfg: PolicyConfig) -> nn.Module:
+def apply_lora(model: PreTrainedModel, cfg: PolicyConfig, lm_head: bool = False) -> nn.Module:
     """LoRA-wrap ``model`` (peft freezes the base) or, if ``cfg.use_lora`` is False, unfreeze all.
 
     With LoRA the reference policy is the same module with adapters disabled (TRL's
@@ -153,7 +153,7 @@ def apply_lora(model: PreTrainedModel, cfg: PolicyConfig) -> nn.Module:
 
     with warnings.catch_warnings():  # tied lm_head: untie_output_layer runs before any merge
         warnings.filterwarnings("ignore", message=".*tie_word_embeddings=True.*")
-        return get_peft_model(model, lora_config(cfg, model))
+        return get_peft_model(model, lora_config(cfg, model, lm_head))
 
 
 def enable_checkpointing(model: nn.Module, cfg: PolicyConfig) -> None:

@@ -1,7 +1,7 @@
 """A saved vlarl policy directory, written by :func:`save_checkpoint` and read back by each
 policy's ``from_pretrained``::
 
-    <dir>/vlarl_policy.json   {"policy": name, "config": PolicyConfig fields, "format": 1,
+    <dir>/vlarl_policy.json   {"policy": name, "config": its config's fields, "format": 1,
                                "heads": [saved head names], ...extras}
     <dir>/base/               model.save_pretrained + processor.save_pretrained
     <dir>/adapter/            peft adapter (safetensors), only with LoRA
@@ -54,16 +54,16 @@ def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def write_policy_json(path: str | Path, name: str, cfg: PolicyConfig, **extra: Any) -> None:
-    """Write ``vlarl_policy.json``: policy name, PolicyConfig fields, format version, extras."""
+    """Write ``vlarl_policy.json``: policy name, its config's fields, format version, extras."""
     data = {"policy": name, "format": FORMAT_VERSION, "config": dataclasses.asdict(cfg), **extra}
     Path(path, POLICY_FILE).write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def read_policy_json(path: str | Path, legacy: dict | None = None,
                      **overrides: Any) -> tuple[str, PolicyConfig, dict]:
-    """Read ``vlarl_policy.json`` -> ``(policy name, PolicyConfig with overrides, raw dict)``.
+    """Read ``vlarl_policy.json`` -> ``(policy name, its config with overrides, raw dict)``.
 
-    Overrides use PolicyConfig field names (``temperature=0.5``); unknown names raise
+    Overrides use the policy's config field names (``temperature=0.5``); unknown names raise
     :class:`ConfigError` listing the allowed ones. ``legacy``: the value of each field a
     checkpoint saved before that field existed was trained with (added to the raw dict too).
     """
@@ -71,7 +71,7 @@ def read_policy_json(path: str | Path, legacy: dict | None = None,
     if not f.is_file():
         raise FileNotFoundError(f"{path} is not a vlarl policy directory: {POLICY_FILE} not found")
     data = json.loads(f.read_text())
-    cfg = PolicyConfig()
+    cfg = PolicyConfig.for_name(data["policy"])()
     saved = data.setdefault("config", {})
     for key, value in (legacy or {}).items():
         saved.setdefault(key, value)
@@ -85,7 +85,10 @@ def read_policy_json(path: str | Path, legacy: dict | None = None,
     # keeps the checkpoint's own range and setting.
     if kept.get("state_range") == "demos" and "state_range" in saved:
         kept.pop("state_range")
-    for key, value in {**saved, **kept}.items():
+    # a checkpoint saved when one config class held every policy's fields also wrote the
+    # other policies' (at their defaults): only this policy's are read back
+    own = {f.name for f in dataclasses.fields(cfg)}
+    for key, value in {**{k: v for k, v in saved.items() if k in own}, **kept}.items():
         set_field(cfg, key, value, "policy.")
     if kept.get("state_range") == "fixed":
         cfg.state_low = cfg.state_high = None

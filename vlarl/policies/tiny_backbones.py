@@ -14,7 +14,7 @@ inputs, position ids). Registered in ``tiny.TINY_BUILDERS``; select with ``polic
   per camera expanded to 64 tokens by the processor).
 
 Not built: Qwen2-VL / Qwen2.5-VL - their processors require a video processor, which needs
-torchvision (not a dependency here). ``token_inputs`` handles their inputs (M-RoPE position
+torchvision (not a dependency here). ``token_vla.inputs`` handles their inputs (M-RoPE position
 ids, ``image_grid_thw``, ``mm_token_type_ids``); ``tests/unit/policies/test_token_vla_qwen2vl.py`` proves it
 on a tiny Qwen2-VL fed by a stand-in for the processor.
 

@@ -58,9 +58,10 @@ def bench_policy(quick: bool = False) -> dict:
             ("token_vla_text_state", "token_vla", "paligemma", "autoregressive", True, "text"),
             ("token_vla_parallel", "token_vla", "paligemma", "parallel", True, "embedding"),
             ("flow_vla", "flow_vla", "pi0", "autoregressive", True, "embedding")):
+        token = {"policy.decoding": decoding, "policy.state_input": state} \
+            if name == "token_vla" else {}
         cfg = load_config(None, {"policy.name": name, "policy.tiny": tiny, "policy.chunk_size": 4,
-                                 "policy.value_head": True, "policy.decoding": decoding,
-                                 "policy.use_lora": lora, "policy.state_input": state})
+                                 "policy.value_head": True, "policy.use_lora": lora, **token})
         policy = build_policy(cfg.policy).eval().to(default_device())
         n_all = sum(p.numel() for p in policy.parameters())
         n_train = sum(p.numel() for p in policy.parameters() if p.requires_grad)

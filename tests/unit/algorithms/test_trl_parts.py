@@ -9,13 +9,12 @@ import torch
 
 from vlarl.algorithms.advantages import group_advantages, loss_weights
 from vlarl.algorithms.losses import policy_loss
-from vlarl.config import PolicyConfig
-from vlarl.policies import build_policy
+from vlarl.policies import TokenVLAConfig, build_policy
 from vlarl.types import Obs
 
 
 def test_token_vla_evaluate_equals_the_plain_log_softmax_computation():
-    policy = build_policy(PolicyConfig(chunk_size=2, action_dim=7, temperature=0.7)).eval()
+    policy = build_policy(TokenVLAConfig(chunk_size=2, action_dim=7, temperature=0.7)).eval()
     g = torch.Generator().manual_seed(0)
     obs = Obs(torch.randint(0, 256, (4, 1, 64, 64, 3), dtype=torch.uint8, generator=g),
               torch.randn(4, 9, generator=g), ["push the cube", "pick", "push it", "lift it up"])

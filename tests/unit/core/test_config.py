@@ -5,6 +5,7 @@ import time
 import pytest
 
 from vlarl.config import Config, ConfigError, load_config, save_config
+from vlarl.policies import TokenVLAConfig
 
 
 def test_defaults_validate_and_overrides_apply(tmp_path):
@@ -61,21 +62,57 @@ def test_every_field_has_a_docstring():
 
     from vlarl import config as C
 
-    for cls in (C.EnvConfig, C.PolicyConfig, C.AlgoConfig, C.TrainConfig, C.DataConfig,
-                C.SFTConfig, C.EvalConfig, C.DistillConfig):
+    for cls in (C.EnvConfig, *C.POLICY_CONFIGS.values(), C.AlgoConfig, C.TrainConfig,
+                C.DataConfig, C.SFTConfig, C.EvalConfig, C.DistillConfig):
         docs = C.field_docs(cls)
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in docs]
         assert missing == [], f"{cls.__name__} fields without docstring: {missing}"
     assert isinstance(Config().validate(), Config)
+    assert sorted(C.POLICY_CONFIGS) == ["flow_vla", "mlp_student", "token_vla"]
+
+
+def test_policy_name_picks_the_sections_class_and_refuses_another_policys_keys(tmp_path):
+    """Each policy owns its keys: ``policy.name`` picks the config class (whatever the order of
+    the recipe's keys), a key only another policy reads is refused naming its owner, and a
+    teacher's config converts to its student's carrying the shared fields."""
+    from vlarl import config as C
+    from vlarl.policies import FlowVLAConfig, MLPStudentConfig
+
+    flow = load_config(None, ["--policy.name", "flow_vla", "--policy.num_inference_steps", "3"]).policy
+    assert type(flow) is FlowVLAConfig and flow.num_inference_steps == 3 and flow.tiny == "pi0"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("policy:\n  noise_level: 0.1\n  chunk_size: 2\n  name: flow_vla\n")
+    from_yaml = load_config(recipe).policy
+    assert (type(from_yaml), from_yaml.noise_level, from_yaml.chunk_size) == (FlowVLAConfig, 0.1, 2)
+    with pytest.raises(ConfigError, match=r"unknown key 'policy.num_inference_steps' for "
+                                          r"policy.name='token_vla' \(it is a key of flow_vla\)"):
+        load_config(None, ["--policy.num_inference_steps", "3"])
+    with pytest.raises(ConfigError, match=r"policy.action_bins is a token_vla key; "
+                                          r"policy.name='flow_vla' has no such key"):
+        load_config(None, ["--policy.action_bins", "64", "--policy.name", "flow_vla"])
+    with pytest.raises(ConfigError, match=r"policy.name='pi5' is not a registered policy; "
+                                          r"choose one of \['flow_vla', 'mlp_student', 'token_vla'\]"):
+        load_config(None, ["--policy.name", "pi5"])
+    with pytest.raises(TypeError, match="PolicyConfig holds the fields policies share"):
+        C.PolicyConfig()
+    teacher = load_config(None, ["--policy.action_bins", "64", "--policy.chunk_size", "6"]).policy
+    student = teacher.to("mlp_student", path=None)
+    assert type(student) is MLPStudentConfig and student.chunk_size == 6
+    assert not hasattr(student, "action_bins")
+    cfg = Config()
+    cfg.policy.name = "flow_vla"  # set behind the loader's back: the class would not follow
+    with pytest.raises(ConfigError, match="policy.name='flow_vla' but the policy section is a "
+                                          "TokenVLAConfig"):
+        cfg.validate()
 
 
 def test_cache_keys_hash_only_non_default_fields():
     """A field added to vlarl (with its default) must not change the keys of cached stages."""
-    from vlarl.config import PolicyConfig, non_default
+    from vlarl.config import non_default
 
     cfg = load_config(None, ["--policy.chunk_size", "6", "--policy.lora_r", "8"])
     assert non_default(cfg.policy) == {"chunk_size": 6, "lora_r": 8}
-    assert non_default(PolicyConfig()) == {}
+    assert non_default(TokenVLAConfig()) == {}
 
 
 def test_validate_is_pure_and_resolve_fills_what_follows():

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from vlarl.config import Config, EnvConfig, PolicyConfig
+from vlarl.config import Config, EnvConfig
 from vlarl.eval.diagnose import AXES, _splits_for, diagnose_markdown, diagnose_rows
 from vlarl.eval.stats import mcnemar_exact_p, wilson_interval
+from vlarl.policies import FlowVLAConfig
 
 
 def test_rows_numbers_and_order():
@@ -57,7 +58,7 @@ def checkpoint(tmp_path_factory) -> str:
     from vlarl.policies import build_policy
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    build_policy(PolicyConfig(name="flow_vla", tiny="pi0", chunk_size=4)).save_pretrained(path)
+    build_policy(FlowVLAConfig(tiny="pi0", chunk_size=4)).save_pretrained(path)
     return str(path)
 
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from vlarl.cli import main as vlarl_main
-from vlarl.config import Config, PolicyConfig
+from vlarl.config import Config
 from vlarl.data import collect_demos
 from vlarl.eval.drift import dataset_batches, greedy_agreement, policy_kl
+from vlarl.policies import TokenVLAConfig
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ def setup(tmp_path_factory):
     cfg.data.num_episodes, cfg.data.num_workers = 1, 1
     cfg.data.dataset_dir = str(tmp / "demos")
     demos = collect_demos(cfg)
-    pcfg = PolicyConfig(name="token_vla", tiny="paligemma", chunk_size=4, temperature=0.5)
+    pcfg = TokenVLAConfig(tiny="paligemma", chunk_size=4, temperature=0.5)
     policy = build_policy(pcfg)
     policy.save_pretrained(tmp / "a")
     gen = torch.Generator().manual_seed(1)

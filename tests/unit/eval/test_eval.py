@@ -8,9 +8,10 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 
-from vlarl.config import Config, EnvConfig, PolicyConfig
+from vlarl.config import Config, EnvConfig
 from vlarl.eval.evaluate import _labels, check_compatible, evaluate_policy, run_eval
 from vlarl.eval.report import checkpoint_sha256, plot_success, results_table, row_from_successes
+from vlarl.policies import FlowVLAConfig
 
 ENV = {"task": "PickCube-v1", "image_size": 32, "max_episode_steps": 10}
 SEED0 = 1_000_000
@@ -77,7 +78,7 @@ def checkpoint(tmp_path_factory) -> str:
     from vlarl.policies import build_policy
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    build_policy(PolicyConfig(name="flow_vla", tiny="pi0", chunk_size=4)).save_pretrained(path)
+    build_policy(FlowVLAConfig(tiny="pi0", chunk_size=4)).save_pretrained(path)
     return str(path)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vlarl.policies.action_tokenizer import ActionTokenizer
+from vlarl.policies.token_vla.action_tokenizer import ActionTokenizer
 
 
 def test_round_trip_within_half_bin():

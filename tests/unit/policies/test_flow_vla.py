@@ -11,18 +11,18 @@ import math
 import pytest
 import torch
 
-from vlarl.config import PolicyConfig
-from vlarl.policies import build_policy, flow_math, load_policy
-from vlarl.policies.flow_vla import FlowVLAPolicy
+from vlarl.policies import FlowVLAConfig, build_policy, load_policy
+from vlarl.policies.flow_vla import flow_math
+from vlarl.policies.flow_vla.modeling_flow_vla import FlowVLAPolicy
 from vlarl.types import Obs
 
 N, K_CHUNK, A, STEPS = 3, 4, 7, 4
 
 
-def make_cfg(**kw) -> PolicyConfig:
+def make_cfg(**kw) -> FlowVLAConfig:
     base = {"name": "flow_vla", "tiny": "pi0", "chunk_size": K_CHUNK, "action_dim": A,
             "num_inference_steps": STEPS, "noise_level": 0.3, "lora_r": 8, "lora_alpha": 16}
-    return PolicyConfig(**{**base, **kw})
+    return FlowVLAConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ import pytest
 import torch
 from helpers import make_obs, make_policy
 
-from vlarl.config import PolicyConfig
-from vlarl.policies import build_policy, load_policy
-from vlarl.policies.state_input import StateProjector, added_at
+from vlarl.policies import TokenVLAConfig, build_policy, load_policy
+from vlarl.policies.token_vla.state_input import StateProjector, added_at
 from vlarl.types import Obs
 
 
@@ -94,7 +93,7 @@ def test_embedding_is_the_default_and_older_checkpoints_still_read_text(tmp_path
 
     from vlarl.policies.saving import POLICY_FILE
 
-    assert PolicyConfig().state_input == "embedding"
+    assert TokenVLAConfig().state_input == "embedding"
     fresh = make_policy(value_head=False)
     assert fresh.state_proj is not None and fresh.prompts(make_obs(1))[0].endswith(" state:")
     make_policy(state_input="text", value_head=False).save_pretrained(tmp_path)
@@ -107,5 +106,5 @@ def test_embedding_is_the_default_and_older_checkpoints_still_read_text(tmp_path
     assert " state: " in old.prompts(make_obs(1))[0]
     with pytest.raises(ValueError, match=r"policy\.state_input='embedding' differs .*"
                                          r"state_input='text'.*set policy\.state_input: \"text\""):
-        build_policy(PolicyConfig(path=str(tmp_path), chunk_size=old.cfg.chunk_size,
+        build_policy(TokenVLAConfig(path=str(tmp_path), chunk_size=old.cfg.chunk_size,
                                   action_dim=old.cfg.action_dim))

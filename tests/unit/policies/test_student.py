@@ -8,9 +8,8 @@ import zlib
 import pytest
 import torch
 
-from vlarl.config import PolicyConfig
-from vlarl.policies import load_policy
-from vlarl.policies.student import (
+from vlarl.policies import MLPStudentConfig, load_policy
+from vlarl.policies.mlp_student.modeling_mlp_student import (
     LOG_STD_INIT,
     MLPStudentPolicy,
     gaussian_entropy,
@@ -33,7 +32,7 @@ def make_obs(n: int = 3, seed: int = 0, size: int = 32, state_dim: int = 16) -> 
 
 def make_student(**kw) -> MLPStudentPolicy:
     torch.manual_seed(0)
-    return MLPStudentPolicy(PolicyConfig(name="mlp_student", chunk_size=K, action_dim=A, **kw))
+    return MLPStudentPolicy(MLPStudentConfig(chunk_size=K, action_dim=A, **kw))
 
 
 def test_shapes_params_and_clipping():
@@ -145,6 +144,6 @@ def test_bad_inputs_named():
     with pytest.raises(ValueError, match=r"must be \[N, 4, 7\]"):
         p.sft_loss(make_obs(2), torch.zeros(2, 3, 7))
     with pytest.raises(ValueError, match="policy.chunk_size=0"):
-        MLPStudentPolicy(PolicyConfig(chunk_size=0))
+        MLPStudentPolicy(MLPStudentConfig(chunk_size=0))
     q = make_student(use_state=False)  # a stateless student ignores the state entirely
     assert q.act(make_obs(1, state_dim=40), deterministic=True).actions.shape == (1, K, A)

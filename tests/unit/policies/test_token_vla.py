@@ -12,8 +12,7 @@ import pytest
 import torch
 from helpers import A, K, make_obs, make_policy, trained_step
 
-from vlarl.config import PolicyConfig
-from vlarl.policies import build_policy, load_policy, policy_class
+from vlarl.policies import TokenVLAConfig, build_policy, load_policy, policy_class
 from vlarl.policies.sampling import point_token
 from vlarl.types import Obs
 
@@ -237,22 +236,22 @@ def test_run_config_keeps_the_checkpoints_state_range(tmp_path):
     the state as text the range shows in the prompt's state bins."""
     low, high = [-0.5] * 9, [0.5] * 9
     text = {"chunk_size": 2, "action_bins": 16, "state_input": "text"}
-    sft = build_policy(PolicyConfig(**text, state_low=low, state_high=high))
+    sft = build_policy(TokenVLAConfig(**text, state_low=low, state_high=high))
     sft.save_pretrained(tmp_path)
     obs = Obs(torch.zeros(1, 1, 64, 64, 3, dtype=torch.uint8), torch.full((1, 9), 0.25), ["push"])
-    rl = build_policy(PolicyConfig(path=str(tmp_path), **text))
+    rl = build_policy(TokenVLAConfig(path=str(tmp_path), **text))
     assert rl.cfg.state_low == low and rl.cfg.state_high == high
     assert rl.prompts(obs) == sft.prompts(obs)  # the same state tokens
-    wide = build_policy(PolicyConfig(path=str(tmp_path), **text,
+    wide = build_policy(TokenVLAConfig(path=str(tmp_path), **text,
                                      state_low=[-4.0] * 9, state_high=[4.0] * 9))
     assert wide.prompts(obs) != sft.prompts(obs)
     # the same coarse input without per-dimension lists, for any state size
-    fixed = build_policy(PolicyConfig(path=str(tmp_path), **text,
+    fixed = build_policy(TokenVLAConfig(path=str(tmp_path), **text,
                                       state_range="fixed"))
     assert fixed.cfg.state_low is None and fixed.prompts(obs) == wide.prompts(obs)
     fixed.save_pretrained(tmp_path / "rl")
     # a run's default ``demos`` keeps the range the checkpoint was trained on
-    again = build_policy(PolicyConfig(path=str(tmp_path / "rl"), **text))
+    again = build_policy(TokenVLAConfig(path=str(tmp_path / "rl"), **text))
     assert again.cfg.state_range == "fixed" and again.prompts(obs) == wide.prompts(obs)
 
 
@@ -260,15 +259,15 @@ def test_run_config_cannot_silently_change_what_the_checkpoint_reads(tmp_path):
     """A run whose recipe leaves ``use_state`` / ``action_bins`` at another value than the
     checkpoint was trained with is refused, naming the key and the value to write (RL from a
     no-state SFT base with a recipe saying ``use_state: true`` would feed it state tokens)."""
-    sft = build_policy(PolicyConfig(chunk_size=2, action_bins=16, use_state=False))
+    sft = build_policy(TokenVLAConfig(chunk_size=2, action_bins=16, use_state=False))
     sft.save_pretrained(tmp_path)
     obs = Obs(torch.zeros(1, 1, 64, 64, 3, dtype=torch.uint8), torch.full((1, 9), 0.25), ["push"])
     with pytest.raises(ValueError, match=r"policy\.use_state=True differs .*use_state=False.*"
                                          r"set policy\.use_state: false"):
-        build_policy(PolicyConfig(path=str(tmp_path), chunk_size=2, action_bins=16))
+        build_policy(TokenVLAConfig(path=str(tmp_path), chunk_size=2, action_bins=16))
     with pytest.raises(ValueError, match=r"policy\.action_bins=64 differs .*action_bins=16"):
-        build_policy(PolicyConfig(path=str(tmp_path), chunk_size=2, action_bins=64, use_state=False))
-    rl = build_policy(PolicyConfig(path=str(tmp_path), chunk_size=2, action_bins=16, use_state=False))
+        build_policy(TokenVLAConfig(path=str(tmp_path), chunk_size=2, action_bins=64, use_state=False))
+    rl = build_policy(TokenVLAConfig(path=str(tmp_path), chunk_size=2, action_bins=16, use_state=False))
     assert "state:" not in rl.prompts(obs)[0] and rl.prompts(obs) == sft.prompts(obs)
     assert load_policy(tmp_path).cfg.use_state is False  # no overrides: the checkpoint's own
 

@@ -12,8 +12,7 @@ import pytest
 import torch
 from helpers import make_obs, trained_step
 
-from vlarl.config import PolicyConfig
-from vlarl.policies import build_policy, load_policy
+from vlarl.policies import TokenVLAConfig, build_policy, load_policy
 
 K, A = 2, 7
 BACKBONES = ["idefics3", "llava"]
@@ -22,7 +21,7 @@ CLASSES = {"idefics3": "Idefics3ForConditionalGeneration",
 
 
 def make_policy(tiny: str, **kw):
-    return build_policy(PolicyConfig(chunk_size=K, action_dim=A, tiny=tiny, **kw))
+    return build_policy(TokenVLAConfig(chunk_size=K, action_dim=A, tiny=tiny, **kw))
 
 
 @pytest.mark.parametrize("tiny", BACKBONES)

@@ -16,10 +16,9 @@ import pytest
 import torch
 from helpers import make_obs
 
-from vlarl.config import PolicyConfig
-from vlarl.policies import load_policy
-from vlarl.policies.action_tokenizer import OpenVLAActionTokenizer
+from vlarl.policies import TokenVLAConfig, load_policy
 from vlarl.policies.saving import load_base
+from vlarl.policies.token_vla.action_tokenizer import OpenVLAActionTokenizer
 
 K, A = 2, 7
 OPENVLA_PROMPT = "In: What action should the robot take to {instruction}?\nOut:"
@@ -85,7 +84,7 @@ def test_remote_code_checkpoint_loads_through_vision2seq_auto_map(remote_ckpt):
     with pytest.raises((ValueError, KeyError)):
         transformers.AutoModelForImageTextToText.from_pretrained(remote_ckpt,
                                                                  trust_remote_code=True)
-    model, _ = load_base(remote_ckpt, PolicyConfig(trust_remote_code=True))
+    model, _ = load_base(remote_ckpt, TokenVLAConfig(trust_remote_code=True))
     assert type(model).__name__ == "TinyOpenVLAForActionPrediction"
     # load_base raises on any missing / unexpected key; also every tensor equals the plain
     # PaliGemma load of the same weights.
@@ -132,7 +131,7 @@ def test_openvla_layout_and_prompt_through_load_policy(remote_ckpt, tmp_path):
 
 
 def test_default_prompt_and_layout_unchanged():
-    cfg = PolicyConfig()
+    cfg = TokenVLAConfig()
     assert cfg.action_token_layout == "vlarl"
     assert cfg.prompt_template.replace("{instruction}", "x") == \
         "What action should the robot take to x?"
@@ -142,7 +141,7 @@ def test_config_rejects_bad_layout_and_template():
     from vlarl.config import Config, ConfigError, set_field
 
     with pytest.raises(ConfigError, match="openvla"):
-        set_field(PolicyConfig(), "action_token_layout", "rt2", "policy.")
+        set_field(TokenVLAConfig(), "action_token_layout", "rt2", "policy.")
     cfg = Config()
     cfg.policy.prompt_template = "no placeholder"
     with pytest.raises(ConfigError, match=r"\{instruction\}"):

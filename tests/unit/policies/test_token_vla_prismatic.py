@@ -7,7 +7,7 @@ The checkpoint reproduces what makes OpenVLA-7B hard to batch: a remote
 and generates with a KV cache at batch 1 only; its config and model are named in
 ``auto_map`` under ``AutoModelForVision2Seq`` only; its remote processor takes one PIL image
 per prompt and has no image token. token_vla runs it through
-:func:`vlarl.policies.prismatic.prismatic_forward` (batched, left-padded).
+:func:`vlarl.policies.token_vla.prismatic.prismatic_forward` (batched, left-padded).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from helpers import make_obs
 
 from vlarl.policies import load_policy
-from vlarl.policies.prismatic import is_prismatic, prismatic_forward
+from vlarl.policies.token_vla.prismatic import is_prismatic, prismatic_forward
 from vlarl.types import Obs
 
 K, A = 2, 7

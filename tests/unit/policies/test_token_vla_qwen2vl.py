@@ -14,10 +14,10 @@ import pytest
 import torch
 from helpers import make_obs, trained_step
 
-from vlarl.config import PolicyConfig
+from vlarl.policies import TokenVLAConfig
 from vlarl.policies.common import apply_lora
 from vlarl.policies.tiny import IMAGE_SIZE, PATCH_SIZE, SEED, add_action_tokens
-from vlarl.policies.token_vla import TokenVLAPolicy
+from vlarl.policies.token_vla.modeling_token_vla import TokenVLAPolicy
 from vlarl.policies.tokenizer import build_tokenizer
 
 K, A = 2, 7
@@ -80,7 +80,7 @@ def parts():
     state = Qwen2VLForConditionalGeneration(config).eval().state_dict()
 
     def make(**kw):
-        cfg = PolicyConfig(chunk_size=K, action_dim=A, **kw)
+        cfg = TokenVLAConfig(chunk_size=K, action_dim=A, **kw)
         model = Qwen2VLForConditionalGeneration(config).eval()
         model.load_state_dict(state)
         return TokenVLAPolicy(apply_lora(model, cfg), processor, cfg)

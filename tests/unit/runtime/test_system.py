@@ -50,9 +50,9 @@ def test_tree_peak_rss_counts_a_child_that_held_300_mb():
     assert time.perf_counter() - t0 < 1.0
 
 
-QUIET = ("import sys; from vlarl.config import PolicyConfig; "
-         "from vlarl.policies import build_policy, load_policy; "
-         "p = build_policy(PolicyConfig(chunk_size=2, action_dim=7)); "
+QUIET = ("import sys; "
+         "from vlarl.policies import TokenVLAConfig, build_policy, load_policy; "
+         "p = build_policy(TokenVLAConfig(chunk_size=2, action_dim=7)); "
          "p.save_pretrained(sys.argv[1]); load_policy(sys.argv[1])")
 
 

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from vlarl.policies.action_tokenizer import ActionTokenizer
 from vlarl.policies.common import pad_state
+from vlarl.policies.token_vla.action_tokenizer import ActionTokenizer
 
 STATE_BINS = 256
 """Bins of the proprio state rendered as text (``state_input: text``)."""

@@ -110,4 +110,4 @@ def check_forward_signature(model: nn.Module) -> None:
         raise NotImplementedError(
             f"{type(model).__name__}.forward takes no {missing}: token_vla needs them for batched, "
             "left-padded decoding with a KV cache (docs/adding_a_vla.md: a model family without "
-            "them needs a batched forward like vlarl/policies/prismatic.py)")
+            "them needs a batched forward like vlarl/policies/token_vla/prismatic.py)")

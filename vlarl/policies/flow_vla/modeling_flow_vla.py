@@ -5,7 +5,7 @@ instruction) plus a Gemma action expert (the *suffix*: state + noisy action chun
 that predicts a velocity. This class keeps pi0's own pieces - ``embed_prefix``, the VLM prefix KV
 cache, ``forward(state, noise, timestep, past_key_values)`` for one velocity, its
 flow-matching loss for SFT - and replace only the deterministic ODE loop of
-``sample_actions`` by the Flow-Noise / ReinFlow sampler of :mod:`vlarl.policies.flow_math`,
+``sample_actions`` by the Flow-Noise / ReinFlow sampler of :mod:`vlarl.policies.flow_vla.flow_math`,
 so each denoising step is a Gaussian transition and the chunk has a log-probability.
 
 Data flow per decision: ``Obs`` -> ``PI0Processor`` (tokens, pixels) -> prefix pass once
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlarl.config import ConfigError, PolicyConfig, set_field
-from vlarl.policies import POLICIES, flow_math, sampling
+from vlarl.config import ConfigError, set_field
+from vlarl.policies import POLICIES, sampling
 from vlarl.policies.base import Policy
 from vlarl.policies.common import (
     ValueHead,
@@ -40,6 +40,8 @@ from vlarl.policies.common import (
     merge_adapters,
     privileged_input,
 )
+from vlarl.policies.flow_vla import flow_math
+from vlarl.policies.flow_vla.configuration_flow_vla import FlowVLAConfig
 from vlarl.policies.saving import (
     ADAPTER_DIR,
     BASE_DIR,
@@ -157,7 +159,7 @@ class FlowVLAPolicy(Policy):
     """pi0 + LoRA (peft) + value head, sampled with noise injection for a tractable log-prob."""
 
     def __init__(self, model: PI0ForConditionalGeneration, processor: PI0Processor,
-                 cfg: PolicyConfig, value_head: ValueHead | None = None):
+                 cfg: FlowVLAConfig, value_head: ValueHead | None = None):
         """``model`` is a plain pi0 (LoRA is applied here per ``cfg``) or an already peft-wrapped one."""
         super().__init__()
         mc = model.config
@@ -179,7 +181,7 @@ class FlowVLAPolicy(Policy):
 
     # -- construction / persistence ---------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg: PolicyConfig) -> FlowVLAPolicy:
+    def from_config(cls, cfg: FlowVLAConfig) -> FlowVLAPolicy:
         """Build from ``cfg.path`` (a saved policy, a pi0 checkpoint dir or hub id) or the tiny pi0."""
         if cfg.path is not None and Path(cfg.path, POLICY_FILE).is_file():
             fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "path"}
@@ -194,11 +196,11 @@ class FlowVLAPolicy(Policy):
     def from_pretrained(cls, path: str | Path, **overrides: Any) -> FlowVLAPolicy:
         """Load a ``save_pretrained`` directory; a plain pi0 checkpoint / hub id is a base model.
 
-        ``overrides`` are PolicyConfig fields. As for ``token_vla``: ``use_lora=False`` on a
+        ``overrides`` are :class:`FlowVLAConfig` fields. As for ``token_vla``: ``use_lora=False`` on a
         LoRA checkpoint merges the adapter; ``use_lora=True`` without one adds fresh adapters.
         """
         if not Path(path, POLICY_FILE).is_file():
-            cfg = PolicyConfig(name="flow_vla", tiny="pi0")
+            cfg = FlowVLAConfig()
             for k, v in overrides.items():
                 set_field(cfg, k, v, "policy.")
             cfg.path = str(path)

@@ -33,9 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlarl.config import PolicyConfig, set_field
+from vlarl.config import set_field
 from vlarl.policies import POLICIES
-from vlarl.policies.action_tokenizer import ActionTokenizer, OpenVLAActionTokenizer
 from vlarl.policies.base import Policy
 from vlarl.policies.common import (
     apply_lora,
@@ -46,7 +45,6 @@ from vlarl.policies.common import (
     merge_adapters,
     privileged_input,
 )
-from vlarl.policies.prismatic import is_prismatic, prismatic_forward
 from vlarl.policies.sampling import multinomial, point_token
 from vlarl.policies.saving import (
     ADAPTER_DIR,
@@ -59,19 +57,19 @@ from vlarl.policies.saving import (
     refuse_changed,
     save_checkpoint,
 )
-from vlarl.policies.state_input import added_at, projector_for, state_tokenizer, state_words
-from vlarl.policies.token_inputs import check_forward_signature, encode, extend, image_placeholder
+from vlarl.policies.token_vla import inputs as prompt_inputs
+from vlarl.policies.token_vla import state_input
+from vlarl.policies.token_vla.action_tokenizer import ActionTokenizer, OpenVLAActionTokenizer
+from vlarl.policies.token_vla.configuration_token_vla import LEGACY_DEFAULTS, TokenVLAConfig
+from vlarl.policies.token_vla.prismatic import is_prismatic, prismatic_forward
 from vlarl.types import ActOutput, Obs
-
-LEGACY_DEFAULTS = {"decoding": "autoregressive", "state_input": "text"}
-"""What a checkpoint saved before one of these fields existed was trained with."""
 
 
 @POLICIES.register("token_vla")
 class TokenVLAPolicy(Policy):
     """A VLA emitting k*A discrete action tokens per decision; see the module docstring."""
 
-    def __init__(self, model: nn.Module, processor: Any, cfg: PolicyConfig):
+    def __init__(self, model: nn.Module, processor: Any, cfg: TokenVLAConfig):
         super().__init__()
         self.cfg = cfg
         self.model = model
@@ -105,14 +103,14 @@ class TokenVLAPolicy(Policy):
         if "{instruction}" not in cfg.prompt_template:
             raise ValueError(f"policy.prompt_template={cfg.prompt_template!r} must contain "
                              "'{instruction}'")
-        self.state_tokenizer = state_tokenizer(cfg)  # state_input: text
+        self.state_tokenizer = state_input.state_tokenizer(cfg)  # state_input: text
         # PaliGemma (and remote-code subclasses of it) counts positions from 1; most from 0.
         paligemma = any(c.__name__ == "PaliGemmaForConditionalGeneration"
                         for c in type(self._base()).__mro__)
         self.position_offset = 1 if paligemma else 0
-        self.image_token = image_placeholder(processor)  # per camera; see token_inputs
+        self.image_token = prompt_inputs.image_placeholder(processor)  # per camera
         self.value_head = make_value_head(cfg, text_cfg.hidden_size)
-        self.state_proj = projector_for(cfg, text_cfg.hidden_size)  # state_input: embedding
+        self.state_proj = state_input.projector_for(cfg, text_cfg.hidden_size)  # state_input: embedding
         self._in_reference = False
         # Parallel decoding's inputs: slot j of the chunk is fed the fixed id
         # action_start - k*A + j (on PaliGemma checkpoints: its rarely used <loc>/<seg> ids).
@@ -126,14 +124,14 @@ class TokenVLAPolicy(Policy):
         # OpenVLA's Prismatic forward is batch-1 only: its parts run through the batched adapter
         self._prismatic = is_prismatic(self._base())
         if not self._prismatic:
-            check_forward_signature(self._base())
+            prompt_inputs.check_forward_signature(self._base())
         enable_checkpointing(self.model, cfg)
         self.model.eval()
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_config(cls, cfg: PolicyConfig) -> TokenVLAPolicy:
+    def from_config(cls, cfg: TokenVLAConfig) -> TokenVLAPolicy:
         """Build from a base checkpoint (``cfg.path``) or the tiny ``cfg.tiny`` model."""
         if cfg.path is not None and Path(cfg.path, POLICY_FILE).is_file():
             fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "path"}
@@ -145,18 +143,18 @@ class TokenVLAPolicy(Policy):
         else:
             src = cfg.path
         model, processor = load_base(src, cfg)
-        return cls(apply_lora(model, cfg), processor, cfg)
+        return cls(apply_lora(model, cfg, cfg.lora_lm_head), processor, cfg)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides: Any) -> TokenVLAPolicy:
         """Load a ``save_pretrained`` directory; a plain HF checkpoint / hub id is a base model.
 
-        ``overrides`` are PolicyConfig fields. ``use_lora=False`` on a LoRA checkpoint merges
+        ``overrides`` are :class:`TokenVLAConfig` fields. ``use_lora=False`` on a LoRA checkpoint merges
         the adapter (full fine-tuning from there); ``use_lora=True`` on a checkpoint without
         an adapter adds fresh LoRA adapters (e.g. RL after full-finetune SFT).
         """
         if not Path(path, POLICY_FILE).is_file():
-            cfg = PolicyConfig()
+            cfg = TokenVLAConfig()
             for k, v in overrides.items():
                 set_field(cfg, k, v, "policy.")
             cfg.path = str(path)
@@ -170,7 +168,7 @@ class TokenVLAPolicy(Policy):
             if not cfg.use_lora:
                 model = merge_adapters(model).requires_grad_(True)
         else:
-            model = apply_lora(model, cfg)
+            model = apply_lora(model, cfg, cfg.lora_lm_head)
         policy = cls(model, processor, cfg)
         load_saved_heads(policy, path, meta)
         if policy.state_proj is not None and is_peft(policy.model):  # part of the frozen base
@@ -205,7 +203,7 @@ class TokenVLAPolicy(Policy):
         vec = None
         if self.state_proj is not None and obs.state.numel() and not self._in_reference:
             vec = self.state_proj(obs.state.to(self.device))
-        with added_at(self._base().get_input_embeddings(), prefix - 1, vec):
+        with state_input.added_at(self._base().get_input_embeddings(), prefix - 1, vec):
             return self._forward(**inputs)
 
     @property
@@ -237,7 +235,7 @@ class TokenVLAPolicy(Policy):
             task = instr.strip().rstrip(".?").lower()
             text = self.image_token * cams + self.cfg.prompt_template.replace("{instruction}", task)
             if self.cfg.use_state and obs.state.numel():
-                text += state_words(obs.state[i], self.cfg.state_low,
+                text += state_input.state_words(obs.state[i], self.cfg.state_low,
                                     None if self.state_proj is not None else self.state_tokenizer)
             out.append(text)
         return out
@@ -252,7 +250,7 @@ class TokenVLAPolicy(Policy):
                 raise ValueError(f"{type(self._base()).__name__} takes one camera image per "
                                  f"step; the env gives {len(images[0])}")
             images = [Image.fromarray(cams[0]) for cams in images]
-        return encode(self.processor, self._base(), images, self.prompts(obs),
+        return prompt_inputs.encode(self.processor, self._base(), images, self.prompts(obs),
                       self.position_offset, self.device, next(self.model.parameters()).dtype)
 
     def _masked_logits(self, logits: torch.Tensor) -> torch.Tensor:
@@ -338,7 +336,7 @@ class TokenVLAPolicy(Policy):
         feed = ids if labels else ids[:, :-1]
         if self.cfg.decoding == "parallel":  # the inputs never depend on the sampled tokens
             feed = self.placeholder_ids[: feed.shape[1]].to(feed.device).expand_as(feed)
-        full = extend(batch, feed)
+        full = prompt_inputs.extend(batch, feed)
         kwargs: dict[str, Any] = {"output_hidden_states": self._critic_on_features}
         if labels:
             lab = torch.full_like(full["input_ids"], -100)

@@ -32,7 +32,7 @@ the mean); the env receives ``clip(a, -1, 1)``, while the unclipped sample is ke
 ``stored["raw_actions"]`` so ``evaluate`` recomputes exactly the same Gaussian log-prob
 (summed over the k*A dimensions), the way CleanRL's continuous PPO does.
 
-Checkpoint: ``vlarl_policy.json`` (policy name, PolicyConfig, ``student`` architecture
+Checkpoint: ``vlarl_policy.json`` (policy name, its config, ``student`` architecture
 sizes) + ``model.safetensors``; ``load_policy`` / ``vlarl eval`` load it like any policy.
 """
 
@@ -48,10 +48,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlarl.config import PolicyConfig
 from vlarl.policies import POLICIES
 from vlarl.policies.base import Policy
 from vlarl.policies.common import ValueHead, pad_state, privileged_input
+from vlarl.policies.mlp_student.configuration_mlp_student import MLPStudentConfig
 from vlarl.policies.saving import POLICY_FILE, read_policy_json, write_policy_json
 from vlarl.types import ActOutput, Obs
 
@@ -97,7 +97,7 @@ class ImageEncoder(nn.Module):
 class MLPStudentPolicy(Policy):
     """CNN + hashed-instruction + state MLP -> Gaussian action chunk and value; see module doc."""
 
-    def __init__(self, cfg: PolicyConfig, state_dim: int = STATE_DIM, vocab_size: int = VOCAB_SIZE,
+    def __init__(self, cfg: MLPStudentConfig, state_dim: int = STATE_DIM, vocab_size: int = VOCAB_SIZE,
                  hidden: int = 256):
         super().__init__()
         if cfg.chunk_size < 1 or cfg.action_dim < 1:
@@ -142,7 +142,7 @@ class MLPStudentPolicy(Policy):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_config(cls, cfg: PolicyConfig) -> MLPStudentPolicy:
+    def from_config(cls, cfg: MLPStudentConfig) -> MLPStudentPolicy:
         """A fresh student (``cfg.path`` None) or a saved one (``cfg.path`` a student dir)."""
         if cfg.path is not None:
             fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("path", "name")}
@@ -151,7 +151,7 @@ class MLPStudentPolicy(Policy):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides: Any) -> MLPStudentPolicy:
-        """Load ``save_pretrained`` output; ``overrides`` are PolicyConfig fields.
+        """Load ``save_pretrained`` output; ``overrides`` are :class:`MLPStudentConfig` fields.
 
         ``value_head=False`` drops a saved critic; changing ``chunk_size``/``action_dim``
         is refused (the action head's shape is fixed by the checkpoint).
