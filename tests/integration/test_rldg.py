@@ -88,8 +88,9 @@ def test_config_and_collect_refusals_name_the_key(tmp_path, no_env):
     cfg = load_config(None, ["--policy.name", "mlp_student", "--policy.student_input", "privileged"])
     assert cfg.env.privileged_state is True
     with pytest.raises(ConfigError, match="policy.student_input='images'"):
-        load_config(None, ["--policy.student_input", "images"])
-    with pytest.raises(ConfigError, match="policy.student_input=privileged needs policy.name"):
+        load_config(None, ["--policy.name", "mlp_student", "--policy.student_input", "images"])
+    with pytest.raises(ConfigError, match=r"unknown key 'policy.student_input' for "
+                                          r"policy.name='token_vla' \(it is a key of mlp_student\)"):
         load_config(None, ["--policy.student_input", "privileged"])
     with pytest.raises(ConfigError, match="data.expert"):
         load_config(None, ["--data.expert="])
