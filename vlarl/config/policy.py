@@ -109,11 +109,11 @@ class PolicyConfig:
 
     def to(self, name: str, **changes) -> PolicyConfig:
         """This config as policy ``name``'s (a teacher's config for its student): the fields the
-        two classes share are carried over, the others take ``name``'s defaults; ``changes`` on
-        top."""
+        two classes share are carried over but ``tiny`` (an architecture of this policy's), the
+        others take ``name``'s defaults; ``changes`` on top."""
         cls = self.for_name(name)
         carried = {f.name: getattr(self, f.name) for f in dataclasses.fields(cls)
-                   if f.name != "name" and hasattr(self, f.name)}
+                   if f.name not in ("name", "tiny") and hasattr(self, f.name)}
         return cls(**{**carried, **changes})
 
     def reads_privileged_state(self) -> bool:

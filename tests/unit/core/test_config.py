@@ -99,6 +99,8 @@ def test_policy_name_picks_the_sections_class_and_refuses_another_policys_keys(t
     student = teacher.to("mlp_student", path=None)
     assert type(student) is MLPStudentConfig and student.chunk_size == 6
     assert not hasattr(student, "action_bins")
+    flow = teacher.to("flow_vla")
+    assert (flow.chunk_size, flow.tiny) == (6, "pi0")  # an architecture is not carried over
     cfg = Config()
     cfg.policy.name = "flow_vla"  # set behind the loader's back: the class would not follow
     with pytest.raises(ConfigError, match="policy.name='flow_vla' but the policy section is a "
