@@ -221,8 +221,9 @@ def _run_eval(checkpoints: list[str], cfg, out: Path, envs: dict) -> dict:
     hashes = [checkpoint_sha256(c, exclude=out) for c in checkpoints]
     results: list[dict] = []
     for ck, label in zip(checkpoints, labels):
-        point = cfg.eval.point_estimate
-        policy = load_policy(ck, **({"point_estimate": point} if point else {}))
+        policy = load_policy(ck)
+        if cfg.eval.point_estimate and hasattr(policy.cfg, "point_estimate"):  # token VLAs'
+            policy.cfg = dataclasses.replace(policy.cfg, point_estimate=cfg.eval.point_estimate)
         priv = needs_privileged_env(policy, cfg.env)
         for split in cfg.eval.splits:
             if (split, priv) not in envs:

@@ -137,7 +137,8 @@ def test_state_size_mismatch_named(checkpoint, cpu_env):
 @pytest.mark.slow
 def test_run_eval_reuses_the_callers_envs(checkpoint, tmp_path):
     """``envs=``: the env made by one run_eval stays open in the caller's dict and the next
-    run_eval steps it instead of making another, with the same per-episode results."""
+    run_eval steps it instead of making another, with the same per-episode results.
+    ``eval.point_estimate`` overrides token VLAs only: the flow checkpoint keeps its sampler."""
     cfg = _cfg(tmp_path, num_episodes=2)
     cfg.env = EnvConfig(**ENV, num_envs=1, backend="inline")
     envs: dict = {}
@@ -145,6 +146,7 @@ def test_run_eval_reuses_the_callers_envs(checkpoint, tmp_path):
         first = run_eval([checkpoint], cfg, tmp_path / "a", envs=envs)
         assert list(envs) == [("train", False)]
         env = envs["train", False]
+        cfg.eval.point_estimate = "mean"
         again = run_eval([checkpoint], cfg, tmp_path / "b", envs=envs)
         assert list(envs.values()) == [env]
         assert first["results"][0]["episodes"] == again["results"][0]["episodes"]
