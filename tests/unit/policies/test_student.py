@@ -121,6 +121,25 @@ def test_save_load_identical_actions(tmp_path):
     assert load_policy(tmp_path, value_head=False).value_head is None
     with pytest.raises(ValueError, match="chunk_size=2 differs"):
         load_policy(tmp_path, chunk_size=2)
+    assert "action_bins" not in meta["config"]  # its own config's fields only
+
+
+def test_a_checkpoint_written_with_every_policys_fields_still_loads(tmp_path):
+    """Checkpoints saved when one config class held all three policies' fields carry the
+    others' keys: they are skipped on load, and an override of one is refused naming its owner."""
+    make_student().save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "vlarl_policy.json").read_text())
+    meta["config"].update(action_bins=256, decoding="autoregressive", num_inference_steps=4,
+                          noise_level=0.3, temperature=1.0)
+    (tmp_path / "vlarl_policy.json").write_text(json.dumps(meta))
+    q = load_policy(tmp_path)
+    assert type(q.cfg) is MLPStudentConfig and q.cfg.chunk_size == K
+    assert not hasattr(q.cfg, "action_bins")
+    from vlarl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown key 'policy.decoding' for "
+                                          r"policy.name='mlp_student' \(it is a key of token_vla\)"):
+        load_policy(tmp_path, decoding="parallel")
 
 
 def test_instruction_hashing_is_stable_and_informative():
