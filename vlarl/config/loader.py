@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from vlarl.config.checks import ConfigError
-from vlarl.config.policy import POLICY_CONFIGS, PolicyConfig
+from vlarl.config.policy import DEFAULT_POLICY, POLICY_CONFIGS, PolicyConfig
 from vlarl.config.run import Config
 
 
@@ -206,8 +206,13 @@ def non_default(section: Any) -> dict:
     """The fields of a config section that differ from the dataclass defaults: what cache keys
     hash, so adding a field (with a default) to vlarl does not invalidate cached stages."""
     default = type(section)()
-    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
-            if getattr(section, f.name) != getattr(default, f.name)}
+    out = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
+           if getattr(section, f.name) != getattr(default, f.name)}
+    if isinstance(section, PolicyConfig) and section.name != DEFAULT_POLICY:
+        # each policy's class defaults ``name`` to its own: keep it, or two policies' default
+        # configs would share a cache key (an SFT directory of one reused for the other)
+        out = {"name": section.name, **out}
+    return out
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

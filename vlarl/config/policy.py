@@ -14,6 +14,9 @@ from typing import Literal
 
 from vlarl.config.checks import ConfigError, choice, positive
 
+DEFAULT_POLICY = "token_vla"
+"""The policy a run config without ``policy.name`` gets."""
+
 POLICY_CONFIGS: dict[str, type[PolicyConfig]] = {}
 """Config class by policy name; filled by ``@register_policy_config`` when ``vlarl.policies``
 is imported (which ``import vlarl`` does: it imports no torch)."""

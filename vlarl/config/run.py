@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from vlarl.config.checks import ConfigError, choice, positive
-from vlarl.config.policy import PolicyConfig
+from vlarl.config.policy import DEFAULT_POLICY, PolicyConfig
 from vlarl.config.sections import (
     AlgoConfig,
     DataConfig,
@@ -23,7 +23,7 @@ from vlarl.config.sections import (
 @dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
-    policy: PolicyConfig = field(default_factory=lambda: PolicyConfig.for_name("token_vla")())
+    policy: PolicyConfig = field(default_factory=lambda: PolicyConfig.for_name(DEFAULT_POLICY)())
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)

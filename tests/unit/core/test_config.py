@@ -115,6 +115,11 @@ def test_cache_keys_hash_only_non_default_fields():
     cfg = load_config(None, ["--policy.chunk_size", "6", "--policy.lora_r", "8"])
     assert non_default(cfg.policy) == {"chunk_size": 6, "lora_r": 8}
     assert non_default(TokenVLAConfig()) == {}
+    # another policy's defaults never hash like the default policy's (an SFT dir reused)
+    from vlarl.policies import FlowVLAConfig, MLPStudentConfig
+
+    assert non_default(FlowVLAConfig()) == {"name": "flow_vla"}
+    assert non_default(MLPStudentConfig(chunk_size=2)) == {"name": "mlp_student", "chunk_size": 2}
 
 
 def test_validate_is_pure_and_resolve_fills_what_follows():
