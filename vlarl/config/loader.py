@@ -101,6 +101,21 @@ def _retyped(section: PolicyConfig, name: str, key: str) -> PolicyConfig:
     return cls(**carried)
 
 
+def _own_policy_keys(section: PolicyConfig, mapping: dict) -> dict:
+    """A recipe's ``policy`` mapping without the other policies' keys left at their defaults:
+    a ``config.yaml`` saved before each policy had its own config class lists every policy's
+    fields, and those had no effect on this one. Another policy's key set to anything else is
+    still refused (by ``set_field``)."""
+    own = {f.name for f in dataclasses.fields(section)}
+    out = {}
+    for k, v in mapping.items():
+        owners = [c for c in POLICY_CONFIGS.values() if str(k) in c.__dataclass_fields__]
+        if str(k) not in own and owners and all(v == getattr(c(), str(k)) for c in owners):
+            continue
+        out[k] = v
+    return out
+
+
 def set_field(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
     head, _, rest = dotted.partition(".")
     names = [f.name for f in dataclasses.fields(obj)]
@@ -132,6 +147,8 @@ def set_field(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
             return
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping of its fields, got {value!r}")
+        if isinstance(current, PolicyConfig):
+            value = _own_policy_keys(current, value)
         for k, v in value.items():
             set_field(current, str(k), v, key + ".")
         return

@@ -101,6 +101,15 @@ def test_policy_name_picks_the_sections_class_and_refuses_another_policys_keys(t
     assert not hasattr(student, "action_bins")
     flow = teacher.to("flow_vla")
     assert (flow.chunk_size, flow.tiny) == (6, "pi0")  # an architecture is not carried over
+    # a run's config.yaml saved when one class held every policy's fields still loads: the
+    # other policies' keys at their defaults had no effect and are skipped, others refused
+    old = tmp_path / "config.yaml"
+    old.write_text("policy:\n  name: token_vla\n  action_bins: 64\n  num_inference_steps: 4\n"
+                   "  noise_level: 0.3\n  student_input: full\n")
+    assert load_config(old).policy.action_bins == 64
+    old.write_text("policy:\n  name: token_vla\n  num_inference_steps: 8\n")
+    with pytest.raises(ConfigError, match="it is a key of flow_vla"):
+        load_config(old)
     cfg = Config()
     cfg.policy.name = "flow_vla"  # set behind the loader's back: the class would not follow
     with pytest.raises(ConfigError, match="policy.name='flow_vla' but the policy section is a "
