@@ -106,7 +106,7 @@ class PolicyConfig:
     def for_name(name: str) -> type[PolicyConfig]:
         """The config class of policy ``name``."""
         if name not in POLICY_CONFIGS:
-            raise ConfigError(f"policy.name={name!r} is not a registered policy; choose one of "
+            raise ConfigError(f"policy.name={name!r} is not allowed; choose one of "
                               f"{sorted(POLICY_CONFIGS)}")
         return POLICY_CONFIGS[name]
 

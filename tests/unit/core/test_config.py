@@ -90,7 +90,7 @@ def test_policy_name_picks_the_sections_class_and_refuses_another_policys_keys(t
     with pytest.raises(ConfigError, match=r"policy.action_bins is a token_vla key; "
                                           r"policy.name='flow_vla' has no such key"):
         load_config(None, ["--policy.action_bins", "64", "--policy.name", "flow_vla"])
-    with pytest.raises(ConfigError, match=r"policy.name='pi5' is not a registered policy; "
+    with pytest.raises(ConfigError, match=r"policy.name='pi5' is not allowed; "
                                           r"choose one of \['flow_vla', 'mlp_student', 'token_vla'\]"):
         load_config(None, ["--policy.name", "pi5"])
     with pytest.raises(TypeError, match="PolicyConfig holds the fields policies share"):
