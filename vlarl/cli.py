@@ -53,6 +53,7 @@ def _options_epilog(sections: list[str]) -> str:
     if not sections:
         return ""
     from vlarl import config as C
+    from vlarl.config.policy import DEFAULT_POLICY
 
     classes = {"env": C.EnvConfig, "policy": C.PolicyConfig, "algo": C.AlgoConfig,
                "train": C.TrainConfig, "data": C.DataConfig, "sft": C.SFTConfig,
@@ -61,9 +62,9 @@ def _options_epilog(sections: list[str]) -> str:
     for sec in sections:
         # the policy section: the fields every policy has, then each policy's own
         parts = [(classes[sec], classes[sec], "")] if sec != "policy" else \
-            [(C.PolicyConfig, C.POLICY_CONFIGS["token_vla"], "")] + \
+            [(C.PolicyConfig, C.POLICY_CONFIGS[DEFAULT_POLICY], "")] + \
             [(cls, cls, f" [policy.name={name}]") for name, cls in sorted(
-                C.POLICY_CONFIGS.items(), key=lambda item: item[0] != "token_vla")]
+                C.POLICY_CONFIGS.items(), key=lambda item: item[0] != DEFAULT_POLICY)]
         shared = C.field_docs(C.PolicyConfig)
         for cls, default_cls, only in parts:
             default = default_cls()

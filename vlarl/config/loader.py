@@ -101,6 +101,12 @@ def _retyped(section: PolicyConfig, name: str, key: str) -> PolicyConfig:
     return cls(**carried)
 
 
+def _owners(key: str) -> dict[str, type[PolicyConfig]]:
+    """The registered policy config classes that have field ``key``, by policy name."""
+    return {n: c for n, c in sorted(POLICY_CONFIGS.items())
+            if key in {f.name for f in dataclasses.fields(c)}}
+
+
 def _own_policy_keys(section: PolicyConfig, mapping: dict) -> dict:
     """A recipe's ``policy`` mapping without the other policies' keys left at their defaults:
     a ``config.yaml`` saved before each policy had its own config class lists every policy's
@@ -109,7 +115,7 @@ def _own_policy_keys(section: PolicyConfig, mapping: dict) -> dict:
     own = {f.name for f in dataclasses.fields(section)}
     out = {}
     for k, v in mapping.items():
-        owners = [c for c in POLICY_CONFIGS.values() if str(k) in c.__dataclass_fields__]
+        owners = _owners(str(k)).values()
         if str(k) not in own and owners and all(v == getattr(c(), str(k)) for c in owners):
             continue
         out[k] = v
@@ -124,8 +130,7 @@ def set_field(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
         close = difflib.get_close_matches(head, names, n=1)
         hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
         if isinstance(obj, PolicyConfig):  # another policy's key: say whose
-            owners = [n for n, c in sorted(POLICY_CONFIGS.items())
-                      if head in {f.name for f in dataclasses.fields(c)}]
+            owners = _owners(head)
             if owners:
                 hint = f" for policy.name={obj.name!r} (it is a key of {', '.join(owners)})"
         raise ConfigError(f"unknown key {key!r}{hint}; allowed: {names}")
