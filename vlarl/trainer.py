@@ -1,12 +1,11 @@
 """RL fine-tuning loop under accelerate: collect -> process -> update -> log -> checkpoint -> eval.
 
-This is the only module that imports accelerate. One process = one env batch; with
-``torchrun --nproc_per_node P -m vlarl train`` (the CPU launcher; ``accelerate launch`` on GPU)
-each rank owns ``env.num_envs`` envs with its own seeds, and DDP averages the gradients of
-the update. Bad input is refused by :func:`preflight` before anything heavy starts.
-The loop (:func:`_train`) reads as the algorithm: ``collect_and_update`` (collect ->
-process -> update, the optimisation loop owned by the algorithm), ``evaluate_during_training``,
-``_log``, ``save``, ``export_policy``; the console report is :mod:`vlarl.runtime.run_report`.
+One process = one env batch: under ``accelerate launch`` or ``torchrun`` each rank owns
+``env.num_envs`` envs with its own seeds, and DDP averages the gradients of the update. Bad
+input is refused by :func:`preflight` before anything heavy starts. The loop (:func:`_train`)
+reads as the algorithm: ``collect_and_update`` (collect -> process -> update, the optimisation
+loop owned by the algorithm), ``evaluate_during_training``, ``_log``, ``save``,
+``export_policy``; the console report is :mod:`vlarl.runtime.run_report`.
 
 Exact resume: every update starts from envs reset with seeds that are a pure function of
 (train.seed, update, rank, env, episode), and the checkpoint holds trainable tensors,
@@ -20,7 +19,7 @@ import sys
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ class _Run:
     scheduler: Any
     algo: Any
     env: Any
-    buffer: Any
+    buffer: Any            # the update's rollouts side by side (RolloutBuffer.cat)
     ckpt: Any
     metrics: Any
     tracker: Any
@@ -52,6 +51,7 @@ class _Run:
     start_update: int = 0
     env_steps: int = 0
     generator: torch.Generator | None = None
+    rollout_buffers: list = field(default_factory=list)  # one per train.rollouts_per_update
 
 
 class _DDPView:
@@ -70,7 +70,6 @@ class _DDPView:
 
 def _build_policy(cfg: Config):
     from vlarl.policies import build_policy
-
     return build_policy(cfg.policy)
 
 
@@ -141,11 +140,11 @@ def setup(cfg: Config, *, make_env_fn=None, make_policy_fn=None) -> _Run:
     except ValueError:
         env.close()
         raise
-    buffer = RolloutBuffer(cfg.train.rollout_steps, env.num_envs)
+    buffers = [RolloutBuffer(t.rollout_steps, env.num_envs) for _ in range(t.rollouts_per_update)]
     ckpt = CheckpointManager(run_dir / "checkpoints", keep_last=t.keep_last)
     run = _Run(cfg=cfg, accelerator=accelerator, policy=policy, trainable=trainable,
-               optimizer=optimizer, scheduler=scheduler, algo=algo, env=env, buffer=buffer,
-               ckpt=ckpt, metrics=None, tracker=None, run_dir=run_dir)
+               optimizer=optimizer, scheduler=scheduler, algo=algo, env=env, buffer=buffers[0],
+               ckpt=ckpt, metrics=None, tracker=None, run_dir=run_dir, rollout_buffers=buffers)
     run.generator = torch.Generator().manual_seed(t.seed * 7919 + accelerator.process_index)
     wandb_id = None
     if t.resume:
@@ -265,19 +264,23 @@ def collect_and_update(run: _Run, ctx, update: int) -> dict:
     """One update: collect a rollout (as the algorithm asks: ``rollout_mode``), process it
     (advantages), update the policy (the algorithm's optimisation loop), step the schedule;
     returns the update's metrics (``algo/``, ``rollout/`` over every rank, ``train/``, ``time/``)."""
-    from vlarl.rollout import collect, reduce_rollout_stats
+    from vlarl.rollout import RolloutBuffer, collect, reduce_rollout_stats, sum_rollout_stats
 
     t, acc = run.cfg.train, run.accelerator
     mode = run.algo.rollout_mode
     t0 = time.perf_counter()
-    # one precision path for act (rollout) and evaluate (update): accelerate's autocast, which
-    # in one process `prepare` would not apply at all
+    # one precision path for act (rollout) and evaluate (update): accelerate's autocast
+    # (which `prepare` would not apply at all in one process)
     with acc.autocast():
-        # episode seeds of the global env index: layouts draw the same episodes
-        stats = collect(run.env, run.policy, run.buffer, base_seed=t.seed, update=update,
-                        mode=mode, group_size=run.cfg.algo.num_generations if mode == "episodic" else 1,
-                        first_env=acc.process_index * run.env.num_envs,
-                        pipeline_groups=t.pipeline_groups)
+        # seeds of the global env index (rollout k after all of rollout k-1): layouts pair
+        N, world = run.env.num_envs, acc.num_processes
+        parts = [collect(run.env, run.policy, buf, base_seed=t.seed, update=update, mode=mode,
+                         group_size=run.cfg.algo.num_generations if mode == "episodic" else 1,
+                         first_env=(k * world + acc.process_index) * N,
+                         pipeline_groups=t.pipeline_groups)
+                 for k, buf in enumerate(run.rollout_buffers)]
+        stats = sum_rollout_stats(parts)
+        run.buffer = RolloutBuffer.cat(run.rollout_buffers)
         metrics = run.algo.process(run.buffer, run.policy)
         metrics.update(run.algo.update(run.trainable, run.optimizer, run.buffer, ctx, update,
                                        run.generator))
@@ -335,8 +338,7 @@ def _trainable_tensors(policy) -> dict[str, torch.Tensor]:
 
 def _meta(run: _Run, update: int) -> dict:
     return {**run_meta(run.cfg, run.accelerator.num_processes), "update": update,
-            "env_steps": run.env_steps,
-            "wandb_id": run.tracker.run_id if run.tracker else None}
+            "env_steps": run.env_steps, "wandb_id": run.tracker.run_id if run.tracker else None}
 
 
 def save(run: _Run, update: int) -> None:
@@ -385,15 +387,14 @@ def _resume(run: _Run) -> str | None:
 
 
 def export_policy(run: _Run) -> Path | None:
-    """Write the final policy as a ``from_pretrained`` directory ``<run>/policy`` (what
-    ``vlarl eval`` and ``vlarl distill --distill.teacher`` take). Written to a temp dir, then renamed."""
+    """The final policy as a ``from_pretrained`` directory ``<run>/policy`` (what ``vlarl eval``
+    and ``vlarl distill --distill.teacher`` take), written to a temp dir, then renamed."""
     import shutil
 
     if not run.accelerator.is_main_process:
         run.accelerator.wait_for_everyone()
         return None
-    out = run.run_dir / "policy"
-    tmp = run.run_dir / ".policy.tmp"
+    out, tmp = run.run_dir / "policy", run.run_dir / ".policy.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     run.policy.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)

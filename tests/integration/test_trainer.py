@@ -162,3 +162,29 @@ def test_a_state_of_another_size_fails_before_the_first_env_step(tmp_path):
         train(cfg, make_env_fn=make_env)
     assert len(envs) == 1
     envs[0].close()
+
+
+def test_rollouts_per_update_collects_each_rollout_on_its_own_env_indices(tmp_path):
+    """train.rollouts_per_update=2 with 1 env: two rollouts per update, reset on the seeds of
+    global env indices 0 and 1 (what 2 envs x 1 rollout draw), trained on as one batch."""
+    import json
+
+    from vlarl.rollout import episode_seed
+    from vlarl.trainer import build_env, train
+
+    resets = []
+
+    def make_env(c):
+        env = build_env(c)
+        real = env.reset
+        env.reset = lambda seeds: resets.append(list(seeds)) or real(seeds)
+        return env
+
+    out = tmp_path / "run"
+    train(train_config(out, "--train.num_updates", "2", "--train.rollouts_per_update", "2",
+                       "--train.seed", "3"), make_env_fn=make_env)
+    assert resets == [[episode_seed(3, u, k, 0)] for u in (0, 1) for k in (0, 1)]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["rollout/decisions"] for r in lines] == [4, 4]  # 2 rollouts x 2 decisions
+    assert lines[-1]["train/env_steps"] == 2 * 2 * 8
+    assert [r["rollout/num_episodes"] for r in lines] == [2, 2]

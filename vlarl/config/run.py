@@ -151,6 +151,7 @@ class Config:
         positive("train.num_updates", t.num_updates)
         positive("train.rollout_steps", t.rollout_steps)
         positive("train.pipeline_groups", t.pipeline_groups)
+        positive("train.rollouts_per_update", t.rollouts_per_update)
         positive("train.learning_rate", t.learning_rate)
         positive("train.save_every", t.save_every)
         positive("train.keep_last", t.keep_last)

@@ -127,6 +127,12 @@ class TrainConfig:
     """Policy updates (each = one rollout + optimisation)."""
     rollout_steps: int = 8
     """Decisions per env per update: batch = num_envs * rollout_steps chunks."""
+    rollouts_per_update: int = 1
+    """Rollouts collected one after another for one update, side by side in its batch
+    (batch = rollouts_per_update * num_envs * rollout_steps chunks). Rollout k's envs take
+    the global env indices after rollout k-1's, so 8 envs x 2 rollouts draw the episodes of
+    16 envs x 1. GRPO / RLOO: more groups per update than ``env.num_envs`` holds, without
+    more env worker processes (each holds a simulator and a renderer)."""
     pipeline_groups: int = 1
     """Split the envs into this many groups and let the policy act for one group while the
     others step (RLinf's pipelining of generation and simulation; ``env.backend: cpu``, whose

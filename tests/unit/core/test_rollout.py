@@ -127,3 +127,43 @@ def test_episode_seeds_follow_the_global_env_index():
         assert seeds(8, group, 0) == seeds(4, group, 0) + seeds(4, group, 4)
     assert seed_slots(4, 2, 4) == [2, 2, 3, 3]
     assert len(set(seeds(8, 1, 0))) == 8
+
+
+@pytest.mark.parametrize("mode,group", [("continuous", 1), ("episodic", 2)])
+def test_two_rollouts_side_by_side_are_one_rollout_of_twice_the_envs(mode, group):
+    """train.rollouts_per_update: 4 envs x 2 rollouts (rollout k's envs at global indices
+    4k..4k+3), concatenated, hold what 8 envs x 1 rollout hold, field for field."""
+    from vlarl.rollout import sum_rollout_stats
+
+    policy = GaussianPolicy(chunk_size=2, bias=1.0)
+    kw = {"base_seed": 5, "update": 2, "mode": mode, "group_size": group, "deterministic": True}
+    one = RolloutBuffer(6, 8, 2)
+    stats_one = collect(PointEnv(8, max_episode_steps=5, goal=0.5), policy, one, **kw)
+    parts, stats = [], []
+    for k in range(2):
+        parts.append(RolloutBuffer(6, 4, 2))
+        stats.append(collect(PointEnv(4, max_episode_steps=5, goal=0.5), policy, parts[-1],
+                             first_env=4 * k, **kw))
+    both = RolloutBuffer.cat(parts)
+    assert both.num_envs == 8 and both.num_filled == one.num_filled
+    # an episodic rollout stops once its own envs are done: compare the valid entries (the
+    # ones an update reads); 8 envs keep stepping finished envs until the slowest is done
+    valid = one.valid
+    assert torch.equal(both.valid, valid)
+    for name in ("images", "state", "log_probs", "values", "rewards", "step_rewards", "steps",
+                 "terminated", "truncated", "success", "success_once", "bootstrap_values"):
+        assert torch.equal(getattr(both, name)[valid], getattr(one, name)[valid]), name
+    assert torch.equal(both.stored["actions"][valid], one.stored["actions"][valid])
+    assert torch.equal(both.last_values, one.last_values)
+    assert [[w for w, v in zip(row, mask) if v] for row, mask in zip(both.instructions, valid)] \
+        == [[w for w, v in zip(row, mask) if v] for row, mask in zip(one.instructions, valid)]
+    key = lambda e: (e.env_idx, e.length)
+    assert sorted(map(key, both.episodes)) == sorted(map(key, one.episodes))
+    assert len({e.length for e in one.episodes}) > 1 and len(one.episodes) >= 8  # not trivial
+    merged = sum_rollout_stats(stats)
+    assert merged.keys() == stats_one.keys()
+    for k, v in stats_one.items():
+        assert merged[k] == pytest.approx(v), k
+    assert RolloutBuffer.cat(parts[:1]) is parts[0]
+    with pytest.raises(ValueError, match="one num_steps"):
+        RolloutBuffer.cat([parts[0], RolloutBuffer(6, 4, 2)])
