@@ -61,8 +61,8 @@ class _DDPView:
     def __init__(self, wrapped: torch.nn.Module, module: torch.nn.Module):
         self._wrapped, self._module = wrapped, module
 
-    def evaluate(self, obs, stored):
-        return self._wrapped(obs, stored)
+    def evaluate(self, obs, stored, **kw):
+        return self._wrapped(obs, stored, **kw)
 
     def __getattr__(self, name):
         return getattr(self._module, name)

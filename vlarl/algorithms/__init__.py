@@ -39,8 +39,8 @@ def _clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> float:
     return float(torch.nn.utils.clip_grad_norm_(list(params), max_norm))
 
 
-def _evaluate(policy: Policy, obs: Obs, stored: dict[str, torch.Tensor]):
-    return policy.evaluate(obs, stored)
+def _evaluate(policy: Policy, obs: Obs, stored: dict[str, torch.Tensor], **kw):
+    return policy.evaluate(obs, stored, **kw)
 
 
 @dataclass
@@ -61,8 +61,8 @@ class UpdateContext:
     """Context for micro-batches before the last one (skip the gradient all-reduce)."""
     all_ranks_any: Callable[[bool], bool] = bool
     """True on every rank when the flag is True on any rank (collective decisions)."""
-    evaluate: Callable[[Policy, Obs, dict[str, torch.Tensor]], tuple] = _evaluate
-    """``evaluate(policy, obs, stored) -> (log_probs, entropy, values | None)`` with grad."""
+    evaluate: Callable[..., tuple] = _evaluate
+    """``evaluate(policy, obs, stored, **kw) -> (log_probs, entropy, values | None)`` with grad."""
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = local_sum
     """Sum of a tensor over the processes (the tensor itself in one process): global batch
     statistics (advantage normalisation, the minibatch size that weights each rank's loss)."""
@@ -204,6 +204,17 @@ class Algorithm:
             metrics["nonfinite"] = nonfinite
         return metrics
 
+    def score(self, policy: Policy, batch: Batch, ctx: UpdateContext) -> tuple:
+        """``(new, old, chunk_log_probs, entropy, values)`` of a micro-batch: ``new`` / ``old``
+        are the log-probs the ratio compares, per chunk ``[B]`` or, with
+        ``importance_sampling_level: token``, per action token ``[B, k*A]`` (the old ones
+        stored by ``act``); ``chunk_log_probs`` ``[B]`` (with grad) for KL terms."""
+        if self.cfg.importance_sampling_level == "token":
+            tok, entropy, values = ctx.evaluate(policy, batch.obs, batch.stored, per_token=True)
+            return tok, batch.stored["token_log_probs"], tok.sum(-1), entropy, values
+        log_probs, entropy, values = ctx.evaluate(policy, batch.obs, batch.stored)
+        return log_probs, batch.log_probs, log_probs, entropy, values
+
     def reference_log_probs(self, policy: Policy, batch: Batch) -> torch.Tensor:
         """log-probs of the batch under the reference policy (adapters disabled), no grad."""
         with torch.no_grad(), policy.reference():
@@ -224,6 +235,10 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"algo.name={cfg.algo.name!r} is not allowed; choose one of "
                           f"{ALGORITHMS.names()}")
     ALGORITHMS.get(cfg.algo.name).check_config(cfg)
+    if cfg.algo.importance_sampling_level == "token" and cfg.policy.name != "token_vla":
+        raise ConfigError(f"algo.importance_sampling_level='token' needs a policy of action "
+                          f"tokens (policy.name='token_vla'); policy.name={cfg.policy.name!r} "
+                          "scores whole chunks: use 'chunk'")
 
 
 from vlarl.algorithms import grpo, ppo, rpd  # noqa: F401  (register the algorithms)

@@ -78,9 +78,9 @@ class GRPO(Algorithm):
     def loss(self, policy: Policy, batch: Batch, ctx: UpdateContext, update_idx: int
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.cfg
-        log_probs, entropy, values = ctx.evaluate(policy, batch.obs, batch.stored)
-        pg, parts = policy_loss(log_probs, batch.log_probs, batch.advantages, cfg.epsilon,
-                                cfg.epsilon_high, weights=batch.extra.get("loss_weight"))
+        new, old, log_probs, entropy, values = self.score(policy, batch, ctx)
+        pg, parts = policy_loss(new, old, batch.advantages, cfg.epsilon, cfg.epsilon_high,
+                                weights=batch.extra.get("loss_weight"))
         ent = entropy_bonus(entropy)
         loss = pg - cfg.ent_coef * ent
         out = {"policy_loss": pg.detach(), "entropy": ent.detach(), **parts}

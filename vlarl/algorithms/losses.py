@@ -26,8 +26,10 @@ def policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages
     """PPO's clipped surrogate, ``mean(max(-A r, -A clip(r, 1 - eps, 1 + eps_high)))``.
 
     Args:
-        log_probs: float ``[B]`` log pi(a|s) under the current policy (with grad).
-        old_log_probs: float ``[B]`` log-probs recorded at rollout time.
+        log_probs: float ``[B]`` log pi(a|s) under the current policy (with grad), or
+            ``[B, L]``: one per action token, each ratio clipped on its own and the
+            surrogate averaged over the L tokens (TRL's token-level importance sampling).
+        old_log_probs: float log-probs recorded at rollout time, the shape of ``log_probs``.
         advantages: float ``[B]``.
         epsilon: lower clip; epsilon_high: upper clip ("clip-higher", DAPO), None = epsilon.
         mask: optional bool ``[B]`` of entries to average over.
@@ -35,21 +37,30 @@ def policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages
             :func:`vlarl.algorithms.advantages.loss_weights`), applied inside the mean.
 
     Metrics: ``clipfrac`` (share of samples whose gradient the clip removed), ``ratio_mean``,
-    ``approx_kl`` (k3 estimate of KL(old || new), Schulman 2020, "Approximating KL").
+    ``approx_kl`` (k3 estimate of KL(old || new), Schulman 2020, "Approximating KL"); with
+    per-token log-probs the share of tokens clipped, and the per-chunk KL (tokens summed).
     """
     eps_high = epsilon if epsilon_high is None else epsilon_high
+    if old_log_probs.shape != log_probs.shape:
+        raise ValueError(f"log_probs {tuple(log_probs.shape)} and old_log_probs "
+                         f"{tuple(old_log_probs.shape)} differ in shape")
+    per_token = log_probs.dim() == 2
+    adv = advantages[:, None] if per_token else advantages
     log_ratio = log_probs - old_log_probs
     ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high)
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high)
     per_sample = torch.maximum(unclipped, clipped)
+    chunk = (lambda t: t.mean(-1)) if per_token else (lambda t: t)
+    per_sample = chunk(per_sample)
     if weights is not None:
         per_sample = per_sample * weights
     loss = masked_mean(per_sample, mask)
     with torch.no_grad():
-        clipfrac = masked_mean((clipped > unclipped).float(), mask)
-        approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
-        ratio_mean = masked_mean(ratio, mask)
+        clipfrac = masked_mean(chunk((clipped > unclipped).float()), mask)
+        k3 = (ratio - 1.0) - log_ratio
+        approx_kl = masked_mean(k3.sum(-1) if per_token else k3, mask)
+        ratio_mean = masked_mean(chunk(ratio), mask)
     return loss, {"clipfrac": clipfrac, "approx_kl": approx_kl, "ratio_mean": ratio_mean}
 
 

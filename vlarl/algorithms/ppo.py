@@ -85,12 +85,11 @@ class PPO(Algorithm):
     def loss(self, policy: Policy, batch: Batch, ctx: UpdateContext, update_idx: int
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.cfg
-        log_probs, entropy, values = ctx.evaluate(policy, batch.obs, batch.stored)
+        new, old, log_probs, entropy, values = self.score(policy, batch, ctx)
         if values is None:
             raise ValueError("ppo needs a critic but the policy's evaluate returned values=None; "
                              "set policy.value_head=true or use algo.name grpo/rloo")
-        pg, parts = policy_loss(log_probs, batch.log_probs, batch.advantages, cfg.epsilon,
-                                cfg.epsilon_high)
+        pg, parts = policy_loss(new, old, batch.advantages, cfg.epsilon, cfg.epsilon_high)
         vl, vparts = value_loss(values, batch.values, batch.returns, cfg.cliprange_value)
         ent = entropy_bonus(entropy)
         actor = pg - cfg.ent_coef * ent

@@ -66,6 +66,11 @@ class AlgoConfig:
     """Lower clip range of the ratio (TRL's name; PPO's clip_coef)."""
     epsilon_high: float | None = None
     """Upper clip range ("clip-higher", DAPO); None uses ``epsilon``."""
+    importance_sampling_level: Literal["chunk", "token"] = "chunk"
+    """Where the clipped ratio is taken (TRL's ``GRPOConfig.importance_sampling_level``):
+    ``chunk`` = one ratio per decision, the exp of its k x A action tokens' summed log-prob
+    change, clipped once; ``token`` = one ratio per action token, each clipped, averaged over
+    the chunk (TRL's default, as verl / SimpleVLA-RL train OpenVLA-OFT). Token VLA only."""
     cliprange_value: float | None = None
     """Clip range of the value loss (TRL's name); None: plain MSE. The clip bounds each
     update's value change to +-cliprange_value in return units, so with unnormalised

@@ -32,12 +32,14 @@ class Policy(nn.Module):
 
     def evaluate(self, obs: Obs, stored: dict[str, torch.Tensor]
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Re-score stored chunks: ``(log_probs [N], entropy [N], values [N] | None)``, with grad."""
+        """Re-score stored chunks: ``(log_probs [N], entropy [N], values [N] | None)``, with grad.
+        A token policy also takes ``per_token=True``: log-probs ``[N, k*A]``, one per action
+        token (``algo.importance_sampling_level: token``)."""
         raise NotImplementedError
 
-    def forward(self, obs: Obs, stored: dict[str, torch.Tensor]):
+    def forward(self, obs: Obs, stored: dict[str, torch.Tensor], **kw):
         """``forward`` is ``evaluate``, so a DDP-wrapped policy syncs gradients of the update."""
-        return self.evaluate(obs, stored)
+        return self.evaluate(obs, stored, **kw)
 
     def value(self, obs: Obs) -> torch.Tensor | None:
         """Value estimates ``[N]`` (None without a value head)."""

@@ -24,6 +24,20 @@ def _snapshot(params):
     return [p.detach().clone() for p in params]
 
 
+def test_token_level_ratios_are_refused_for_a_policy_that_scores_whole_chunks():
+    from vlarl.algorithms import check_config
+    from vlarl.config import ConfigError, load_config
+
+    token = ["--algo.importance_sampling_level", "token"]
+    check_config(load_config(None, token))  # the token VLA scores each action token
+    for name in ("flow_vla", "mlp_student"):
+        with pytest.raises(ConfigError, match=rf"importance_sampling_level='token' needs .*"
+                                              rf"policy.name='{name}'"):
+            check_config(load_config(None, [*token, "--policy.name", name]))
+    with pytest.raises(ConfigError, match="algo.importance_sampling_level"):
+        load_config(None, ["--algo.importance_sampling_level", "sequence"])
+
+
 def test_registry_names_and_classes():
     assert ALGORITHMS.names() == ["grpo", "ppo", "rloo", "rpd"]
     assert ALGORITHMS.get("ppo") is PPO and ALGORITHMS.get("rloo") is RLOO

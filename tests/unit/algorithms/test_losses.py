@@ -53,6 +53,29 @@ def test_asymmetric_clip_higher():
     assert grad_low.tolist() == [0.0]
 
 
+def test_token_level_ratio_clips_each_token_and_averages_over_the_chunk():
+    """algo.importance_sampling_level=token: 2 chunks of 3 tokens. Chunk 0 (A=+1) has one token
+    at ratio 1.5 (clipped: no gradient) and two at 1; summed, its chunk ratio would be 1.5 and
+    clip every token's gradient away. Chunk 1 (A=-1) is at ratio 1 everywhere."""
+    lp = torch.tensor([[math.log(1.5), 0.0, 0.0], [-1.0, -2.0, -0.5]], requires_grad=True)
+    old = torch.tensor([[0.0, 0.0, 0.0], [-1.0, -2.0, -0.5]])
+    loss, m = policy_loss(lp, old, torch.tensor([1.0, -1.0]), epsilon=0.2)
+    loss.backward()
+    # chunk 0: -(1.2 + 1 + 1) / 3; chunk 1: +1; mean over the 2 chunks
+    assert loss.item() == pytest.approx((-(1.2 + 2.0) / 3 + 1.0) / 2)
+    assert torch.allclose(lp.grad, torch.tensor([[0.0, -1 / 6, -1 / 6], [1 / 6, 1 / 6, 1 / 6]]))
+    assert float(m["clipfrac"]) == pytest.approx((1 / 3 + 0) / 2)  # share of tokens clipped
+    k3 = 0.5 - math.log(1.5)  # per token; the chunk's KL is its tokens' sum
+    assert float(m["approx_kl"]) == pytest.approx(k3 / 2)
+    assert float(m["ratio_mean"]) == pytest.approx(((1.5 + 2) / 3 + 1) / 2)
+    # the same change scored per chunk: ratio 1.5 > 1.2 with A > 0 -> no gradient at all
+    chunk = lp.detach().sum(-1).requires_grad_()
+    policy_loss(chunk, old.sum(-1), torch.tensor([1.0, -1.0]), epsilon=0.2)[0].backward()
+    assert chunk.grad[0].item() == 0.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        policy_loss(lp, old.sum(-1), torch.tensor([1.0, -1.0]), epsilon=0.2)
+
+
 def test_value_clipping():
     v = torch.tensor([0.5, -0.1], requires_grad=True)
     loss, m = value_loss(v, torch.zeros(2), torch.ones(2), cliprange_value=0.2)

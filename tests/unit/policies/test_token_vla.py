@@ -34,6 +34,11 @@ def test_act_shapes_and_matches_evaluate(policy):
     assert torch.allclose(out.actions.view(3, -1), -1 + (tok.float() + 0.5) * 2 / 256)
     lp, ent, v = policy.evaluate(obs, out.stored)
     assert (lp - out.log_probs).abs().max().item() < 1e-5
+    # per action token (algo.importance_sampling_level=token): what act stored, summing to it
+    tok_lp = out.stored["token_log_probs"]
+    assert tok_lp.shape == (3, K * A) and float(tok_lp.max()) < 0
+    assert (tok_lp.double().sum(-1).float() - out.log_probs).abs().max().item() < 1e-6
+    assert (policy.evaluate(obs, out.stored, per_token=True)[0] - tok_lp).abs().max().item() < 1e-5
     assert torch.allclose(v, out.values, atol=1e-6)
     # Random init: per-token entropy near log(256) = 5.55, 14 tokens.
     assert ent.shape == (3,) and 14 * 5.0 < float(ent.min()) <= 14 * 5.5452

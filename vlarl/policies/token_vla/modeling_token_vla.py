@@ -285,8 +285,7 @@ class TokenVLAPolicy(Policy):
         values = self._act_values(out.hidden_states[-1], batch["attention_mask"], obs)
         mask, pos = batch["attention_mask"], batch["position_ids"][..., -1:]
         tokens = torch.empty(n, steps, dtype=torch.long, device=self.device)
-        # Summed in float64 so act() and evaluate() round to the same float32 chunk log-prob.
-        log_probs = torch.zeros(n, dtype=torch.float64, device=self.device)
+        token_logp = torch.empty(n, steps, dtype=torch.float32, device=self.device)
         past = out.past_key_values
         for t in range(steps):
             logp = torch.log_softmax(self._masked_logits(out.logits[:, -1]), dim=-1)
@@ -295,7 +294,7 @@ class TokenVLAPolicy(Policy):
             else:
                 tok = multinomial(logp.exp(), generator).squeeze(-1)
             tokens[:, t] = tok
-            log_probs += logp.gather(-1, tok[:, None]).squeeze(-1).double()
+            token_logp[:, t] = logp.gather(-1, tok[:, None]).squeeze(-1)
             if t + 1 == steps:
                 break
             mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
@@ -303,9 +302,15 @@ class TokenVLAPolicy(Policy):
             out = self._forward(input_ids=tok[:, None] + self.action_start, attention_mask=mask,
                                 position_ids=pos, past_key_values=past, use_cache=True)
             past = out.past_key_values
-        actions = self.action_tokenizer.detokenize(tokens).view(n, self.chunk_size, self.action_dim)
-        return ActOutput(actions=actions, log_probs=log_probs.float(), values=values,
-                         stored={"tokens": tokens})
+        return self._output(tokens, token_logp, values)
+
+    def _output(self, tokens: torch.Tensor, token_logp: torch.Tensor,
+                values: torch.Tensor | None) -> ActOutput:
+        """The chunk's actions and log-prob (tokens summed in float64, so act() and evaluate()
+        round to the same float32); the tokens and their log-probs are stored for the update."""
+        actions = self.action_tokenizer.detokenize(tokens).view(-1, self.chunk_size, self.action_dim)
+        return ActOutput(actions=actions, log_probs=token_logp.double().sum(-1).float(),
+                         values=values, stored={"tokens": tokens, "token_log_probs": token_logp})
 
     def _act_parallel(self, obs: Obs, deterministic: bool,
                       generator: torch.Generator | None) -> ActOutput:
@@ -318,13 +323,9 @@ class TokenVLAPolicy(Policy):
             tokens = point_token(logp, self.cfg.point_estimate)
         else:
             tokens = multinomial(logp.exp().view(n * steps, -1), generator).view(n, steps)
-        log_probs = logp.gather(-1, tokens[..., None]).squeeze(-1).double().sum(-1).float()
-        values = None
-        if self.value_head is not None:
-            values = self._act_values(self._prefix_hidden(out, prefix), batch["attention_mask"], obs)
-        actions = self.action_tokenizer.detokenize(tokens).view(n, self.chunk_size, self.action_dim)
-        return ActOutput(actions=actions, log_probs=log_probs, values=values,
-                         stored={"tokens": tokens})
+        values = None if self.value_head is None else self._act_values(
+            self._prefix_hidden(out, prefix), batch["attention_mask"], obs)
+        return self._output(tokens, logp.gather(-1, tokens[..., None]).squeeze(-1), values)
 
     def _teacher_forced(self, obs: Obs, tokens: torch.Tensor, labels: bool = False):
         """One forward over prompt + action tokens; returns (model output, batch, prefix length)."""
@@ -346,9 +347,10 @@ class TokenVLAPolicy(Policy):
             kwargs["logits_to_keep"] = steps
         return self._prompt_forward(obs, prefix, **full, **kwargs), batch, prefix
 
-    def evaluate(self, obs: Obs, stored: dict[str, torch.Tensor]
+    def evaluate(self, obs: Obs, stored: dict[str, torch.Tensor], per_token: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Teacher-forced ``(log_probs [N], entropy [N], values [N] | None)`` of stored tokens.
+        """Teacher-forced ``(log_probs [N], entropy [N], values [N] | None)`` of stored tokens
+        (``per_token``: log-probs ``[N, k*A]``, one per action token).
 
         Entropy is the sum over the chunk's tokens of the masked, tempered distribution's entropy.
         """
@@ -360,7 +362,7 @@ class TokenVLAPolicy(Policy):
         out, batch, prefix = self._teacher_forced(obs, tokens)
         token_logp, token_ent = selective_log_softmax_and_entropy(
             self._masked_logits(out.logits), tokens.to(self.device))  # [N, T] each
-        log_probs = token_logp.double().sum(-1).float()
+        log_probs = token_logp.float() if per_token else token_logp.double().sum(-1).float()
         entropy = token_ent.double().sum(-1).float()
         values = None
         if self.value_head is not None:
