@@ -344,7 +344,7 @@ class CheckpointManager:
 
 # ----------------------------------------------------------------------------- resume guard
 
-STRICT_FIELDS = ("world_size", "num_envs")
+STRICT_FIELDS = ("world_size", "num_envs", "rollouts_per_update")
 """Changing these breaks exact resume: per-rank RNG / env streams no longer line up and the
 batch size changes; refused unless ``allow_changed=True``."""
 
@@ -362,7 +362,7 @@ _MISSING = object()
 
 
 def check_resume_compat(saved_meta: Mapping[str, Any], current_meta: Mapping[str, Any],
-                        fields: Iterable[str] = ("world_size", "num_envs",
+                        fields: Iterable[str] = ("world_size", "num_envs", "rollouts_per_update",
                                                  "gradient_accumulation_steps", "rollout_steps",
                                                  "vlarl_version", "git_commit"),
                         strict: Iterable[str] = STRICT_FIELDS,

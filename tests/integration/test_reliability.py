@@ -166,12 +166,15 @@ def test_wandb_offline_never_blocks(wandb_run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("field,value", [("env.num_envs", "2"), ("world_size", "2")])
+@pytest.mark.parametrize("field,value", [("env.num_envs", "2"), ("world_size", "2"),
+                                         ("train.rollouts_per_update", "2")])
 def test_resume_refuses_changed_world_size_or_num_envs(wandb_run, monkeypatch, field, value):
     from vlarl.trainer import train
 
     out, _ = wandb_run
     extra = ["--env.num_envs", value, "--env.backend", "cpu"] if field == "env.num_envs" else []
+    if field == "train.rollouts_per_update":  # the seed streams and the batch change too
+        extra = ["--train.rollouts_per_update", value]
     if field == "world_size":
         monkeypatch.setenv("WORLD_SIZE", value)
     t0 = time.perf_counter()

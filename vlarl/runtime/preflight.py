@@ -175,5 +175,6 @@ def run_meta(cfg: Config, world_size: int) -> dict:
 
     return {"world_size": world_size, "num_envs": cfg.env.num_envs,
             "gradient_accumulation_steps": cfg.algo.gradient_accumulation_steps,
-            "rollout_steps": cfg.train.rollout_steps, "config": to_dict(cfg),
+            "rollout_steps": cfg.train.rollout_steps,
+            "rollouts_per_update": cfg.train.rollouts_per_update, "config": to_dict(cfg),
             "vlarl_version": __version__}
