@@ -42,7 +42,7 @@ HELP = {
     "drift": "KL of a fine-tuned policy to its base on dataset states (vlarl drift POLICY BASE --dataset D)",
     "rldg": "RLDG's pieces: env speed by observation mode (rldg speed), BC warm start (rldg bc)",
     "quickstart": "the whole chain: demos -> SFT -> RL -> eval -> distill -> eval, one table",
-    "bench": "throughput / memory benchmark: env, policy, loop, pipeline, contention (ratios in one run)",
+    "bench": "throughput / memory benchmark: env, policy, loop, pipeline, contention, workers (ratios in one run)",
     "demo": "make a ManiSkill env through vlarl, step it with the expert, print what happened",
     "expert": "measure a task's scripted expert: success with 95%% CI and episode length per split",
     "doctor": "check the install: versions, render device, GPU simulation, wandb",
@@ -109,8 +109,8 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
             p.add_argument("--force", action="store_true", help="recompute every stage")
         if name == "bench":
             p.add_argument("parts", nargs="*",
-                           default=["env", "policy", "loop", "pipeline", "contention"],
-                           help="parts to run: env, policy, loop, pipeline, contention (default all)")
+                           default=["env", "policy", "loop", "pipeline", "contention", "workers"],
+                           help="parts to run: env, policy, loop, pipeline, contention, workers (default all)")
             p.add_argument("--json", default=None, help="write the figures to this JSON file")
             p.add_argument("--quick", action="store_true", help="fewer steps and repeats")
         if name == "demo":

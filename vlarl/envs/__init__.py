@@ -5,7 +5,7 @@ milliseconds, before any process or simulator starts), then picks a backend:
 
 * ``gpu``    - one ``physx_cuda`` ManiSkill env batching all N envs (``maniskill.py``);
 * ``inline`` - the same class in this process (``num_envs=1`` with ``physx_cpu`` on CPU);
-* ``cpu``    - one spawned worker per env, each running the inline class (``vector.py``);
+* ``cpu``    - one worker process per env (forkserver on Linux), each running the inline class (``vector.py``);
 * ``auto``   - ``gpu`` if CUDA is available, else ``cpu``.
 
 Only this package imports ManiSkill / SAPIEN / gymnasium, and only lazily.

@@ -1,11 +1,11 @@
-"""The CPU vector backend: one spawned worker process per env.
+"""The CPU vector backend: one worker process per env.
 
 ``physx_cpu`` refuses ``num_envs > 1``, so CPU parallelism is one process per
 env, each running the in-process backend (``ManiSkillVecEnv``, ``num_envs=1``): the
 chunked stepping, rendering policy and episode bookkeeping are literally the same code
-as on the GPU; only the device differs. Workers are started together (env creation takes
-~6 s each) and every receive polls with a liveness check, so a worker that raises sends
-its traceback and a worker that dies (killed, segfault) raises here instead of hanging.
+as on the GPU; only the device differs. Workers are started together and every receive
+polls with a liveness check, so a worker that raises sends its traceback and a worker that
+dies (killed, segfault) raises here instead of hanging.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import dataclasses
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -35,8 +36,9 @@ class WorkerError(RuntimeError):
     """A worker raised (message holds its traceback) or died (message holds its exit code)."""
 
 
-def _worker(conn: Connection, cfg_dict: dict, index: int) -> None:
+def _worker(conn: Connection, cfg_dict: dict, index: int, child_env: dict[str, str]) -> None:
     """Worker main loop: build one env, then serve ``(command, argument)`` requests."""
+    os.environ.update(child_env)  # before the env (and llvmpipe) starts, see worker_env
     torch.set_num_threads(1)  # two cores shared by N workers: avoid oversubscription
     # Ctrl-C reaches the whole process group: the parent decides when to stop (it checkpoints
     # first, see vlarl.runtime.preemption) and closes the workers; they must not die on SIGINT.
@@ -76,36 +78,50 @@ it. Measured on 2 cores (PushCube, 64 px, ``python -m vlarl.envs.bench``): llvmp
 47 env steps/s with 2 workers at chunk 1, and one process alone 42 vs 37 raw steps/s."""
 
 
-@contextlib.contextmanager
-def _child_env(**defaults: str):
-    """Set environment variables the user has not set, for the processes started inside."""
-    added = {k: v for k, v in defaults.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
+def worker_env() -> dict[str, str]:
+    """Environment variables a worker sets for itself, unless the user set them: the forkserver
+    copies the parent's environment once, when it starts, not at each worker's start."""
+    return {} if "LP_NUM_THREADS" in os.environ else {"LP_NUM_THREADS": WORKER_RENDER_THREADS}
+
+
+WORKER_PRELOAD = ["vlarl.envs.maniskill"]
+"""Modules the forkserver imports once (torch, ManiSkill, SAPIEN: ~3-5 s of a worker's start on
+these cores); each worker is forked from it with them imported. Importing creates no render
+device and no thread pool, so the fork is clean; the env itself is built in the worker."""
+
+
+def _context(start_method: str | None = None) -> mp.context.BaseContext:
+    """``forkserver`` with :data:`WORKER_PRELOAD` on Linux (the default start method from Python
+    3.14; a ``fork`` of the parent would copy its torch threads and model), ``spawn``
+    elsewhere (macOS system frameworks are not fork-safe). ``vlarl bench workers`` compares
+    the two."""
+    if start_method is None:
+        start_method = "forkserver" if sys.platform.startswith("linux") else "spawn"
+    if start_method != "forkserver":
+        return mp.get_context(start_method)
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(WORKER_PRELOAD)
+    return ctx
 
 
 class CpuVecEnv(VecEnv):
     """N worker processes, each one ``physx_cpu`` ManiSkill env; same semantics as inline."""
 
-    def __init__(self, cfg: EnvConfig, timeout_s: float = 600.0):
+    def __init__(self, cfg: EnvConfig, timeout_s: float = 600.0, start_method: str | None = None):
         self.cfg, self.task, self.split = cfg, cfg.task, cfg.split
         self.num_envs, self.max_episode_steps = cfg.num_envs, cfg.max_episode_steps
         self.timeout_s = timeout_s
         self._seeds = SeedStream(cfg.seed)
-        ctx = mp.get_context("spawn")
+        ctx = _context(start_method)
         self._conns: list[Connection] = []
         self._procs: list[mp.process.BaseProcess] = []
         self._closed = False
         for i in range(self.num_envs):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, dataclasses.asdict(cfg), i),
+            proc = ctx.Process(target=_worker,
+                               args=(child, dataclasses.asdict(cfg), i, worker_env()),
                                name=f"vlarl-env-{i}", daemon=True)
-            with _child_env(LP_NUM_THREADS=WORKER_RENDER_THREADS):  # spawn copies os.environ
-                proc.start()
+            proc.start()
             child.close()
             self._conns.append(parent)
             self._procs.append(proc)

@@ -37,7 +37,7 @@ process (docs/bench/2026-12-06-cpu2-policy-contention.json)."""
 def configure_threads() -> dict[str, str]:
     """With ``VLARL_SHARED_CORES=1``, apply :data:`SHARED_CORES_ENV` to ``os.environ`` where
     unset; returns what was set. Only effective before torch (libgomp) is first imported: the
-    CLI calls it first thing, and spawned env workers inherit it."""
+    CLI calls it first thing, and env workers (and their forkserver) inherit it."""
     if os.environ.get("VLARL_SHARED_CORES", "") in ("", "0"):
         return {}
     added = {k: v for k, v in SHARED_CORES_ENV.items() if k not in os.environ}

@@ -11,6 +11,9 @@ measured in the same run (medians over repeats):
   with random actions and the same chunking (loop/sim), and vs raw per-step rendering;
 * pipeline: the quickstart's GRPO rollout with ``train.pipeline_groups`` 1, 2, 4 (the policy
   acting for one env group while the others step);
+* workers: start-up of the CPU backend's env workers (first and second start in one process,
+  2 and 8 workers) and the tree's memory, ``forkserver`` (preloaded imports, the default on
+  Linux) vs ``spawn``;
 * contention: SFT steps of the tiny token VLA in one process alone vs two processes at once,
   with OpenMP's default wait policy vs the ``PASSIVE`` one ``VLARL_SHARED_CORES=1`` sets
   (``vlarl.runtime.system.SHARED_CORES_ENV``).
@@ -282,12 +285,51 @@ def bench_contention(quick: bool = False) -> dict:
     return out
 
 
+WORKERS_CHILD = r"""
+import json, sys, time
+from vlarl.config import load_config
+from vlarl.envs.vector import CpuVecEnv
+from vlarl.runtime.system import tree_peak_rss_mb
+method, n = sys.argv[1], int(sys.argv[2])
+cfg = load_config("recipes/cpu/quickstart.yaml", [f"--env.num_envs={n}"]).env
+out = {}
+for start in ("first", "second"):
+    t0 = time.perf_counter()
+    env = CpuVecEnv(cfg, start_method=method)
+    env.reset(list(range(n)))
+    out[f"{start}_start_s"] = time.perf_counter() - t0
+    if start == "first":
+        out["tree_pss_mb"] = tree_peak_rss_mb()["tree_pss_now"]
+    env.close()
+print(json.dumps(out), flush=True)
+"""
+
+
+def bench_workers(quick: bool = False) -> dict:
+    """Seconds from ``CpuVecEnv(...)`` to the first observations, the first and the second
+    time in a fresh process, and the tree's PSS with the workers up, per start method."""
+    root = Path(__file__).resolve().parents[2]
+    out: dict = {}
+    for n in (2,) if quick else (2, 8):
+        for method in ("spawn", "forkserver"):
+            res = subprocess.run([sys.executable, "-c", WORKERS_CHILD, method, str(n)], cwd=root,
+                                 capture_output=True, text=True, timeout=600, check=False)
+            if res.returncode != 0:
+                raise RuntimeError(f"bench workers ({method}, {n}) failed:\n{res.stderr[-2000:]}")
+            for k, v in json.loads(res.stdout.strip().splitlines()[-1]).items():
+                out[f"{n}_workers.{method}.{k}"] = v
+        for k in ("first_start_s", "second_start_s", "tree_pss_mb"):
+            out[f"{n}_workers.spawn_over_forkserver.{k}"] = (out[f"{n}_workers.spawn.{k}"]
+                                                             / out[f"{n}_workers.forkserver.{k}"])
+    return out
+
+
 def run_bench(parts: list[str], json_path: str | None = None, quick: bool = False,
               extra: list[str] | None = None) -> dict:
-    unknown = set(parts) - {"env", "policy", "loop", "contention", "pipeline"}
+    unknown = set(parts) - {"env", "policy", "loop", "contention", "pipeline", "workers"}
     if unknown:
         raise ValueError(f"unknown bench part(s) {sorted(unknown)}; allowed: env, policy, loop, "
-                         "contention, pipeline")
+                         "contention, pipeline, workers")
     results: dict = {"machine": _machine()}
     if "env" in parts:
         from vlarl.envs.bench import bench_env
@@ -299,6 +341,8 @@ def run_bench(parts: list[str], json_path: str | None = None, quick: bool = Fals
         results["contention"] = bench_contention(quick)
     if "pipeline" in parts:
         results["pipeline"] = bench_pipeline(quick)
+    if "workers" in parts:
+        results["workers"] = bench_workers(quick)
     if "loop" in parts:
         results["loop"] = bench_loop(quick)
         raw = results.get("env", {}).get("raw_maniskill")  # steps/s, renders every step

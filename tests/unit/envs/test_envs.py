@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
+import psutil
 import pytest
 import torch
 
 from vlarl.config import EnvConfig
 from vlarl.envs import SPLITS, TASKS, check_env, instruction, make_env
-from vlarl.envs.vector import WorkerError
+from vlarl.envs.vector import WORKER_RENDER_THREADS, CpuVecEnv, WorkerError, worker_env
 
 SIZE = 32
 
@@ -166,6 +168,33 @@ def test_success_terminates_and_partial_reset(vec, inline):
     assert torch.equal(out.obs.images[0], fresh.images[0]) and out.obs.instructions[0] == fresh.instructions[0]
     nxt = vec.step_chunk(torch.zeros(2, 1, 7))
     assert nxt.info["elapsed_steps"].tolist() == [1, total + 1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forkserver workers: Linux only")
+def test_forkserver_workers_draw_what_spawned_workers_draw(vec):
+    """The default start method (forkserver, imports preloaded) changes where workers come
+    from, not what they produce: the same seeds give bit-identical observations."""
+    me = os.getpid()
+    servers = {psutil.Process(pid).ppid() for pid in vec.pids}
+    assert len(servers) == 1 and me not in servers  # both forked by one server, not by us
+    spawned = CpuVecEnv(vec.cfg, start_method="spawn")
+    try:
+        assert {psutil.Process(pid).ppid() for pid in spawned.pids} == {me}
+        a, b = vec.reset([7, 8]), spawned.reset([7, 8])
+        assert torch.equal(a.images, b.images) and torch.equal(a.state, b.state)
+        act = torch.full((2, 3, 7), 0.3)
+        sa, sb = vec.step_chunk(act, [1, 2]), spawned.step_chunk(act, [1, 2])
+        assert torch.equal(sa.obs.images, sb.obs.images) and torch.equal(sa.rewards, sb.rewards)
+    finally:
+        spawned.close()
+
+
+def test_worker_render_threads_default_unless_the_user_set_them(monkeypatch):
+    monkeypatch.delenv("LP_NUM_THREADS", raising=False)
+    assert worker_env() == {"LP_NUM_THREADS": WORKER_RENDER_THREADS} == {"LP_NUM_THREADS": "1"}
+    monkeypatch.setenv("LP_NUM_THREADS", "3")
+    assert worker_env() == {}
 
 
 @pytest.mark.slow
