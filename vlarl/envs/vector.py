@@ -84,12 +84,13 @@ def worker_env() -> dict[str, str]:
     return {} if "LP_NUM_THREADS" in os.environ else {"LP_NUM_THREADS": WORKER_RENDER_THREADS}
 
 
-WORKER_PRELOAD = ["vlarl.envs.maniskill"]
-"""Modules the forkserver imports once (torch, ManiSkill, SAPIEN); each worker is forked from it
-with them imported. Importing creates no render device and no thread pool, so the fork is
-clean; the env itself is built in the worker. Measured on 2 cores (``vlarl bench workers``,
-docs/bench/2026-12-07-cpu2-workers.json): 8 workers up in 37.9 s instead of 46.1 (1.22x) and
-4.26 GB tree PSS instead of 4.88; building the env, not importing, is most of a start."""
+WORKER_PRELOAD = ["vlarl.envs.maniskill", "mani_skill.envs"]
+"""Modules the forkserver imports once (torch, vlarl's env layer, ManiSkill's task registry,
+SAPIEN); each worker is forked from it with them imported. Importing creates no render device
+and no thread pool, so the fork is clean; the env itself is built in the worker (most of it
+is llvmpipe compiling the shaders of the first camera picture, ~4 s per worker here). Measured on 2 cores (``vlarl bench workers``,
+docs/bench/2026-12-07-cpu2-workers.json): 8 workers up in 33.3 s instead of 41.2 (1.24x; a
+second start in one process 1.41x) and 3.89 GB tree PSS instead of 4.84."""
 
 
 def _context(start_method: str | None = None) -> mp.context.BaseContext:
