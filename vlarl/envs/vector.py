@@ -88,9 +88,10 @@ WORKER_PRELOAD = ["vlarl.envs.maniskill", "mani_skill.envs"]
 """Modules the forkserver imports once (torch, vlarl's env layer, ManiSkill's task registry,
 SAPIEN); each worker is forked from it with them imported. Importing creates no render device
 and no thread pool, so the fork is clean; the env itself is built in the worker (most of it
-is llvmpipe compiling the shaders of the first camera picture, ~4 s per worker here). Measured on 2 cores (``vlarl bench workers``,
-docs/bench/2026-12-07-cpu2-workers.json): 8 workers up in 33.3 s instead of 41.2 (1.24x; a
-second start in one process 1.41x) and 3.89 GB tree PSS instead of 4.84."""
+is llvmpipe compiling the shaders of the first camera picture, ~4 s per worker here).
+Measured on 2 cores (``vlarl bench workers``, docs/bench/2026-12-07-cpu2-workers.json):
+8 workers up in 33.3 s instead of 41.2 with spawn (1.24x; a second start in one process
+1.41x) and 3.89 GB tree PSS instead of 4.84."""
 
 
 def _context(start_method: str | None = None) -> mp.context.BaseContext:
