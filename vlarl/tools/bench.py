@@ -324,12 +324,15 @@ def bench_workers(quick: bool = False) -> dict:
     return out
 
 
+PARTS = ("env", "policy", "loop", "pipeline", "contention", "workers")
+"""Every part ``vlarl bench`` can run (the module docstring says what each measures)."""
+
+
 def run_bench(parts: list[str], json_path: str | None = None, quick: bool = False,
               extra: list[str] | None = None) -> dict:
-    unknown = set(parts) - {"env", "policy", "loop", "contention", "pipeline", "workers"}
+    unknown = set(parts) - set(PARTS)
     if unknown:
-        raise ValueError(f"unknown bench part(s) {sorted(unknown)}; allowed: env, policy, loop, "
-                         "contention, pipeline, workers")
+        raise ValueError(f"unknown bench part(s) {sorted(unknown)}; allowed: {', '.join(PARTS)}")
     results: dict = {"machine": _machine()}
     if "env" in parts:
         from vlarl.envs.bench import bench_env
