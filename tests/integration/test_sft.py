@@ -19,7 +19,7 @@ POLICY = os.environ.get("VLARL_TEST_SFT_POLICY", "token_vla")
 
 
 def sft_config(tmp: Path) -> Config:
-    """The demos of tests/unit/core/test_data.py (shared through the session's VLARL_CACHE)."""
+    """The demos of tests/unit/data/test_data.py (shared through the session's VLARL_CACHE)."""
     cfg = demo_config()
     cfg.policy.name = POLICY
     cfg.sft.output_dir = str(tmp / "sft")
