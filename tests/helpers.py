@@ -1,7 +1,8 @@
 """Helpers shared by the test modules (tests/ is on sys.path: pyproject's pytest ``pythonpath``).
 
 * ``ROOT``: the repository.
-* Tiny configs: ``demo_config`` (the 3-episode PickCube demos that the data and SFT tests
+* Tiny configs: ``tiny_env_config`` (one inline PushCube env, 32 px, 8-step episodes),
+  ``demo_config`` (the 3-episode PickCube demos that the data and SFT tests
   share through the session's cache: one definition, so both hit the same dataset key) and
   ``TINY_TRAIN`` / ``train_config`` (the 1-env inline PPO run of the trainer and reliability
   tests: 32 px, 8-step episodes, chunks of 4, 2 decisions per update).
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlarl.config import Config, load_config
+from vlarl.config import Config, EnvConfig, load_config
 from vlarl.envs.base import VecEnv
 from vlarl.policies import TokenVLAConfig, build_policy
 from vlarl.policies.base import Policy
@@ -30,6 +31,13 @@ from vlarl.types import ActOutput, ChunkStep, Obs
 ROOT = Path(__file__).resolve().parents[1]
 
 DEMO_EPISODES = 3
+
+
+def tiny_env_config(**kw) -> EnvConfig:
+    """One inline PushCube-v1 env at 32 px with 8-step episodes; ``kw`` overrides fields."""
+    base = {"task": "PushCube-v1", "num_envs": 1, "backend": "inline", "image_size": 32,
+            "max_episode_steps": 8}
+    return EnvConfig(**{**base, **kw})
 
 
 def demo_config() -> Config:

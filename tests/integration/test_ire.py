@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_env_config
 
 from vlarl.config import Config, ConfigError, EnvConfig, load_config
 from vlarl.data import ChunkDataset, collect_demos, load_demos, read_info
@@ -21,8 +22,7 @@ K, MAX_STEPS = 4, 40
 
 
 def _env_cfg(**kw) -> EnvConfig:
-    return EnvConfig(task="PushCube-v1", image_size=32, max_episode_steps=MAX_STEPS, num_envs=1,
-                     backend="inline", **kw)
+    return tiny_env_config(max_episode_steps=MAX_STEPS, **kw)
 
 
 def _chunk(env, policy: str, salt: float) -> torch.Tensor:

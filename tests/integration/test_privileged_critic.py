@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import tiny_env_config
 
 from vlarl.config import Config, ConfigError, EnvConfig, load_config
 from vlarl.envs import make_env
@@ -16,9 +17,7 @@ P = 71  # PushCube: get_state() 70 values (table, cube, goal: 13 each; panda: 31
 
 
 def _env_cfg(**kw) -> EnvConfig:
-    base = {"task": "PushCube-v1", "num_envs": 1, "backend": "inline", "image_size": 32,
-            "max_episode_steps": 8, "privileged_state": True}
-    return EnvConfig(**{**base, **kw})
+    return tiny_env_config(**{"privileged_state": True, **kw})
 
 
 def test_privileged_state_is_sim_state_plus_elapsed_and_final_obs_keeps_it():

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_env_config
 
 from vlarl.config import Config, ConfigError, EnvConfig, load_config
 from vlarl.envs import make_env
@@ -22,9 +23,7 @@ P = 71  # PushCube: get_state() (70) + elapsed fraction
 
 
 def _env_cfg(**kw) -> EnvConfig:
-    base = {"task": "PushCube-v1", "num_envs": 1, "backend": "inline", "image_size": 32,
-                "max_episode_steps": 8, "obs_mode": "state", "privileged_state": True}
-    return EnvConfig(**{**base, **kw})
+    return tiny_env_config(**{"obs_mode": "state", "privileged_state": True, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_env_config
 
 from vlarl.algorithms import ALGORITHMS, UpdateContext
 from vlarl.algorithms.losses import linear_decay, teacher_action_loss
@@ -35,8 +36,7 @@ def teacher_dir(tmp_path_factory):
 
 def _env_cfg() -> EnvConfig:
     # 8-step episodes of k=4 chunks: 2 decisions per episode keep the teacher affordable
-    return EnvConfig(task="PickCube-v1", image_size=32, max_episode_steps=8, num_envs=1,
-                     backend="inline", control_mode="pd_ee_delta_pos")
+    return tiny_env_config(task="PickCube-v1", control_mode="pd_ee_delta_pos")
 
 
 def _cfg(tmp_path, teacher, **algo) -> Config:
