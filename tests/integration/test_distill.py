@@ -10,8 +10,9 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_env_config
 
-from vlarl.config import Config, ConfigError, EnvConfig
+from vlarl.config import Config, ConfigError
 from vlarl.data import collate_chunks
 from vlarl.methods.distill import SEED0, DistillDataset, run_distill
 from vlarl.policies import MLPStudentConfig, TokenVLAConfig, build_policy, load_policy
@@ -32,8 +33,7 @@ def teacher_dir(tmp_path_factory):
 
 def _cfg(tmp_path, teacher, **distill) -> Config:
     cfg = Config()
-    cfg.env = EnvConfig(task="PickCube-v1", image_size=32, max_episode_steps=8, num_envs=1,
-                        backend="inline", control_mode="pd_ee_delta_pos")
+    cfg.env = tiny_env_config(task="PickCube-v1", control_mode="pd_ee_delta_pos")
     cfg.distill.teacher = None if teacher is None else str(teacher)
     cfg.distill.output_dir = str(tmp_path / "student")
     cfg.eval.num_episodes = 1
