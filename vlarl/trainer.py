@@ -407,4 +407,4 @@ def evaluate_during_training(run: _Run) -> dict:
     """Success of the current policy on ``train.eval_episodes`` fixed seeds, all ranks."""
     from vlarl.eval.evaluate import evaluate_on_ranks
 
-    return evaluate_on_ranks(run.policy, run.cfg, run.accelerator, build_env)
+    return evaluate_on_ranks(run.policy, run.cfg, run.accelerator, build_env, run.env)

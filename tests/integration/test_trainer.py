@@ -19,8 +19,11 @@ from vlarl.config import ConfigError
 
 pytestmark = pytest.mark.slow
 
+# in-training evaluations after updates 3 and 6: the run stopped after update 3 resumes into
+# update 4 on a fresh env, the reference on the env it has just evaluated on
 TINY = [*TINY_TRAIN, "--train.num_updates", "6", "--train.keep_last", "3",
-        "--train.lr_scheduler_type", "linear"]
+        "--train.lr_scheduler_type", "linear", "--train.eval_every", "3",
+        "--train.eval_episodes", "2"]
 
 
 def _cfg(out: Path, *extra: str):
@@ -55,10 +58,16 @@ def _assert_same_state(a, b):
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
+    import vlarl.trainer
     from vlarl.trainer import train
 
     out = tmp_path_factory.mktemp("ref") / "run"
-    train(_cfg(out))
+    built = []
+    with pytest.MonkeyPatch.context() as mp:  # count the envs the run builds
+        make = vlarl.trainer.build_env
+        mp.setattr(vlarl.trainer, "build_env", lambda env_cfg: built.append(env_cfg) or make(env_cfg))
+        train(_cfg(out))
+    (out / "envs_built.txt").write_text(str(len(built)))
     return out
 
 
@@ -68,6 +77,21 @@ def test_reference_run_trains_and_logs(reference_run):
     lines = [json.loads(x) for x in (reference_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in lines] == [1, 2, 3, 4, 5, 6]
     assert lines[-1]["train/env_steps"] == 6 * 8  # 2 decisions x 4 steps, 6 updates
+    # the in-training evaluations ran on the idle training env (one env: resets are per env)
+    assert [r["update"] for r in lines if "eval/success_rate" in r] == [3, 6]
+    assert (reference_run / "envs_built.txt").read_text() == "1"
+    # ... and scored what a fresh env scores with the exported final policy, episode by episode
+    from vlarl.envs import make_env
+    from vlarl.eval.evaluate import evaluate_policy
+    from vlarl.policies import load_policy
+
+    cfg = _cfg(reference_run)
+    with make_env(cfg.env) as env:
+        fresh = evaluate_policy(load_policy(reference_run / "policy"), env,
+                                [cfg.eval.seed, cfg.eval.seed + 1])
+    assert lines[-1]["eval/n"] == 2 and lines[-1]["eval/episode_return"] > 0
+    assert lines[-1]["eval/episode_return"] == pytest.approx(
+        sum(e["return"] for e in fresh) / 2, abs=1e-5)
     first = _final(reference_run, 6).tensors["trainable"]
     from vlarl.trainer import train  # noqa: F401  (import cost already paid)
 

@@ -38,6 +38,12 @@ class VecEnv:
         auto-reset (with ``reset_seeds[i]`` when given)."""
         raise NotImplementedError
 
+    resets_each_env_alone: bool = False
+    """Whether ``reset(seeds)`` gives env i the initial state of ``seeds[i]`` whatever the
+    other envs' seeds and N (one env per worker process; ``env.reset_each_env``; one env), so
+    an evaluation on this env is paired with one on any other layout, and a run may evaluate
+    on its training env (every rollout starts from ``reset(seeds)``)."""
+
     supports_overlap: bool = False
     """Whether :meth:`step_chunk_start` returns before the envs have stepped (worker
     processes), so the policy can infer for other envs meanwhile (``train.pipeline_groups``)."""

@@ -122,6 +122,7 @@ class ManiSkillVecEnv(VecEnv):
         self.task, self.split = cfg.task, cfg.split
         self._spec, self._split = get_task(cfg.task), get_split(cfg.split)
         self.num_envs = num_envs or cfg.num_envs
+        self.resets_each_env_alone = cfg.reset_each_env or self.num_envs == 1
         self.max_episode_steps = cfg.max_episode_steps
         env_id = variant_env_id(cfg.task, self._split.variant)
         self._rgb = cfg.obs_mode == "rgb"

@@ -198,6 +198,7 @@ class CpuVecEnv(VecEnv):
         return self.step_chunk_finish(envs)
 
     supports_overlap = True  # each env is its own worker process
+    resets_each_env_alone = True
 
     def step_chunk_start(self, actions: torch.Tensor, reset_seeds: list[int] | None,
                          envs: range) -> None:

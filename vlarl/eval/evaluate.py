@@ -310,26 +310,36 @@ def _write_outputs(report: dict, results: list[dict], out: Path, cfg, seeds: lis
             write_video(shown, out / "videos" / f"{name}.mp4")
 
 
-def evaluate_on_ranks(policy: Policy, cfg, acc, make_env) -> dict:
-    """Success of ``policy`` on ``cfg.train.eval_episodes`` fixed seeds (the same seeds at every
-    evaluation during training; ``acc``: the run's ``Accelerator``, ``make_env``: an
-    ``EnvConfig -> VecEnv`` factory), split over the ranks (rank r takes seeds r, r + world,
-    ...) and summed: no rank idles in a collective while another evaluates (a long eval on
-    rank 0 alone could outlast the NCCL timeout)."""
+def evaluate_on_ranks(policy: Policy, cfg, acc, make_env, env: VecEnv | None = None) -> dict:
+    """Success (and mean return) of ``policy`` on ``cfg.train.eval_episodes`` fixed seeds (the
+    same seeds at every evaluation during training; ``acc``: the run's ``Accelerator``), split
+    over the ranks (rank r takes seeds r, r + world, ...) and summed: no rank idles in a
+    collective while another evaluates (a long eval on rank 0 alone could outlast the NCCL
+    timeout). ``env`` (the run's idle training env) is evaluated on, and left open, when it is
+    of the train split and its resets are per env (``VecEnv.resets_each_env_alone``: CPU
+    worker processes, or one env), so no second set of env workers starts; otherwise
+    ``make_env`` (an ``EnvConfig -> VecEnv`` factory) builds one for the evaluation and closes
+    it."""
     from vlarl.eval.stats import wilson_interval
 
     seeds = [cfg.eval.seed + i for i in range(cfg.train.eval_episodes)]
     seeds = seeds[acc.process_index::acc.num_processes]
-    k = 0
+    k, ret = 0, 0.0
     if seeds:
-        env = make_env(dataclasses.replace(cfg.env, split="train", reset_each_env=True))
+        own = env is None or env.split != "train" or not getattr(env, "resets_each_env_alone",
+                                                                  False)
+        if own:
+            env = make_env(dataclasses.replace(cfg.env, split="train", reset_each_env=True))
         try:
             records = evaluate_policy(policy, env, seeds, deterministic=cfg.eval.deterministic)
         finally:
-            env.close()
+            if own:
+                env.close()
         k = sum(int(r["success_once"]) for r in records)
-    total = acc.reduce(torch.tensor([k, len(seeds)], dtype=torch.float64, device=acc.device),
+        ret = sum(r["return"] for r in records)
+    total = acc.reduce(torch.tensor([k, len(seeds), ret], dtype=torch.float64, device=acc.device),
                        reduction="sum").tolist()
     k, n = int(total[0]), int(total[1])
     lo, hi = wilson_interval(k, n)
-    return {"success_rate": k / n, "success_ci_low": lo, "success_ci_high": hi, "n": n}
+    return {"success_rate": k / n, "success_ci_low": lo, "success_ci_high": hi, "n": n,
+            "episode_return": total[2] / n}
