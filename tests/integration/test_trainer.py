@@ -90,6 +90,7 @@ def test_reference_run_trains_and_logs(reference_run):
         fresh = evaluate_policy(load_policy(reference_run / "policy"), env,
                                 [cfg.eval.seed, cfg.eval.seed + 1])
     assert lines[-1]["eval/n"] == 2 and lines[-1]["eval/episode_return"] > 0
+    assert 0 < lines[-1]["eval/wall_s"] < 120
     assert lines[-1]["eval/episode_return"] == pytest.approx(
         sum(e["return"] for e in fresh) / 2, abs=1e-5)
     first = _final(reference_run, 6).tensors["trainable"]

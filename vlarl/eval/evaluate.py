@@ -322,6 +322,7 @@ def evaluate_on_ranks(policy: Policy, cfg, acc, make_env, env: VecEnv | None = N
     it."""
     from vlarl.eval.stats import wilson_interval
 
+    t0 = time.perf_counter()
     seeds = [cfg.eval.seed + i for i in range(cfg.train.eval_episodes)]
     seeds = seeds[acc.process_index::acc.num_processes]
     k, ret = 0, 0.0
@@ -342,4 +343,4 @@ def evaluate_on_ranks(policy: Policy, cfg, acc, make_env, env: VecEnv | None = N
     k, n = int(total[0]), int(total[1])
     lo, hi = wilson_interval(k, n)
     return {"success_rate": k / n, "success_ci_low": lo, "success_ci_high": hi, "n": n,
-            "episode_return": total[2] / n}
+            "episode_return": total[2] / n, "wall_s": time.perf_counter() - t0}
