@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -108,6 +109,25 @@ def _context(start_method: str | None = None) -> mp.context.BaseContext:
     return ctx
 
 
+def _start_hint(ctx) -> str:
+    """What most often kills a worker before it answers: a script, without a ``__main__``
+    guard, that builds envs at import time. Spawned and forkserver workers import the script
+    again (Python's ``multiprocessing``) and so start envs of their own, which Python refuses."""
+    if ctx.get_start_method() == "fork":
+        return ""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if not script or getattr(main, "__spec__", None) is not None:  # python -m
+        return ""
+    try:
+        if "__main__" in Path(script).read_text(errors="ignore"):  # guarded: another cause
+            return ""
+    except OSError:
+        return ""
+    return (f"\n(worker processes start by importing {script} again: build envs under "
+            "`if __name__ == \"__main__\":` there; the worker's traceback is above)")
+
+
 class CpuVecEnv(VecEnv):
     """N worker processes, each one ``physx_cpu`` ManiSkill env; same semantics as inline."""
 
@@ -131,6 +151,9 @@ class CpuVecEnv(VecEnv):
             self._procs.append(proc)
         try:
             dims = self._receive("start")
+        except WorkerError as err:
+            self.close()
+            raise WorkerError(f"{err}{_start_hint(ctx)}") from err
         except BaseException:
             self.close()
             raise
