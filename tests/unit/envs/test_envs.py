@@ -209,6 +209,24 @@ def test_killed_worker_raises():
         env.close()
 
 
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
+    """Forkserver workers import the script again; one that builds envs at import time kills
+    them at start. The error names the script and the guard."""
+    import subprocess
+
+    body = ('from vlarl.config import EnvConfig\nfrom vlarl.envs import make_env\n'
+            'def build():\n    make_env(EnvConfig(task="PushCube-v1", backend="cpu", num_envs=1,'
+            ' image_size=16)).close()\n')
+    bare = tmp_path / "bare.py"
+    bare.write_text(body + "build()\n")
+    out = subprocess.run([sys.executable, str(bare)], check=False, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0 and "died with exit code 1" in out.stderr
+    assert f"importing {bare} again" in out.stderr
+    assert 'if __name__ == "__main__":' in out.stderr.splitlines()[-1]
+
+
 # ---------------------------------------------------------------------------- OOD splits
 @pytest.mark.slow
 @pytest.mark.parametrize("split", ["unseen_color", "distractor", "wide_pose"])
