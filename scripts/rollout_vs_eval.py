@@ -2,14 +2,15 @@
 """One checkpoint's sampled success on the training path and on the evaluation path.
 
     python scripts/rollout_vs_eval.py CHECKPOINT [--config recipes/cpu/quickstart.yaml]
-        [--updates 25] [--base-seed 1] [--json out.json]
+        [--updates 25] [--base-seed 1] [--eval-seed S] [--json out.json]
 
 Training rollouts (``vlarl.rollout.collect``, episodic, groups of ``algo.num_generations``
 envs on one seed) and ``vlarl eval`` (``evaluate_policy``) are separate code paths. This runs
 the checkpoint, sampling at its own ``policy.temperature``, through both: ``--updates``
 rollouts of ``env.num_envs`` episodes (the seeds of updates 0..U-1 of a run with
 ``train.seed = --base-seed``), then ``evaluate_policy`` on exactly those episodes' seeds, then
-on the first 100 evaluation seeds. Equal rates (within their CIs) mean a training curve and an
+on 100 evaluation seeds from ``--eval-seed`` (default: the config's ``eval.seed``, the seeds
+``vlarl eval`` uses). Equal rates (within their CIs) mean a training curve and an
 evaluation measure the same policy; a gap would be a defect in one path.
 """
 
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--config", default="recipes/cpu/quickstart.yaml")
     ap.add_argument("--updates", type=int, default=25)
     ap.add_argument("--base-seed", type=int, default=1)
+    ap.add_argument("--eval-seed", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -49,7 +51,9 @@ def main() -> None:
     torch.manual_seed(0)
     policy = load_policy(args.checkpoint)
     group = cfg.algo.num_generations
-    out: dict = {"checkpoint": args.checkpoint, "temperature": policy.cfg.temperature}
+    first = cfg.eval.seed if args.eval_seed is None else args.eval_seed
+    out: dict = {"checkpoint": args.checkpoint, "temperature": policy.cfg.temperature,
+                 "eval_seeds": [first, first + 99]}
     with make_env(cfg.env) as env:
         buf = RolloutBuffer(cfg.train.rollout_steps, env.num_envs)
         slots = seed_slots(env.num_envs, group)
@@ -61,7 +65,7 @@ def main() -> None:
                 seeds.append(episode_seed(args.base_seed, u, slots[ep.env_idx], 0))
                 wins.append(int(ep.success))
         out["rollout"] = {**rate(wins), "wall_s": time.perf_counter() - t0}
-        for name, eval_seeds in (("eval_same_seeds", seeds), ("eval_seeds", list(range(100)))):
+        for name, eval_seeds in (("eval_same_seeds", seeds), ("eval_seeds", list(range(first, first + 100)))):
             eps = evaluate_policy(policy, env, eval_seeds, deterministic=False)
             out[name] = rate([int(e["success_once"]) for e in eps])
     for name in ("rollout", "eval_same_seeds", "eval_seeds"):
