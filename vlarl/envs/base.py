@@ -42,7 +42,9 @@ class VecEnv:
     """Whether ``reset(seeds)`` gives env i the initial state of ``seeds[i]`` whatever the
     other envs' seeds and N (one env per worker process; ``env.reset_each_env``; one env), so
     an evaluation on this env is paired with one on any other layout, and a run may evaluate
-    on its training env (every rollout starts from ``reset(seeds)``)."""
+    on its training env (every rollout starts from ``reset(seeds)``). Initial states only:
+    the simulator keeps some state across resets, so once objects are pushed an episode can
+    differ at 1e-5 with the env's history (docs/guarantees.md, section 1)."""
 
     supports_overlap: bool = False
     """Whether :meth:`step_chunk_start` returns before the envs have stepped (worker
