@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -185,7 +186,8 @@ def test_resume_refuses_changed_world_size_or_num_envs(wandb_run, monkeypatch, f
 
 
 @pytest.mark.slow
-def test_resume_warns_on_changed_grad_accumulation_and_wandb_init_failure(wandb_run, monkeypatch):
+def test_resume_warns_on_changed_grad_accumulation_and_wandb_init_failure(wandb_run, monkeypatch,
+                                                                          tmp_path):
     import wandb
 
     from vlarl.trainer import train
@@ -194,7 +196,8 @@ def test_resume_warns_on_changed_grad_accumulation_and_wandb_init_failure(wandb_
         raise RuntimeError("wandb backend exploded")
 
     monkeypatch.setattr(wandb, "init", broken_init)
-    out, _ = wandb_run
+    out = tmp_path / "run"  # a copy: this resume adds update 3, the module's run stays at 2
+    shutil.copytree(wandb_run[0], out)
     with pytest.warns(UserWarning) as record:
         train(_cfg(out, "--train.resume", "true", "--train.num_updates", "3",
                    "--algo.gradient_accumulation_steps", "2", "--train.report_to", "wandb"))
