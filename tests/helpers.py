@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import resource
+import subprocess
 from pathlib import Path
 
 import torch
@@ -31,6 +33,16 @@ from vlarl.types import ActOutput, ChunkStep, Obs
 ROOT = Path(__file__).resolve().parents[1]
 
 DEMO_EPISODES = 3
+
+
+def run_cpu_timed(cmd: list[str], **kw) -> tuple[subprocess.CompletedProcess, float]:
+    """``subprocess.run(cmd, **kw)`` and the CPU seconds (user + system) the command used.
+    "Fails fast" tests bound CPU time, not wall time: the suite runs in parallel processes
+    (scripts/test.sh), and a wall-clock bound of a few seconds fails when they share the cores."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True, **kw)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return res, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def tiny_env_config(**kw) -> EnvConfig:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import run_cpu_timed
 
 from vlarl.runtime import runlock
 
@@ -58,13 +59,11 @@ def test_second_train_into_one_dir_fails_fast_and_first_stays_clean(tmp_path):
     first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_lock_holder(out / runlock.LOCK_NAME, first.pid)
-        t0 = time.monotonic()
-        second = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
-        took = time.monotonic() - t0
+        second, took = run_cpu_timed(cmd, cwd=ROOT, timeout=60)
         assert second.returncode != 0
         assert f"pid {first.pid}" in second.stderr and str(out) in second.stderr, second.stderr
         # the refusal comes from preflight, before torch, envs or models start
-        assert took < 5.0, f"refusal took {took:.1f} s"
+        assert took < 5.0, f"refusal took {took:.1f} CPU s"
         # a resume of the held directory is refused the same way
         again = subprocess.run(cmd + ["--train.resume", "true"], check=False, cwd=ROOT, capture_output=True,
                                text=True, timeout=60)
