@@ -22,7 +22,9 @@ per action token at the rollout temperature:
 and, decoding freely, ``chunk_agree``: the share of decisions whose whole greedy chunk is the
 base's. With ``--other RL2`` (a second run from the same base, another training seed): how many
 tokens both runs moved, against the share expected if their moves were independent, and where
-both moved, how often to the same bin and to the same side of the base's token. Runs that
+both moved, how often to the same bin and to the same side of the base's token; and the base's
+margin (probability of its top token minus its runner-up's, at the rollout temperature) on all
+tokens and on the moved ones, and how often a move lands on the base's runner-up. Runs that
 follow a common signal move the same tokens the same way; runs that drift do not. The script
 only reads checkpoints; it trains nothing.
 """
@@ -81,9 +83,18 @@ def compare_on(base, rl, obs, other=None) -> dict:
         if other is not None:
             a, b = logp.pop("rl").argmax(-1), logp.pop("other").argmax(-1)
             both = (a != ref) & (b != ref)
+            # the base's margin: are the moved tokens the ones it barely decided?
+            top2 = logp["base"].exp().topk(2, dim=-1)
+            margin = top2.values[..., 0] - top2.values[..., 1]
+            runner_up = top2.indices[..., 1]
             stats.update(moved_rl=int((a != ref).sum()), moved_other=int((b != ref).sum()),
                          moved_both=int(both.sum()), same_bin_both=int((both & (a == b)).sum()),
-                         same_side_both=int((both & ((a > ref) == (b > ref))).sum()))
+                         same_side_both=int((both & ((a > ref) == (b > ref))).sum()),
+                         margin_all=float(margin.sum()),
+                         margin_moved_rl=float(margin[a != ref].sum()),
+                         margin_moved_both=float(margin[both].sum()),
+                         runner_up_rl=int((a[a != ref] == runner_up[a != ref]).sum()),
+                         runner_up_other=int((b[b != ref] == runner_up[b != ref]).sum()))
             return stats
         for name, lp in logp.items():
             stats[f"{name}_argmax_agree"] = int((lp.argmax(-1) == ref).sum())
@@ -159,7 +170,13 @@ def main() -> None:
                    "moved_both": sums["moved_both"] / tok,
                    "moved_both_if_independent": sums["moved_rl"] * sums["moved_other"] / tok**2,
                    "same_bin_given_both": sums["same_bin_both"] / both,
-                   "same_side_given_both": sums["same_side_both"] / both}
+                   "same_side_given_both": sums["same_side_both"] / both,
+                   "base_margin_all_tokens": sums["margin_all"] / tok,
+                   "base_margin_moved_by_rl": sums["margin_moved_rl"] / max(sums["moved_rl"], 1),
+                   "base_margin_moved_by_both": sums["margin_moved_both"] / both,
+                   "rl_moves_to_base_runner_up": sums["runner_up_rl"] / max(sums["moved_rl"], 1),
+                   "other_moves_to_base_runner_up":
+                       sums["runner_up_other"] / max(sums["moved_other"], 1)}
             report["two_runs_on_base_greedy_states"] = row
             print("two RL runs from one base, on the base's greedy states:")
             for k, v in row.items():
