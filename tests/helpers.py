@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import resource
 import subprocess
 from pathlib import Path
@@ -43,6 +44,14 @@ def run_cpu_timed(cmd: list[str], **kw) -> tuple[subprocess.CompletedProcess, fl
     res = subprocess.run(cmd, check=False, capture_output=True, text=True, **kw)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return res, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def session_cache(tmp_path_factory) -> Path:
+    """A ``VLARL_CACHE`` shared by every test process of one run: under pytest-xdist each
+    worker has its own base temp directory, so the cache goes one level up, to the run's
+    (``vlarl.runtime.runlock.building`` makes a second builder of an entry wait for the first)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "vlarl_cache"
 
 
 def tiny_env_config(**kw) -> EnvConfig:

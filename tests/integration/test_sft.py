@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import demo_config
+from helpers import demo_config, session_cache
 
 from vlarl.config import Config
 from vlarl.data import ChunkDataset, collate_chunks, collect_demos, load_demos
@@ -30,7 +30,7 @@ def sft_config(tmp: Path) -> Config:
 @pytest.fixture(scope="module")
 def env_cache(tmp_path_factory):
     mp = pytest.MonkeyPatch()
-    mp.setenv("VLARL_CACHE", str(tmp_path_factory.getbasetemp() / "vlarl_cache"))
+    mp.setenv("VLARL_CACHE", str(session_cache(tmp_path_factory)))
     yield tmp_path_factory.mktemp("sft")
     mp.undo()
 

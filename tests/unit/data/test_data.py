@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import DEMO_EPISODES, demo_config
+from helpers import DEMO_EPISODES, demo_config, session_cache
 
 from vlarl.data import (
     INFO_FILE,
@@ -30,7 +30,7 @@ EPISODES = DEMO_EPISODES
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory) -> Path:
     mp = pytest.MonkeyPatch()
-    mp.setenv("VLARL_CACHE", str(tmp_path_factory.getbasetemp() / "vlarl_cache"))
+    mp.setenv("VLARL_CACHE", str(session_cache(tmp_path_factory)))
     yield collect_demos(demo_config())
     mp.undo()
 
