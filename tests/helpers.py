@@ -3,9 +3,11 @@
 * ``ROOT``: the repository.
 * Tiny configs: ``tiny_env_config`` (one inline PushCube env, 32 px, 8-step episodes),
   ``demo_config`` (the 3-episode PickCube demos that the data and SFT tests
-  share through the session's cache: one definition, so both hit the same dataset key) and
+  share through the run's cache, ``session_cache``: one definition, so both hit the same
+  dataset key, built once for all parallel test processes) and
   ``TINY_TRAIN`` / ``train_config`` (the 1-env inline PPO run of the trainer and reliability
   tests: 32 px, 8-step episodes, chunks of 4, 2 decisions per update).
+* ``run_cpu_timed``: a command's result and CPU seconds (what "fails fast" tests bound).
 * Token VLA: ``make_obs`` (random images, states, instructions), ``make_policy`` (the tiny
   PaliGemma token VLA, chunk ``K`` x ``A``), ``trained_step`` (Adam steps on a fixed chunk).
 * A fake env and policy for the rollout and algorithm bookkeeping tests only (never the only
