@@ -62,10 +62,18 @@ def greedy_visits(policy, env, seeds: list[int]):
     return visits, wins
 
 
-def compare_on(base, rl, obs, other=None) -> dict:
+def tempered_logp(pol, obs, tokens):
+    """``pol``'s log-probabilities over the action bins at its temperature, teacher-forced on
+    ``tokens``: the forward the update uses (``evaluate``), kept whole instead of gathered."""
+    import torch
+
+    out, _, _ = pol._teacher_forced(obs, tokens)
+    return torch.log_softmax(pol._masked_logits(out.logits), dim=-1)  # [N, T, bins]
+
+
+def compare_on(base, rl, obs) -> dict:
     """Per-token statistics of both policies on ``obs``, teacher-forced on the base's greedy
-    chunk; sums (divide by ``tokens`` / ``decisions``). With ``other`` (a second RL run from
-    the same base), also how often the two runs moved the same tokens, and where to."""
+    chunk; sums (divide by ``tokens`` / ``decisions``)."""
     import torch
 
     with torch.no_grad():
@@ -73,29 +81,7 @@ def compare_on(base, rl, obs, other=None) -> dict:
         mine = rl.act(obs, deterministic=True).stored["tokens"]
         stats = {"decisions": len(obs), "tokens": ref.numel(),
                  "chunk_agree": int((mine == ref).all(-1).sum())}
-        logp = {}
-        pols = (("base", base), ("rl", rl)) + ((("other", other),) if other is not None else ())
-        for name, pol in pols:
-            # a diagnostic reads the policy's tempered logits on a given prefix: the same
-            # forward the update uses (``evaluate``), kept whole instead of gathered
-            out, _, _ = pol._teacher_forced(obs, ref)
-            logp[name] = torch.log_softmax(pol._masked_logits(out.logits), dim=-1)  # [N, T, B]
-        if other is not None:
-            a, b = logp.pop("rl").argmax(-1), logp.pop("other").argmax(-1)
-            both = (a != ref) & (b != ref)
-            # the base's margin: are the moved tokens the ones it barely decided?
-            top2 = logp["base"].exp().topk(2, dim=-1)
-            margin = top2.values[..., 0] - top2.values[..., 1]
-            runner_up = top2.indices[..., 1]
-            stats.update(moved_rl=int((a != ref).sum()), moved_other=int((b != ref).sum()),
-                         moved_both=int(both.sum()), same_bin_both=int((both & (a == b)).sum()),
-                         same_side_both=int((both & ((a > ref) == (b > ref))).sum()),
-                         margin_all=float(margin.sum()),
-                         margin_moved_rl=float(margin[a != ref].sum()),
-                         margin_moved_both=float(margin[both].sum()),
-                         runner_up_rl=int((a[a != ref] == runner_up[a != ref]).sum()),
-                         runner_up_other=int((b[b != ref] == runner_up[b != ref]).sum()))
-            return stats
+        logp = {"base": tempered_logp(base, obs, ref), "rl": tempered_logp(rl, obs, ref)}
         for name, lp in logp.items():
             stats[f"{name}_argmax_agree"] = int((lp.argmax(-1) == ref).sum())
             stats[f"{name}_p_mode"] = float(lp.gather(-1, ref[..., None]).exp().sum())
@@ -105,6 +91,39 @@ def compare_on(base, rl, obs, other=None) -> dict:
         stats["moved_bins"] = int((logp["rl"].argmax(-1) - ref).abs()[moved].sum())
         stats["kl_rl_base"] = float((logp["rl"].exp() * (logp["rl"] - logp["base"])).sum(-1).sum())
     return stats
+
+
+def compare_runs(base, rl, other, obs) -> dict:
+    """How often two RL runs from ``base`` moved the same argmax tokens on ``obs`` (teacher-
+    forced on the base's greedy chunk), where to, and the base's margin on them; sums."""
+    import torch
+
+    with torch.no_grad():
+        ref = base.act(obs, deterministic=True).stored["tokens"]
+        a = tempered_logp(rl, obs, ref).argmax(-1)
+        b = tempered_logp(other, obs, ref).argmax(-1)
+        # the base's margin: are the moved tokens the ones it barely decided?
+        top2 = tempered_logp(base, obs, ref).exp().topk(2, dim=-1)
+    margin = top2.values[..., 0] - top2.values[..., 1]
+    runner_up = top2.indices[..., 1]
+    moved_a, moved_b = a != ref, b != ref
+    both = moved_a & moved_b
+    return {"tokens": ref.numel(), "moved_rl": int(moved_a.sum()), "moved_other": int(moved_b.sum()),
+            "moved_both": int(both.sum()), "same_bin_both": int((both & (a == b)).sum()),
+            "same_side_both": int((both & ((a > ref) == (b > ref))).sum()),
+            "margin_all": float(margin.sum()), "margin_moved_rl": float(margin[moved_a].sum()),
+            "margin_moved_both": float(margin[both].sum()),
+            "runner_up_rl": int((a == runner_up)[moved_a].sum()),
+            "runner_up_other": int((b == runner_up)[moved_b].sum())}
+
+
+def summed(fn, obs, batch: int = 32) -> dict:
+    """``fn`` on ``obs`` in batches, its statistics summed."""
+    sums: dict = {}
+    for i in range(0, len(obs), batch):
+        for k, v in fn(obs.index(slice(i, i + batch))).items():
+            sums[k] = sums.get(k, 0) + v
+    return sums
 
 
 def main() -> None:
@@ -137,13 +156,11 @@ def main() -> None:
                     "temperature": pols["rl"].cfg.temperature, "on": {}}
     t0 = time.perf_counter()
     with make_env(cfg.env) as env:
+        visited = {}
         for who, pol in pols.items():
             visits, wins = greedy_visits(pol, env, seeds)
-            obs = Obs.cat(visits)
-            sums: dict = {}
-            for i in range(0, len(obs), 32):
-                for k, v in compare_on(pols["base"], pols["rl"], obs.index(slice(i, i + 32))).items():
-                    sums[k] = sums.get(k, 0) + v
+            obs = visited[who] = Obs.cat(visits)
+            sums = summed(lambda o: compare_on(pols["base"], pols["rl"], o), obs)
             tok, dec = sums.pop("tokens"), sums.pop("decisions")
             moved, bins = sums.pop("moved_tokens"), sums.pop("moved_bins")
             row = {"greedy_successes": sum(wins), "episodes": len(wins), "decisions": dec,
@@ -158,12 +175,8 @@ def main() -> None:
                     print(f"  {k:>22}: {v:.4f}")
         if args.other:
             other = load_policy(args.other).eval()
-            visits, _ = greedy_visits(pols["base"], env, seeds)
-            obs, sums = Obs.cat(visits), {}
-            for i in range(0, len(obs), 32):
-                part = compare_on(pols["base"], pols["rl"], obs.index(slice(i, i + 32)), other)
-                for k, v in part.items():
-                    sums[k] = sums.get(k, 0) + v
+            sums = summed(lambda o: compare_runs(pols["base"], pols["rl"], other, o),
+                          visited["base"])
             tok, both = sums["tokens"], max(sums["moved_both"], 1)
             row = {"other": args.other, "tokens": tok,
                    "moved_rl": sums["moved_rl"] / tok, "moved_other": sums["moved_other"] / tok,
