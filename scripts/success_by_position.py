@@ -2,7 +2,8 @@
 """Where a policy succeeds: success by the initial object position of each evaluation seed.
 
     python scripts/success_by_position.py REPORT [REPORT ...] [--config recipes/cpu/quickstart.yaml]
-        [--split train] [--axis y] [--bins 3] [--probe CKPT ...] [--json out.json]
+        [--split train] [--axis y] [--bins 3] [--probe CKPT ...] [--features CKPT ...]
+        [--json out.json]
 
 Reads ``vlarl eval`` reports (their per-episode records: seed, success) and resets the task's
 env once per seed (one env in this process, nothing is trained or decided) to read where the
@@ -20,6 +21,12 @@ Pearson correlation between the object's initial ``--axis`` coordinate and the f
 component along that axis, for the task's scripted expert and for each checkpoint (greedy).
 The expert's is near 1 (it moves to the object); a policy that does not see where the object
 is has a correlation near 0.
+
+``--features CKPT ...`` (token VLA) asks where the position is lost: on the same first
+observations, the cross-validated R^2 of a ridge regression of the object's coordinate on
+the raw pixels, on the checkpoint's projected image features (every image token), and on the
+decoder's last hidden state at the last prompt token (the one the first action token is
+decoded from).
 """
 
 from __future__ import annotations
@@ -86,6 +93,68 @@ def equal_count_edges(values: list[float], bins: int) -> list[float]:
     return [ordered[len(ordered) * k // bins] for k in range(1, bins)]
 
 
+def ridge_cv_r2(X, y, alphas=(1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0), folds: int = 5) -> float:
+    """Best cross-validated R^2 over ``alphas`` of a ridge regression of ``y`` on ``X``
+    (columns standardised; interleaved folds; dual form, as samples < features). Written out
+    rather than taken from scikit-learn, which vlarl does not depend on: ten lines of numpy."""
+    import numpy as np
+
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    X = (X - X.mean(0)) / (X.std(0) + 1e-6)
+    idx = np.arange(len(y))
+    best = -np.inf
+    for a in alphas:
+        pred = np.empty(len(y))
+        for f in range(folds):
+            test = idx[f::folds]
+            train = np.setdiff1d(idx, test)
+            Xt, yt = X[train], y[train]
+            w = Xt.T @ np.linalg.solve(Xt @ Xt.T + a * np.eye(len(train)), yt - yt.mean())
+            pred[test] = X[test] @ w + yt.mean()
+        best = max(best, 1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    return float(best)
+
+
+def feature_r2(cfg, seeds: list[int], checkpoints: list[str], axis: int) -> dict:
+    """CV R^2 of the object's initial ``axis`` coordinate from the first observation's pixels,
+    and, per token-VLA checkpoint, from its image features and its last prompt hidden state.
+    Reads the token VLA's internals (``_encode``, ``_prompt_forward``): a diagnostic."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from vlarl.envs import make_env
+    from vlarl.policies import load_policy
+
+    env = make_env(dataclasses.replace(cfg.env, num_envs=1, backend="inline"))
+    try:
+        obs_list, coord = [], []
+        for s in seeds:
+            obs_list.append(env.reset([s]))
+            obj = next(getattr(env.u, a) for a in ("obj", "cube") if hasattr(env.u, a))
+            coord.append(float(obj.pose.p[0, axis]))
+    finally:
+        env.close()
+    out = {"pixels": ridge_cv_r2(np.stack([o.images[0].numpy().ravel() for o in obs_list]), coord)}
+    for c in checkpoints:
+        pol = load_policy(c)
+        image, hidden = [], []
+        with torch.no_grad():
+            for o in obs_list:
+                batch = pol._encode(o)
+                feats = pol._base().model.get_image_features(pixel_values=batch["pixel_values"])
+                feats = getattr(feats, "pooler_output", feats)
+                image.append(feats.reshape(-1).float().numpy())
+                res = pol._prompt_forward(o, batch["input_ids"].shape[1], **batch,
+                                          output_hidden_states=True)
+                hidden.append(res.hidden_states[-1][0, -1].float().numpy())
+        out[c] = {"image_features": ridge_cv_r2(np.stack(image), coord),
+                  "last_prompt_hidden": ridge_cv_r2(np.stack(hidden), coord)}
+    return out
+
+
 def by_bins(seeds: list[int], coord: dict[int, float], edges: list[float]) -> list[list[int]]:
     """``seeds`` grouped by the bin of their ``coord`` (``edges``: inner boundaries)."""
     import bisect
@@ -104,6 +173,7 @@ def main() -> None:
     ap.add_argument("--axis", choices=["x", "y"], default="y")
     ap.add_argument("--bins", type=int, default=3)
     ap.add_argument("--probe", nargs="*", default=[], metavar="CKPT")
+    ap.add_argument("--features", nargs="*", default=[], metavar="CKPT")
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -170,6 +240,14 @@ def main() -> None:
             r = float(np.corrcoef(acts["object"], acts[who])[0, 1])
             print(f"first action {args.axis} vs object {args.axis}, {who}: Pearson r = {r:+.2f} "
                   f"(n = {len(seeds)}, action std {np.std(acts[who]):.3f})")
+    if args.features:
+        r2 = feature_r2(cfg, seeds, args.features, ax)
+        out["features_r2"] = r2
+        print(f"object {args.axis} from the first picture, ridge 5-fold CV R^2: raw pixels "
+              f"{r2['pixels']:.2f}")
+        for c in args.features:
+            print(f"    {c}: image features {r2[c]['image_features']:.2f}, last prompt hidden "
+                  f"state {r2[c]['last_prompt_hidden']:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -42,3 +42,16 @@ def test_initial_positions_are_the_seeded_cube_poses():
     assert all(abs(p[0]) <= 0.1 and abs(p[1]) <= 0.1 and p[2] == pytest.approx(0.02) for p in pos.values())
     assert pos[1000000] == pytest.approx([-0.0953, -0.0148, 0.02], abs=1e-3)  # seeds are exact
     assert pos[1000000] != pos[1000001]
+
+
+def test_ridge_cv_r2_finds_a_linear_signal_and_not_noise():
+    import numpy as np
+
+    mod = _script()
+    rng = np.random.default_rng(0)
+    # more features than samples, driven by a few latent factors, as pixels are by a scene
+    Z = rng.normal(size=(100, 5))
+    X = Z @ rng.normal(size=(5, 300)) + 0.1 * rng.normal(size=(100, 300))
+    y = Z @ np.array([1.0, -2.0, 0.5, 1.5, -1.0])
+    assert mod.ridge_cv_r2(X, y) > 0.8
+    assert mod.ridge_cv_r2(X, rng.normal(size=100)) < 0.1
