@@ -36,6 +36,14 @@ import json
 from pathlib import Path
 
 
+def task_object(env):
+    """The manipulated actor of a ManiSkill task (``obj`` or ``cube``), or SystemExit."""
+    for name in ("obj", "cube"):
+        if hasattr(env.u, name):
+            return getattr(env.u, name)
+    raise SystemExit(f"{type(env.u).__name__}: no `obj` or `cube` actor to locate")
+
+
 def initial_positions(cfg, seeds: list[int]) -> dict[int, list[float]]:
     """Initial xyz of the task's object for each episode seed (one inline env, reset per seed)."""
     import dataclasses
@@ -47,10 +55,7 @@ def initial_positions(cfg, seeds: list[int]) -> dict[int, list[float]]:
         out = {}
         for s in seeds:
             env.reset([s])
-            obj = next((getattr(env.u, a) for a in ("obj", "cube") if hasattr(env.u, a)), None)
-            if obj is None:
-                raise SystemExit(f"{cfg.env.task}: no `obj` or `cube` actor to locate")
-            out[s] = [float(v) for v in obj.pose.p[0].tolist()]
+            out[s] = [float(v) for v in task_object(env).pose.p[0].tolist()]
         return out
     finally:
         env.close()
@@ -73,8 +78,7 @@ def first_actions(cfg, seeds: list[int], checkpoints: list[str], axis: int) -> d
     try:
         for s in seeds:
             obs = env.reset([s])
-            obj = next(getattr(env.u, a) for a in ("obj", "cube") if hasattr(env.u, a))
-            out["object"].append(float(obj.pose.p[0, axis]))
+            out["object"].append(float(task_object(env).pose.p[0, axis]))
             out["expert"].append(float(get_expert(cfg.env.task).act(env.u)[axis]))
             for c, pol in policies.items():
                 with torch.no_grad():
@@ -95,8 +99,10 @@ def equal_count_edges(values: list[float], bins: int) -> list[float]:
 
 def ridge_cv_r2(X, y, alphas=(1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0), folds: int = 5) -> float:
     """Best cross-validated R^2 over ``alphas`` of a ridge regression of ``y`` on ``X``
-    (columns standardised; interleaved folds; dual form, as samples < features). Written out
-    rather than taken from scikit-learn, which vlarl does not depend on: ten lines of numpy."""
+    (columns standardised; interleaved folds; dual form, as samples < features). The best of
+    a few alphas on the same folds is mildly optimistic (a nested CV would not be); the
+    figures it gives are compared with each other. Written out rather than taken from
+    scikit-learn, which vlarl does not depend on: ten lines of numpy."""
     import numpy as np
 
     X = np.asarray(X, dtype=np.float64)
@@ -133,8 +139,7 @@ def feature_r2(cfg, seeds: list[int], checkpoints: list[str], axis: int) -> dict
         obs_list, coord = [], []
         for s in seeds:
             obs_list.append(env.reset([s]))
-            obj = next(getattr(env.u, a) for a in ("obj", "cube") if hasattr(env.u, a))
-            coord.append(float(obj.pose.p[0, axis]))
+            coord.append(float(task_object(env).pose.p[0, axis]))
     finally:
         env.close()
     out = {"pixels": ridge_cv_r2(np.stack([o.images[0].numpy().ravel() for o in obs_list]), coord)}
