@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 
 def task_object(env):
@@ -44,47 +45,47 @@ def task_object(env):
     raise SystemExit(f"{type(env.u).__name__}: no `obj` or `cube` actor to locate")
 
 
-def initial_positions(cfg, seeds: list[int]) -> dict[int, list[float]]:
-    """Initial xyz of the task's object for each episode seed (one inline env, reset per seed)."""
+def first_scenes(cfg, seeds: list[int], expert: bool = False
+                 ) -> dict[int, tuple[list[float], Any, Any]]:
+    """Per episode seed: the task object's initial xyz, the first observation and (``expert``)
+    the scripted expert's first action on it, else None (one inline env, one reset per seed;
+    every analysis below reads these, so the env is built and each seed reset once)."""
     import dataclasses
 
     from vlarl.envs import make_env
+    from vlarl.envs.experts import get_expert
 
     env = make_env(dataclasses.replace(cfg.env, num_envs=1, backend="inline"))
     try:
         out = {}
         for s in seeds:
-            env.reset([s])
-            out[s] = [float(v) for v in task_object(env).pose.p[0].tolist()]
+            obs = env.reset([s])
+            out[s] = ([float(v) for v in task_object(env).pose.p[0].tolist()], obs,
+                      get_expert(cfg.env.task).act(env.u) if expert else None)
         return out
     finally:
         env.close()
 
 
-def first_actions(cfg, seeds: list[int], checkpoints: list[str], axis: int) -> dict:
-    """The first action's ``axis`` component on each seed's first observation: the scripted
-    expert's and each checkpoint's greedy one; with the object's initial coordinate."""
-    import dataclasses
+def initial_positions(cfg, seeds: list[int]) -> dict[int, list[float]]:
+    """Initial xyz of the task's object for each episode seed."""
+    return {s: pos for s, (pos, _, _) in first_scenes(cfg, seeds).items()}
 
+
+def first_actions(scenes: dict, checkpoints: list[str], axis: int) -> dict:
+    """The first action's ``axis`` component on each scene's first observation: the scripted
+    expert's and each checkpoint's greedy one; with the object's initial coordinate."""
     import torch
 
-    from vlarl.envs import make_env
-    from vlarl.envs.experts import get_expert
     from vlarl.policies import load_policy
 
-    policies = {c: load_policy(c) for c in checkpoints}
-    env = make_env(dataclasses.replace(cfg.env, num_envs=1, backend="inline"))
-    out: dict = {"object": [], "expert": [], **{c: [] for c in checkpoints}}
-    try:
-        for s in seeds:
-            obs = env.reset([s])
-            out["object"].append(float(task_object(env).pose.p[0, axis]))
-            out["expert"].append(float(get_expert(cfg.env.task).act(env.u)[axis]))
-            for c, pol in policies.items():
-                with torch.no_grad():
-                    out[c].append(float(pol.act(obs, deterministic=True).actions[0, 0, axis]))
-    finally:
-        env.close()
+    out: dict = {"object": [pos[axis] for pos, _, _ in scenes.values()],
+                 "expert": [float(expert[axis]) for _, _, expert in scenes.values()]}
+    for c in checkpoints:
+        pol = load_policy(c)
+        with torch.no_grad():
+            out[c] = [float(pol.act(obs, deterministic=True).actions[0, 0, axis])
+                      for _, obs, _ in scenes.values()]
     return out
 
 
@@ -122,26 +123,17 @@ def ridge_cv_r2(X, y, alphas=(1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0), folds: int 
     return float(best)
 
 
-def feature_r2(cfg, seeds: list[int], checkpoints: list[str], axis: int) -> dict:
+def feature_r2(scenes: dict, checkpoints: list[str], axis: int) -> dict:
     """CV R^2 of the object's initial ``axis`` coordinate from the first observation's pixels,
     and, per token-VLA checkpoint, from its image features and its last prompt hidden state.
     Reads the token VLA's internals (``_encode``, ``_prompt_forward``): a diagnostic."""
-    import dataclasses
-
     import numpy as np
     import torch
 
-    from vlarl.envs import make_env
     from vlarl.policies import load_policy
 
-    env = make_env(dataclasses.replace(cfg.env, num_envs=1, backend="inline"))
-    try:
-        obs_list, coord = [], []
-        for s in seeds:
-            obs_list.append(env.reset([s]))
-            coord.append(float(task_object(env).pose.p[0, axis]))
-    finally:
-        env.close()
+    obs_list = [obs for _, obs, _ in scenes.values()]
+    coord = [pos[axis] for pos, _, _ in scenes.values()]
     out = {"pixels": ridge_cv_r2(np.stack([o.images[0].numpy().ravel() for o in obs_list]), coord)}
     for c in checkpoints:
         pol = load_policy(c)
@@ -205,7 +197,8 @@ def main() -> None:
     if not 1 <= args.bins <= len(seeds):
         raise SystemExit(f"--bins {args.bins} must be between 1 and the number of seeds ({len(seeds)})")
     cfg = load_config(args.config, ["--env.split", args.split])
-    pos = initial_positions(cfg, seeds)
+    scenes = first_scenes(cfg, seeds, expert=bool(args.probe))
+    pos = {s: p for s, (p, _, _) in scenes.items()}
     ax = "xy".index(args.axis)
     coord = {s: pos[s][ax] for s in seeds}
     edges = equal_count_edges(list(coord.values()), args.bins)
@@ -239,14 +232,14 @@ def main() -> None:
     if args.probe:
         import numpy as np
 
-        acts = first_actions(cfg, seeds, args.probe, ax)
+        acts = first_actions(scenes, args.probe, ax)
         out["probe"] = acts
         for who in ["expert", *args.probe]:
             r = float(np.corrcoef(acts["object"], acts[who])[0, 1])
             print(f"first action {args.axis} vs object {args.axis}, {who}: Pearson r = {r:+.2f} "
                   f"(n = {len(seeds)}, action std {np.std(acts[who]):.3f})")
     if args.features:
-        r2 = feature_r2(cfg, seeds, args.features, ax)
+        r2 = feature_r2(scenes, args.features, ax)
         out["features_r2"] = r2
         print(f"object {args.axis} from the first picture, ridge 5-fold CV R^2: raw pixels "
               f"{r2['pixels']:.2f}")
