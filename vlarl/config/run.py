@@ -87,6 +87,7 @@ class Config:
         if "sft" in read:
             positive("sft.batch_size", self.sft.batch_size)
             positive("sft.state_noise", self.sft.state_noise, zero_ok=True)
+            self._check_grounding()
         if "data" in read:
             positive("data.num_episodes", self.data.num_episodes)
             if not str(self.data.expert).strip():
@@ -98,6 +99,23 @@ class Config:
         if "ire" in read:
             self._validate_ire()
         return self
+
+    def _check_grounding(self) -> None:
+        s = self.sft
+        positive("sft.grounding_scenes", s.grounding_scenes, zero_ok=True)
+        if not s.grounding_scenes:
+            return
+        positive("sft.grounding_steps", s.grounding_steps)
+        positive("sft.grounding_weight", s.grounding_weight, zero_ok=True)
+        choice("policy.name (with sft.grounding_scenes > 0)", self.policy.name,
+               {"token_vla", "flow_vla"})
+        if self.data.extra_tasks:
+            raise ConfigError("sft.grounding_scenes > 0 grounds one task; data.extra_tasks="
+                              f"{self.data.extra_tasks} is not allowed with it (set "
+                              "sft.grounding_scenes 0)")
+        if self.env.obs_mode != "rgb":
+            raise ConfigError(f"sft.grounding_scenes > 0 needs pictures: env.obs_mode="
+                              f"{self.env.obs_mode!r} is not allowed with it; choose 'rgb'")
 
     def _validate_env(self) -> None:
         e = self.env

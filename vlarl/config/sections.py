@@ -224,6 +224,20 @@ class SFTConfig:
     std as a fraction of each state dimension's std over the demos (0: none). The labels (the
     expert's actions) stay as recorded, so the policy sees states near, not only on, the
     demos' trajectories."""
+    grounding_scenes: int = 0
+    """Grounding pre-training before SFT (:mod:`vlarl.methods.grounding`): this many rendered
+    initial scenes of the task (train split, reset seeds from 500000: disjoint from the demo
+    and eval seeds), on which the policy learns to regress the task's layout - the xyz of its
+    ``layout_attrs`` actors, standardised - from its prompt features through a linear head that
+    is dropped before saving. Without it the tiny VLA's SFT base did not localize the cube
+    (docs/experiments/2026-12-07-success-by-position.md). 0: none."""
+    grounding_steps: int = 800
+    """Optimizer steps of grounding pre-training (batch ``sft.batch_size``, peak LR
+    ``sft.learning_rate``, the SFT schedule)."""
+    grounding_weight: float = 1.0
+    """Weight of the same grounding loss during SFT, on the layout of each demonstration's
+    reset, added to the action loss so SFT keeps what pre-training taught (0: pre-training
+    only). Used only with ``grounding_scenes > 0``."""
 
 
 @dataclass

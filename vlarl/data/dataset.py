@@ -126,11 +126,12 @@ def _counter(starts: np.ndarray) -> np.ndarray:
     return idx - np.maximum.accumulate(np.where(starts, idx, 0))
 
 
-def collate_chunks(items: list[dict[str, Any]]) -> tuple[Obs, torch.Tensor]:
+def collate_chunks(items: list[dict[str, Any]]) -> tuple[Obs, torch.Tensor | None]:
     """Stack ``ChunkDataset`` items into ``(Obs [B], actions float32 [B, k, A])``; states
     of different lengths (a multi-task batch, ``data.extra_tasks``) are zero-padded to the
     longest, as the policies pad them at inference (``policies.common.pad_state``). Items
-    with a ``privileged`` state (distillation data of a state-based student) keep it."""
+    with a ``privileged`` state (distillation data of a state-based student) keep it; items
+    without actions (grounding scenes) give ``None``."""
     width = max(it["state"].shape[-1] for it in items)
     priv = (torch.stack([it["privileged"] for it in items])
             if all("privileged" in it for it in items) else None)
@@ -139,4 +140,4 @@ def collate_chunks(items: list[dict[str, Any]]) -> tuple[Obs, torch.Tensor]:
                                                          (0, width - it["state"].shape[-1]))
                                  for it in items]),
               instructions=[it["instruction"] for it in items], privileged=priv)
-    return obs, torch.stack([it["actions"] for it in items])
+    return obs, (torch.stack([it["actions"] for it in items]) if "actions" in items[0] else None)

@@ -158,6 +158,13 @@ class ManiSkillVecEnv(VecEnv):
             parts.append(self.u.target.float().reshape(-1, 1))
         return torch.cat([p.to(parts[0].device) for p in parts], -1).cpu()
 
+    def layout_positions(self) -> torch.Tensor:
+        """float32 ``[N, 3 * L]``: the xyz of the task's layout actors (``TaskSpec.layout_attrs``,
+        object first) as they are now: the target of grounding pre-training
+        (:mod:`vlarl.methods.grounding`). Never part of the policy's observation."""
+        return torch.cat([getattr(self.u, a).pose.p.float() for a in self._spec.layout_attrs],
+                         -1).cpu()
+
     def _obs(self, raw: dict) -> Obs:
         if self._rgb:
             images = raw["sensor_data"][CAMERA]["rgb"].unsqueeze(1).cpu()

@@ -31,6 +31,7 @@ from torch import nn
 
 from vlarl.config import Config, ConfigError, DataConfig, non_default
 from vlarl.data import ChunkDataset, collate_chunks, collect_demos, load_demos, read_info
+from vlarl.methods.grounding import WithLayouts, demo_targets, prepare
 from vlarl.runtime.system import peak_rss_mb
 from vlarl.types import Obs
 
@@ -39,18 +40,26 @@ log = logging.getLogger(__name__)
 DONE_FILE = "sft_done.json"
 """Marker written last into a finished SFT checkpoint: its config key and final stats."""
 METRICS_FILE = "metrics.jsonl"
+GROUNDING_METRICS_FILE = "grounding_metrics.jsonl"
 
 
 class _SFTLoss(nn.Module):
     """Routes ``sft_loss`` through ``forward`` so accelerate's DDP wrapper and autocast see it
-    (calling a custom method on a DDP-wrapped model would skip the gradient all-reduce)."""
+    (calling a custom method on a DDP-wrapped model would skip the gradient all-reduce).
+    With ``grounding`` (head owned here, so DDP syncs it too) it adds ``weight`` x the
+    grounding loss; a batch without actions (grounding scenes) has that loss alone."""
 
-    def __init__(self, policy: nn.Module):
+    def __init__(self, policy: nn.Module, grounding=None, weight: float = 0.0):
         super().__init__()
-        self.policy = policy
+        self.policy, self.grounding, self.weight = policy, grounding, weight
+        self.head = None if grounding is None else grounding.head
 
-    def forward(self, obs: Obs, actions: torch.Tensor) -> torch.Tensor:
-        return self.policy.sft_loss(obs, actions)
+    def forward(self, obs: Obs, actions: torch.Tensor | None,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
+        loss = self.policy.sft_loss(obs, actions) if actions is not None else 0.0
+        if targets is not None and self.weight:
+            loss = loss + self.weight * self.grounding.loss(self.policy, obs, targets)
+        return loss
 
 
 def sft_key(cfg: Config, data_key: str, max_steps: int | None, grad_accum: int) -> str:
@@ -198,10 +207,22 @@ def _run_sft(cfg: Config, out: Path, force: bool, max_steps: int | None,
     tmp.mkdir(parents=True)
     noise = (cfg.sft.state_noise * state_std(demos)
              if cfg.sft.state_noise > 0 and cfg.policy.use_state else None)
+    g, g_stats = None, {}
+    if cfg.sft.grounding_scenes:
+        g, g_stats = _pretrain_grounding(policy, cfg, tmp, max_steps, gradient_accumulation_steps)
+        if cfg.sft.grounding_weight:
+            chunks = WithLayouts(chunks, demo_targets(cfg, data_dirs[0], chunks.datasets[0], g))
     stats = fit_sft(policy, chunks, cfg, max_steps=max_steps,
                     gradient_accumulation_steps=gradient_accumulation_steps,
-                    metrics_path=tmp / METRICS_FILE, state_noise_std=noise)
-    policy.save_pretrained(tmp)
+                    metrics_path=tmp / METRICS_FILE, state_noise_std=noise,
+                    grounding=g if cfg.sft.grounding_weight else None,
+                    grounding_weight=cfg.sft.grounding_weight)
+    if g is not None:
+        g_stats["heldout_r2_after_sft"] = round(g.heldout_r2(policy), 4)
+        log.info("grounding: held-out R^2 %.3f after SFT (%.3f after pre-training)",
+                 g_stats["heldout_r2_after_sft"], g_stats["heldout_r2"])
+        stats["grounding"] = g_stats
+    policy.save_pretrained(tmp)  # the grounding head is not part of the policy
     (tmp / DONE_FILE).write_text(json.dumps({"key": key, "dataset": data_dir, **stats}, indent=2))
     if out.exists():
         shutil.rmtree(out)
@@ -209,6 +230,22 @@ def _run_sft(cfg: Config, out: Path, force: bool, max_steps: int | None,
     log.info("SFT checkpoint %s: loss %.4f -> %.4f in %.1f s", out, stats["first_loss"],
              stats["final_loss"], stats["wall_time_s"])
     return out
+
+
+def _pretrain_grounding(policy: nn.Module, cfg: Config, tmp: Path, max_steps: int | None,
+                        grad_accum: int):
+    """Grounding pre-training (:mod:`vlarl.methods.grounding`): ``(Grounding, stats)``."""
+    g = prepare(policy, cfg)
+    steps = cfg.sft.grounding_steps if max_steps is None else min(max_steps, cfg.sft.grounding_steps)
+    fit = fit_sft(policy, g.train, cfg, max_steps=steps, gradient_accumulation_steps=grad_accum,
+                  metrics_path=tmp / GROUNDING_METRICS_FILE, grounding=g, grounding_weight=1.0)
+    stats = {"scenes": len(g.train), "heldout_scenes": len(g.heldout), "steps": fit["steps"],
+             "first_loss": fit["first_loss"], "final_loss": fit["final_loss"],
+             "wall_time_s": fit["wall_time_s"], "heldout_r2": round(g.heldout_r2(policy), 4)}
+    log.info("grounding pre-training: %d scenes, %d steps, loss %.4f -> %.4f, held-out R^2 %.3f",
+             stats["scenes"], stats["steps"], stats["first_loss"], stats["final_loss"],
+             stats["heldout_r2"])
+    return g, stats
 
 
 def noisy_state(obs: Obs, std: torch.Tensor) -> Obs:
@@ -220,7 +257,8 @@ def noisy_state(obs: Obs, std: torch.Tensor) -> Obs:
 
 def fit_sft(policy: nn.Module, chunks: ChunkDataset, cfg: Config, *, max_steps: int | None = None,
             gradient_accumulation_steps: int = 1, metrics_path: str | Path | None = None,
-            state_noise_std: torch.Tensor | None = None) -> dict[str, Any]:
+            state_noise_std: torch.Tensor | None = None, grounding=None,
+            grounding_weight: float = 0.0) -> dict[str, Any]:
     """Train ``policy`` in place with ``sft_loss`` on ``chunks``; return summary stats.
 
     One optimizer step = ``gradient_accumulation_steps`` micro-batches of
@@ -228,7 +266,8 @@ def fit_sft(policy: nn.Module, chunks: ChunkDataset, cfg: Config, *, max_steps: 
     ``ceil(num_epochs * ceil(len(loader) / grad_accum))``. Every step's loss, learning rate
     and gradient norm go to ``metrics_path`` (JSON lines). ``state_noise_std`` (per state
     dimension) adds Gaussian noise to each batch's states (``sft.state_noise``), drawn from
-    torch's seeded global generator.
+    torch's seeded global generator. ``grounding`` (:class:`vlarl.methods.grounding.Grounding`)
+    trains its head too, on items that carry layouts, with ``grounding_weight``.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -237,12 +276,21 @@ def fit_sft(policy: nn.Module, chunks: ChunkDataset, cfg: Config, *, max_steps: 
 
     s = cfg.sft
     set_seed(s.seed)
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    from vlarl.methods.grounding import collate_grounded
+
+    # grounding scenes have no action loss: the LM head gets no gradient then
+    ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if grounding else []
     acc = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps,
-                      mixed_precision=cfg.train.mixed_precision)
+                      mixed_precision=cfg.train.mixed_precision, kwargs_handlers=ddp)
     loader = torch.utils.data.DataLoader(
-        chunks, batch_size=s.batch_size, shuffle=True, collate_fn=collate_chunks,
+        chunks, batch_size=s.batch_size, shuffle=True,
+        collate_fn=collate_grounded if grounding else collate_chunks,
         generator=torch.Generator().manual_seed(s.seed))
     params = policy.policy_parameters()  # the actor only: SFT has no value target
+    if grounding:
+        params += list(grounding.head.parameters())
     if not params:
         raise ValueError(f"{type(policy).__name__} has no trainable actor parameters "
                          "(check policy.use_lora / sft.full_finetune)")
@@ -253,7 +301,8 @@ def fit_sft(policy: nn.Module, chunks: ChunkDataset, cfg: Config, *, max_steps: 
     scheduler = get_scheduler(s.lr_scheduler_type, optimizer,
                               num_warmup_steps=round(s.warmup_ratio * total) * acc.num_processes,
                               num_training_steps=total * acc.num_processes)
-    model, optimizer, loader, scheduler = acc.prepare(_SFTLoss(policy), optimizer, loader, scheduler)
+    model, optimizer, loader, scheduler = acc.prepare(
+        _SFTLoss(policy, grounding, grounding_weight), optimizer, loader, scheduler)
     model.train()
     losses: list[float] = []
     step, epoch, micro_losses = 0, 0, []
@@ -264,11 +313,11 @@ def fit_sft(policy: nn.Module, chunks: ChunkDataset, cfg: Config, *, max_steps: 
         bar = stack.enter_context(tqdm(total=total, desc="sft", unit="step",
                                        disable=not acc.is_main_process))
         while step < total:
-            for obs, actions in loader:
+            for obs, actions, *targets in loader:
                 if state_noise_std is not None:
                     obs = noisy_state(obs, state_noise_std)
                 with acc.accumulate(model):
-                    loss = model(obs, actions)
+                    loss = model(obs, actions, *targets)
                     acc.backward(loss)
                     micro_losses.append(loss.detach().float().item())
                     grad_norm = acc.clip_grad_norm_(params, cfg.algo.max_grad_norm) \

@@ -45,6 +45,11 @@ class Policy(nn.Module):
         """Value estimates ``[N]`` (None without a value head)."""
         return None
 
+    def prompt_features(self, obs: Obs) -> torch.Tensor:
+        """Features ``[N, H]`` of the observation before any action (a VLA's prompt state), with
+        grad: what grounding pre-training (``sft.grounding_scenes``) reads the layout from."""
+        raise NotImplementedError(f"{type(self).__name__} has no prompt features")
+
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
         """Context in which the policy is the reference policy (LoRA adapters disabled)."""

@@ -344,6 +344,10 @@ class FlowVLAPolicy(Policy):
             return self._values(None, obs)
         return self._values(self._prefix(self._inputs(obs))[1], obs)
 
+    def prompt_features(self, obs: Obs) -> torch.Tensor:
+        """The VLM prefix's mask-pooled last hidden states, fp32 ``[N, H]``, with grad."""
+        return self._prefix(self._inputs(obs))[1].float()
+
     def sft_loss(self, obs: Obs, actions: torch.Tensor) -> torch.Tensor:
         """pi0's own flow-matching loss (MSE of the velocity) on demonstration chunks ``[N, k, A]``."""
         mc = self.pi0.config

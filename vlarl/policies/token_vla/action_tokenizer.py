@@ -92,3 +92,29 @@ class OpenVLAActionTokenizer(ActionTokenizer):
             return centres[idx].float()
         return centres.expand(*idx.shape, -1).gather(-1, idx[..., None]).squeeze(-1).float()
 
+
+
+def action_ids(tokenizer, base_model, cfg) -> tuple[int, ActionTokenizer]:
+    """The first action id in the vocabulary and the action tokenizer of
+    ``cfg.action_token_layout`` (``cfg``: a ``TokenVLAConfig``); ``ValueError`` names the
+    field when the layout, the bins or the tokenizer's ``<act_0>`` do not fit the model."""
+    if cfg.action_token_layout == "openvla":
+        # OpenVLA: ids tokenizer.vocab_size - 1..bins (Llama: 31744..31999), not the padded
+        # embedding's last rows (32064); see OpenVLAActionTokenizer.
+        vocab, tokenizer_cls = tokenizer.vocab_size, OpenVLAActionTokenizer
+    elif cfg.action_token_layout == "vlarl":
+        vocab = base_model.get_output_embeddings().weight.shape[0]
+        tokenizer_cls = ActionTokenizer
+    else:
+        raise ValueError(f"policy.action_token_layout={cfg.action_token_layout!r} is not "
+                         "allowed; choose one of ['openvla', 'vlarl']")
+    if cfg.action_bins >= vocab:
+        raise ValueError(f"policy.action_bins={cfg.action_bins} must be < the vocabulary "
+                         f"size {vocab} (action ids are its last bins)")
+    start = vocab - cfg.action_bins
+    named = (tokenizer.convert_tokens_to_ids("<act_0>") if "<act_0>" in tokenizer.get_vocab()
+             else None)
+    if cfg.action_token_layout == "vlarl" and named not in (None, start):
+        raise ValueError(f"tokenizer's <act_0> has id {named} but policy.action_bins="
+                         f"{cfg.action_bins} puts bin 0 at id {start}")
+    return start, tokenizer_cls(cfg.action_bins, cfg.action_low, cfg.action_high)

@@ -59,7 +59,7 @@ from vlarl.policies.saving import (
 )
 from vlarl.policies.token_vla import inputs as prompt_inputs
 from vlarl.policies.token_vla import state_input
-from vlarl.policies.token_vla.action_tokenizer import ActionTokenizer, OpenVLAActionTokenizer
+from vlarl.policies.token_vla.action_tokenizer import action_ids
 from vlarl.policies.token_vla.configuration_token_vla import LEGACY_DEFAULTS, TokenVLAConfig
 from vlarl.policies.token_vla.prismatic import is_prismatic, prismatic_forward
 from vlarl.types import ActOutput, Obs
@@ -81,25 +81,7 @@ class TokenVLAPolicy(Policy):
         # Batched decoding appends tokens at the end of every row: the padding goes in front
         # (many checkpoints, OpenVLA's Llama tokenizer among them, ship padding_side="right").
         tok.padding_side = "left"
-        if cfg.action_token_layout == "openvla":
-            # OpenVLA: ids tokenizer.vocab_size - 1..bins (Llama: 31744..31999), not the padded
-            # embedding's last rows (32064); see OpenVLAActionTokenizer.
-            vocab, tokenizer_cls = tok.vocab_size, OpenVLAActionTokenizer
-        elif cfg.action_token_layout == "vlarl":
-            vocab = self._base().get_output_embeddings().weight.shape[0]
-            tokenizer_cls = ActionTokenizer
-        else:
-            raise ValueError(f"policy.action_token_layout={cfg.action_token_layout!r} is not "
-                             "allowed; choose one of ['openvla', 'vlarl']")
-        if cfg.action_bins >= vocab:
-            raise ValueError(f"policy.action_bins={cfg.action_bins} must be < the vocabulary "
-                             f"size {vocab} (action ids are its last bins)")
-        self.action_start = vocab - cfg.action_bins
-        named = tok.convert_tokens_to_ids("<act_0>") if "<act_0>" in tok.get_vocab() else None
-        if cfg.action_token_layout == "vlarl" and named not in (None, self.action_start):
-            raise ValueError(f"tokenizer's <act_0> has id {named} but policy.action_bins="
-                             f"{cfg.action_bins} puts bin 0 at id {self.action_start}")
-        self.action_tokenizer = tokenizer_cls(cfg.action_bins, cfg.action_low, cfg.action_high)
+        self.action_start, self.action_tokenizer = action_ids(tok, self._base(), cfg)
         if "{instruction}" not in cfg.prompt_template:
             raise ValueError(f"policy.prompt_template={cfg.prompt_template!r} must contain "
                              "'{instruction}'")
@@ -375,10 +357,14 @@ class TokenVLAPolicy(Policy):
             return None
         if not self._critic_on_features:  # the privileged critic needs no backbone pass
             return self._values(None, torch.ones(0), obs)
+        return self._values(*self._prompt_hidden(obs), obs)
+
+    def _prompt_hidden(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        """One prompt forward: the last layer's hidden states ``[N, P, H]`` and the mask."""
         batch = self._encode(obs)
         out = self._prompt_forward(obs, batch["input_ids"].shape[1], **batch,
                                    output_hidden_states=True, logits_to_keep=1)
-        return self._values(out.hidden_states[-1], batch["attention_mask"], obs)
+        return out.hidden_states[-1], batch["attention_mask"]
 
     def _act_values(self, hidden: torch.Tensor | None, mask: torch.Tensor,
                     obs: Obs) -> torch.Tensor | None:
@@ -394,6 +380,10 @@ class TokenVLAPolicy(Policy):
 
     def _prefix_hidden(self, out: Any, prefix: int) -> torch.Tensor | None:
         return out.hidden_states[-1][:, :prefix] if self._critic_on_features else None
+
+    def prompt_features(self, obs: Obs) -> torch.Tensor:
+        """The last layer's hidden state at the prompt's last token, fp32 ``[N, H]``, with grad."""
+        return self._prompt_hidden(obs)[0][:, -1].float()
 
     def sft_loss(self, obs: Obs, actions: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of expert chunks ``actions [N, k, A]`` as action tokens.
