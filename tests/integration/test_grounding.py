@@ -88,3 +88,18 @@ def test_run_sft_pretrains_grounding_and_saves_a_plain_policy(env_cache: Path) -
     plain.sft.batch_size, plain.sft.learning_rate, plain.sft.lr_scheduler_type = 8, 1e-3, "constant"
     key = json.loads((run_sft(plain, max_steps=12) / DONE_FILE).read_text())["key"]
     assert key != json.loads((out / DONE_FILE).read_text())["key"]
+
+
+@pytest.mark.parametrize("state_input", ["embedding", "text"])
+def test_sft_features_are_the_prompt_features_of_one_pass(state_input: str) -> None:
+    from helpers import K, A, make_obs, make_policy
+
+    policy = make_policy(state_input=state_input)
+    obs = make_obs(3)
+    actions = torch.rand(3, K, A) * 2 - 1
+    with torch.no_grad():
+        loss, feats = policy.sft_loss(obs, actions, features=True)
+        torch.testing.assert_close(loss, policy.sft_loss(obs, actions))
+        torch.testing.assert_close(feats, policy.prompt_features(obs), atol=1e-5, rtol=1e-4)
+    assert feats.shape == (3, policy._base().config.get_text_config().hidden_size)
+    assert float(feats.std(0).mean()) > 1e-3  # the rows differ: the features see the inputs

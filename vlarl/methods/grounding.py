@@ -123,9 +123,9 @@ class Grounding:
     train: SceneDataset
     heldout: SceneDataset
 
-    def loss(self, policy: nn.Module, obs: Obs, targets: torch.Tensor) -> torch.Tensor:
-        """MSE of the head's prediction from ``policy.prompt_features(obs)`` (targets standardised)."""
-        pred = self.head(policy.prompt_features(obs))
+    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """MSE of the head's prediction from prompt features ``[N, H]`` (targets standardised)."""
+        pred = self.head(features)
         return nn.functional.mse_loss(pred, targets.to(pred))
 
     @torch.no_grad()

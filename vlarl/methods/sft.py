@@ -56,10 +56,12 @@ class _SFTLoss(nn.Module):
 
     def forward(self, obs: Obs, actions: torch.Tensor | None,
                 targets: torch.Tensor | None = None) -> torch.Tensor:
-        loss = self.policy.sft_loss(obs, actions) if actions is not None else 0.0
-        if targets is not None and self.weight:
-            loss = loss + self.weight * self.grounding.loss(self.policy, obs, targets)
-        return loss
+        if targets is None or not self.weight:
+            return self.policy.sft_loss(obs, actions)
+        if actions is None:  # grounding scenes
+            return self.weight * self.grounding.loss(self.policy.prompt_features(obs), targets)
+        loss, features = self.policy.sft_loss(obs, actions, features=True)
+        return loss + self.weight * self.grounding.loss(features, targets)
 
 
 def sft_key(cfg: Config, data_key: str, max_steps: int | None, grad_accum: int) -> str:

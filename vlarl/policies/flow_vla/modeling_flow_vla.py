@@ -348,8 +348,11 @@ class FlowVLAPolicy(Policy):
         """The VLM prefix's mask-pooled last hidden states, fp32 ``[N, H]``, with grad."""
         return self._prefix(self._inputs(obs))[1].float()
 
-    def sft_loss(self, obs: Obs, actions: torch.Tensor) -> torch.Tensor:
-        """pi0's own flow-matching loss (MSE of the velocity) on demonstration chunks ``[N, k, A]``."""
+    def sft_loss(self, obs: Obs, actions: torch.Tensor, features: bool = False):
+        """pi0's own flow-matching loss (MSE of the velocity) on demonstration chunks ``[N, k, A]``;
+        ``features``: ``(loss, prompt_features(obs))`` (a second prefix pass)."""
+        if features:
+            return self.sft_loss(obs, actions), self.prompt_features(obs)
         mc = self.pi0.config
         _, k, a = actions.shape
         if k > mc.chunk_size or a > mc.max_action_dim:

@@ -309,7 +309,8 @@ class TokenVLAPolicy(Policy):
             self._prefix_hidden(out, prefix), batch["attention_mask"], obs)
         return self._output(tokens, logp.gather(-1, tokens[..., None]).squeeze(-1), values)
 
-    def _teacher_forced(self, obs: Obs, tokens: torch.Tensor, labels: bool = False):
+    def _teacher_forced(self, obs: Obs, tokens: torch.Tensor, labels: bool = False,
+                        hidden: bool = False):
         """One forward over prompt + action tokens; returns (model output, batch, prefix length)."""
         batch = self._encode(obs)
         _n, prefix = batch["input_ids"].shape
@@ -320,7 +321,7 @@ class TokenVLAPolicy(Policy):
         if self.cfg.decoding == "parallel":  # the inputs never depend on the sampled tokens
             feed = self.placeholder_ids[: feed.shape[1]].to(feed.device).expand_as(feed)
         full = prompt_inputs.extend(batch, feed)
-        kwargs: dict[str, Any] = {"output_hidden_states": self._critic_on_features}
+        kwargs: dict[str, Any] = {"output_hidden_states": self._critic_on_features or hidden}
         if labels:
             lab = torch.full_like(full["input_ids"], -100)
             lab[:, prefix:] = ids
@@ -385,16 +386,18 @@ class TokenVLAPolicy(Policy):
         """The last layer's hidden state at the prompt's last token, fp32 ``[N, H]``, with grad."""
         return self._prompt_hidden(obs)[0][:, -1].float()
 
-    def sft_loss(self, obs: Obs, actions: torch.Tensor) -> torch.Tensor:
+    def sft_loss(self, obs: Obs, actions: torch.Tensor, features: bool = False):
         """Cross-entropy of expert chunks ``actions [N, k, A]`` as action tokens.
 
         The model's own loss with labels (-100 on the prompt): over the full vocabulary, so
         SFT also moves probability mass into the action ids (as OpenVLA fine-tuning does).
+        ``features``: ``(loss, prompt_features(obs))`` from the same forward (the prompt's
+        hidden states do not attend to the action tokens, a causal suffix).
         """
         n = actions.shape[0]
         if tuple(actions.shape[1:]) != (self.chunk_size, self.action_dim):
             raise ValueError(f"actions shape {tuple(actions.shape)} must be [N, {self.chunk_size}, "
                              f"{self.action_dim}] (policy.chunk_size, policy.action_dim)")
         tokens = self.action_tokenizer.tokenize(actions).view(n, -1)
-        out, _, _ = self._teacher_forced(obs, tokens, labels=True)
-        return out.loss
+        out, _, prefix = self._teacher_forced(obs, tokens, labels=True, hidden=features)
+        return (out.loss, out.hidden_states[-1][:, prefix - 1].float()) if features else out.loss
