@@ -240,7 +240,8 @@ def _pretrain_grounding(policy: nn.Module, cfg: Config, tmp: Path, max_steps: in
     g = prepare(policy, cfg)
     steps = cfg.sft.grounding_steps if max_steps is None else min(max_steps, cfg.sft.grounding_steps)
     fit = fit_sft(policy, g.train, cfg, max_steps=steps, gradient_accumulation_steps=grad_accum,
-                  metrics_path=tmp / GROUNDING_METRICS_FILE, grounding=g, grounding_weight=1.0)
+                  metrics_path=tmp / GROUNDING_METRICS_FILE, grounding=g, grounding_weight=1.0,
+                  desc="grounding")
     stats = {"scenes": len(g.train), "heldout_scenes": len(g.heldout), "steps": fit["steps"],
              "first_loss": fit["first_loss"], "final_loss": fit["final_loss"],
              "wall_time_s": fit["wall_time_s"], "heldout_r2": round(g.heldout_r2(policy), 4)}
@@ -260,7 +261,7 @@ def noisy_state(obs: Obs, std: torch.Tensor) -> Obs:
 def fit_sft(policy: nn.Module, chunks: ChunkDataset, cfg: Config, *, max_steps: int | None = None,
             gradient_accumulation_steps: int = 1, metrics_path: str | Path | None = None,
             state_noise_std: torch.Tensor | None = None, grounding=None,
-            grounding_weight: float = 0.0) -> dict[str, Any]:
+            grounding_weight: float = 0.0, desc: str = "sft") -> dict[str, Any]:
     """Train ``policy`` in place with ``sft_loss`` on ``chunks``; return summary stats.
 
     One optimizer step = ``gradient_accumulation_steps`` micro-batches of
@@ -312,7 +313,7 @@ def fit_sft(policy: nn.Module, chunks: ChunkDataset, cfg: Config, *, max_steps: 
     with contextlib.ExitStack() as stack:
         metrics = (stack.enter_context(open(metrics_path, "w"))
                    if metrics_path and acc.is_main_process else None)
-        bar = stack.enter_context(tqdm(total=total, desc="sft", unit="step",
+        bar = stack.enter_context(tqdm(total=total, desc=desc, unit="step",
                                        disable=not acc.is_main_process))
         while step < total:
             for obs, actions, *targets in loader:

@@ -1,4 +1,5 @@
-"""Screening code of docs/experiments/2026-12-07-success-by-position.md (not a vlarl option).
+"""Screening code of docs/experiments/2026-12-07-success-by-position.md, kept to reproduce it.
+The stage it screened is now part of vlarl: ``vlarl sft --sft.grounding_scenes 2000`` (docs/sft.md).
 
     python docs/experiments/code/grounding_sft.py aux W [--section.field value ...]
         SFT of the quickstart recipe with the grounding target (weight W) on the demo scenes
