@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import demo_config, session_cache
+from helpers import A, K, demo_config, make_obs, make_policy, session_cache
 
 from vlarl.config import ConfigError
+from vlarl.data import read_info
 from vlarl.methods.grounding import r2_score, reset_layouts, standardize
-from vlarl.methods.sft import DONE_FILE, GROUNDING_METRICS_FILE, METRICS_FILE, run_sft
+from vlarl.methods.sft import DONE_FILE, GROUNDING_METRICS_FILE, METRICS_FILE, run_sft, sft_key
 
 
 def test_standardize_zeroes_constant_dimensions() -> None:
@@ -83,17 +85,15 @@ def test_run_sft_pretrains_grounding_and_saves_a_plain_policy(env_cache: Path) -
     policy = load_policy(out)  # an ordinary checkpoint: no grounding head inside
     assert not any("head" in n and "value" not in n and "lm_head" not in n
                    for n, _ in policy.named_parameters())
-    plain = demo_config()
-    plain.sft.output_dir = str(env_cache / "plain")
-    plain.sft.batch_size, plain.sft.learning_rate, plain.sft.lr_scheduler_type = 8, 1e-3, "constant"
-    key = json.loads((run_sft(plain, max_steps=12) / DONE_FILE).read_text())["key"]
-    assert key != json.loads((out / DONE_FILE).read_text())["key"]
+    done = json.loads((out / DONE_FILE).read_text())
+    plain = copy.deepcopy(cfg)
+    plain.sft.grounding_scenes = 0  # another checkpoint: the stage is part of the cache key
+    assert sft_key(plain, "d", 12, 1) != sft_key(cfg, "d", 12, 1)
+    assert done["key"] == sft_key(cfg, read_info(done["dataset"])["key"], 12, 1)
 
 
 @pytest.mark.parametrize("state_input", ["embedding", "text"])
 def test_sft_features_are_the_prompt_features_of_one_pass(state_input: str) -> None:
-    from helpers import K, A, make_obs, make_policy
-
     policy = make_policy(state_input=state_input)
     obs = make_obs(3)
     actions = torch.rand(3, K, A) * 2 - 1
