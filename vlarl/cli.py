@@ -220,9 +220,11 @@ def _dispatch(args, rest: list[str], parser) -> int:
 
         print(collect_demos(cfg))
     elif cmd == "sft":
-        from vlarl.methods.sft import run_sft
+        from vlarl.methods.sft import describe, run_sft
 
-        print(run_sft(cfg))
+        out = run_sft(cfg)
+        print(describe(out), file=sys.stderr)
+        print(out)
     elif cmd == "train":
         from vlarl.runtime.preflight import preflight
 

@@ -13,7 +13,14 @@ from helpers import A, K, demo_config, make_obs, make_policy, session_cache
 from vlarl.config import ConfigError
 from vlarl.data import read_info
 from vlarl.methods.grounding import r2_score, reset_layouts, standardize
-from vlarl.methods.sft import DONE_FILE, GROUNDING_METRICS_FILE, METRICS_FILE, run_sft, sft_key
+from vlarl.methods.sft import (
+    DONE_FILE,
+    GROUNDING_METRICS_FILE,
+    METRICS_FILE,
+    describe,
+    run_sft,
+    sft_key,
+)
 
 
 def test_standardize_zeroes_constant_dimensions() -> None:
@@ -82,6 +89,8 @@ def test_run_sft_pretrains_grounding_and_saves_a_plain_policy(env_cache: Path) -
     assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3]), losses  # the head learns
     assert len((out / METRICS_FILE).read_text().splitlines()) == 12
     assert set(g) >= {"heldout_r2", "heldout_r2_after_sft"}
+    line = describe(out)  # what `vlarl sft` prints
+    assert "grounding pre-training: 16 scenes, 12 steps" in line and "held-out R^2" in line
     policy = load_policy(out)  # an ordinary checkpoint: no grounding head inside
     assert not any("head" in n and "value" not in n and "lm_head" not in n
                    for n, _ in policy.named_parameters())

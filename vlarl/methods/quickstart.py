@@ -83,7 +83,7 @@ def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool 
     from vlarl.data import collect_demos
     from vlarl.eval.evaluate import run_eval
     from vlarl.methods.distill import run_distill
-    from vlarl.methods.sft import run_sft
+    from vlarl.methods.sft import describe, run_sft
     from vlarl.trainer import train
 
     cfg = _recipe(smoke, extra or [])
@@ -106,6 +106,7 @@ def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool 
     cfg.sft = dataclasses.replace(cfg.sft, output_dir=str(root / "sft"))
     k_sft = _key(k_data, non_default(cfg.policy), non_default(cfg.sft))
     base = stages.run("sft", k_sft, lambda: {"path": str(run_sft(cfg, force=force))})["path"]
+    print(f"[quickstart] {describe(base)}", flush=True)
 
     # 3. RL fine-tuning from the SFT base with LoRA
     rl_cfg = dataclasses.replace(

@@ -251,6 +251,20 @@ def _pretrain_grounding(policy: nn.Module, cfg: Config, tmp: Path, max_steps: in
     return g, stats
 
 
+def describe(out: str | Path) -> str:
+    """One line on a finished SFT checkpoint (its done-marker), for the console."""
+    d = json.loads((Path(out) / DONE_FILE).read_text())
+    line = (f"SFT: {d['steps']} steps, loss {d['first_loss']:.3f} -> {d['final_loss']:.3f}, "
+            f"{d['wall_time_s']:.0f} s, peak RSS {d['peak_rss_mb']:.0f} MB")
+    g = d.get("grounding")
+    if g:
+        line += (f"; grounding pre-training: {g['scenes']} scenes, {g['steps']} steps, MSE "
+                 f"{g['first_loss']:.3f} -> {g['final_loss']:.4f}, held-out R^2 "
+                 f"{g['heldout_r2']:.2f} (after SFT {g['heldout_r2_after_sft']:.2f}, "
+                 f"{g['heldout_scenes']} scenes)")
+    return line
+
+
 def noisy_state(obs: Obs, std: torch.Tensor) -> Obs:
     """``obs`` with ``N(0, std^2)`` added to its state, per dimension (``std`` may be longer
     than the state: a multi-task batch padded to the widest state)."""
