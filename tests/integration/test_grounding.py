@@ -59,11 +59,19 @@ def test_layouts_follow_the_seed() -> None:
     (["--sft.grounding_scenes", "16", "--data.extra_tasks", "[PushCube-v1]"],
      "data.extra_tasks=.'PushCube-v1'. is not allowed"),
 ])
-def test_bad_grounding_settings_fail_at_start(args: list[str], match: str) -> None:
+def test_bad_grounding_settings_fail_at_start(args: list[str], match: str, tmp_path) -> None:
     from vlarl.config import load_config
 
-    with pytest.raises(ConfigError, match=match):
-        load_config(None, args)
+    with pytest.raises(ConfigError, match=match):  # at load, or when the SFT run starts
+        run_sft(load_config(None, [*args, "--sft.output_dir", str(tmp_path / "sft")]))
+    assert not (tmp_path / "sft").exists()
+
+
+def test_a_distillation_config_may_carry_the_grounding_stage() -> None:
+    from vlarl.config import load_config
+
+    cfg = load_config(None, ["--sft.grounding_scenes", "16", "--policy.name", "mlp_student"])
+    assert cfg.sft.grounding_scenes == 16  # the quickstart's distill stage loads this config
 
 
 @pytest.fixture(scope="module")

@@ -107,6 +107,13 @@ class Config:
             return
         positive("sft.grounding_steps", s.grounding_steps)
         positive("sft.grounding_weight", s.grounding_weight, zero_ok=True)
+
+    def check_grounding_run(self) -> None:
+        """What an SFT run with grounding pre-training needs of the other sections (checked
+        by ``run_sft`` before any demo or model: other commands carry the sft section too,
+        e.g. the quickstart's distillation of an ``mlp_student``)."""
+        if not self.sft.grounding_scenes:
+            return
         choice("policy.name (with sft.grounding_scenes > 0)", self.policy.name,
                {"token_vla", "flow_vla"})
         if self.data.extra_tasks:

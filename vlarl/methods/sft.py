@@ -165,6 +165,7 @@ def run_sft(cfg: Config, force: bool = False, *, max_steps: int | None = None,
     """
     from vlarl.runtime import runlock
 
+    cfg.check_grounding_run()
     out = Path(cfg.sft.output_dir).expanduser()
     # the output is replaced by a rename when done: the lock file sits beside it
     with runlock.holding(out, "sft.output_dir", inside=False):
