@@ -146,9 +146,14 @@ FORWARDED = {"drift": "vlarl.eval.drift", "rldg": "vlarl.methods.rldg"}
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from vlarl.runtime.system import configure_threads
+    from vlarl.runtime.threads import configure_threads
 
-    configure_threads()  # VLARL_SHARED_CORES=1: before torch is imported (runtime/system.py)
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    try:  # before torch is imported: OMP_NUM_THREADS, see vlarl/runtime/threads.py
+        configure_threads(command)
+    except ValueError as err:
+        print(f"vlarl: error: {err}", file=sys.stderr)
+        return 2
     if argv and argv[0] in FORWARDED:
         import importlib
 

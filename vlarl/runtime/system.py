@@ -1,6 +1,6 @@
 """Facts about this machine and process that several commands report or use: where the
-caches live, how much memory a process (tree) has held, which commit the code is, and the
-OpenMP settings every command starts with. One implementation of each."""
+caches live, how much memory a process (tree) has held, and which commit the code is. One
+implementation of each (the thread settings: :mod:`vlarl.runtime.threads`)."""
 
 from __future__ import annotations
 
@@ -15,34 +15,6 @@ def cache_root() -> Path:
     """Root of vlarl's on-disk caches (datasets, tokenizers, tiny models, quickstart stages):
     ``$VLARL_CACHE`` if set, else ``~/.cache/vlarl``."""
     return Path(os.environ.get("VLARL_CACHE", "~/.cache/vlarl")).expanduser()
-
-
-SHARED_CORES_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-"""What ``VLARL_SHARED_CORES=1`` sets before torch is imported (unless the user set it): for a
-command that runs beside another job on the same cores.
-
-OpenMP's default lets idle intra-op threads spin before they sleep; two torch processes on two
-cores then take the cores from each other. Measured 2026-12-06 on 2 cores: ``vlarl sft
---config recipes/cpu/quickstart.yaml --sft.num_epochs 1`` beside a GRPO run took 3.22 s per
-step with the default and 0.52 s with ``PASSIVE`` (6.2x); ``vlarl bench contention``
-(docs/bench/2026-12-06-cpu2-contention.json): two SFT-step processes 4.68x slower than one with
-the default, 1.41x with ``PASSIVE``. But alone ``PASSIVE`` costs 1.27x on those steps and 1.53x
-on the quickstart's GRPO update (8.74 s vs 5.72 s with ``ACTIVE``, 8 updates each; with the
-default the same recipe's updates took ~5-5.5 s), so it is not the default: a training run alone keeps OpenMP's
-default, and a job started beside it sets ``VLARL_SHARED_CORES=1``. A short spin instead
-(``GOMP_SPINCOUNT=10000``) keeps neither speed: 1.18x slower alone and 4.01x with a second
-process (docs/bench/2026-12-06-cpu2-policy-contention.json)."""
-
-
-def configure_threads() -> dict[str, str]:
-    """With ``VLARL_SHARED_CORES=1``, apply :data:`SHARED_CORES_ENV` to ``os.environ`` where
-    unset; returns what was set. Only effective before torch (libgomp) is first imported: the
-    CLI calls it first thing, and env workers (and their forkserver) inherit it."""
-    if os.environ.get("VLARL_SHARED_CORES", "") in ("", "0"):
-        return {}
-    added = {k: v for k, v in SHARED_CORES_ENV.items() if k not in os.environ}
-    os.environ.update(added)
-    return added
 
 
 def tree_peak_rss_mb() -> dict[str, float]:

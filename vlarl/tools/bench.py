@@ -14,9 +14,9 @@ measured in the same run (medians over repeats):
 * workers: start-up of the CPU backend's env workers (first and second start in one process,
   2 and 8 workers) and the tree's memory, ``forkserver`` (preloaded imports, the default on
   Linux) vs ``spawn``;
-* contention: SFT steps of the tiny token VLA in one process alone vs two processes at once,
-  with OpenMP's default wait policy vs the ``PASSIVE`` one ``VLARL_SHARED_CORES=1`` sets
-  (``vlarl.runtime.system.SHARED_CORES_ENV``).
+* contention: SFT steps and greedy act (an eval step) of the tiny token VLA in one process
+  alone vs two processes at once, with torch's default threads, OpenMP's ``PASSIVE`` wait
+  policy and one intra-op thread (the settings :mod:`vlarl.runtime.threads` chooses from; :mod:`vlarl.tools.contention`).
 """
 
 from __future__ import annotations
@@ -116,9 +116,11 @@ def bench_loop(quick: bool = False) -> dict:
 
 def bench_pipeline(quick: bool = False) -> dict:
     """The quickstart recipe's GRPO rollout (8 CPU worker envs, groups of G = 4, chunk 4, tiny
-    token VLA) with ``train.pipeline_groups`` 1, 2 and 4, interleaved repeats: env steps/s of
-    each, the ratio to 1 group, and the fraction of the rollout's wall time spent in
-    ``policy.act`` (the rest is the envs' stepping and the rollout's bookkeeping)."""
+    token VLA) with ``train.pipeline_groups`` 1, 2 and 4, each with torch's default intra-op
+    threads and with one (an overlapped policy shares the cores with the stepping workers),
+    interleaved repeats: env steps/s of each, the ratio to 1 group at the default threads, and
+    the fraction of the rollout's wall time spent in ``policy.act`` (the rest is the envs'
+    stepping and the rollout's bookkeeping)."""
     from vlarl.envs import make_env
     from vlarl.policies import build_policy
     from vlarl.rollout import RolloutBuffer, collect
@@ -128,10 +130,10 @@ def bench_pipeline(quick: bool = False) -> dict:
     torch.manual_seed(0)
     policy = build_policy(cfg.policy).eval()
     env = make_env(cfg.env)
-    counts = (1, 2, 4)
-    steps, secs = {g: 0.0 for g in counts}, {g: 0.0 for g in counts}
-    act_s = {g: 0.0 for g in counts}
-    act, current = policy.act, [1]
+    default_threads = torch.get_num_threads()
+    runs = [(g, t) for g in (1, 2, 4) for t in dict.fromkeys((default_threads, 1))]
+    steps, secs, act_s = ({r: 0.0 for r in runs} for _ in range(3))
+    act, current = policy.act, [runs[0]]
 
     def timed_act(*args, **kw):  # the policy's share of the rollout's wall time
         t0 = time.perf_counter()
@@ -142,22 +144,27 @@ def bench_pipeline(quick: bool = False) -> dict:
     policy.act = timed_act
     try:
         for rep in range(2 if quick else 4):
-            for g in counts:
-                current[0] = g
+            for g, threads in runs:
+                current[0] = (g, threads)
+                torch.set_num_threads(threads)
                 buf = RolloutBuffer(2 if quick else cfg.train.rollout_steps, env.num_envs)
                 t0 = time.perf_counter()
                 stats = collect(env, policy, buf, base_seed=rep, update=0, mode="episodic",
                                 group_size=cfg.algo.num_generations, pipeline_groups=g,
                                 generator=torch.Generator().manual_seed(rep))
-                secs[g] += time.perf_counter() - t0
-                steps[g] += stats["env_steps"]
+                secs[g, threads] += time.perf_counter() - t0
+                steps[g, threads] += stats["env_steps"]
     finally:
+        torch.set_num_threads(default_threads)
         env.close()
-    out: dict = {"num_envs": cfg.env.num_envs, "chunk": cfg.policy.chunk_size}
-    for g in counts:
-        out[f"groups_{g}_steps_per_s"] = steps[g] / secs[g]
-        out[f"groups_{g}_over_1"] = (steps[g] / secs[g]) / (steps[1] / secs[1])
-        out[f"groups_{g}_act_fraction"] = act_s[g] / secs[g]
+    out: dict = {"num_envs": cfg.env.num_envs, "chunk": cfg.policy.chunk_size,
+                 "default_threads": default_threads}
+    base = steps[runs[0]] / secs[runs[0]]
+    for g, threads in runs:
+        key = f"groups_{g}_threads_{threads}"
+        out[f"{key}_steps_per_s"] = steps[g, threads] / secs[g, threads]
+        out[f"{key}_over_1_group_default"] = out[f"{key}_steps_per_s"] / base
+        out[f"{key}_act_fraction"] = act_s[g, threads] / secs[g, threads]
     out["peak_rss_mb"] = peak_rss_mb(children=True)
     return out
 
@@ -208,81 +215,6 @@ def _bench_loop(quick: bool, decoding: str) -> dict:
             "env_only_steps_per_s": sim, "loop_steps_per_s": full, "loop_over_sim": full / sim,
             "update_fraction": phases["update_s"] / total, "rollout_s": phases["rollout_s"],
             "peak_rss_mb": peak_rss_mb(children=True)}
-
-
-CONTENTION_CHILD = r"""
-import json, sys, time, torch
-from vlarl.config import load_config
-from vlarl.policies import build_policy
-from vlarl.types import Obs
-steps = int(sys.argv[1])
-torch.manual_seed(0)
-policy = build_policy(load_config(None, {"policy.chunk_size": 4}).policy).train()
-opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
-obs = Obs(torch.randint(0, 255, (16, 1, 64, 64, 3), dtype=torch.uint8), torch.zeros(16, 16),
-          ["push the cube to the goal"] * 16)
-actions = torch.rand(16, 4, 7) * 2 - 1
-def step():
-    policy.sft_loss(obs, actions).backward()
-    opt.step()
-    opt.zero_grad()
-step()
-print("ready", flush=True)
-sys.stdin.readline()  # the parent starts every process's timed steps at once
-t0 = time.perf_counter()
-for _ in range(steps):
-    step()
-print(json.dumps({"s_per_step": (time.perf_counter() - t0) / steps,
-                  "torch_threads": torch.get_num_threads()}), flush=True)
-"""
-
-
-OPENMP_SETTINGS = {"openmp_default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
-                   "spin_10k": {"GOMP_SPINCOUNT": "10000"}}
-"""The OpenMP settings ``bench contention`` compares: libgomp's default (idle threads spin
-~300k iterations before they sleep), no spinning, and a short spin."""
-
-
-def _timed_steps(n_procs: int, steps: int, settings: dict[str, str]) -> list[dict]:
-    """``n_procs`` SFT-step processes started together with the OpenMP ``settings`` (the
-    user's own OpenMP variables removed); each reports its s/step."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    env.update(settings)
-    procs = [subprocess.Popen([sys.executable, "-c", CONTENTION_CHILD, str(steps)], env=env,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for _ in range(n_procs)]
-    try:
-        for p in procs:
-            if p.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"bench contention child exited with {p.wait()}")
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        return [json.loads(p.stdout.readline()) for p in procs]
-    finally:
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def bench_contention(quick: bool = False) -> dict:
-    """s/step of tiny-VLA SFT steps alone and with a second identical process, under each of
-    :data:`OPENMP_SETTINGS`."""
-    steps = 8 if quick else 25
-    out: dict = {}
-    for label, settings in OPENMP_SETTINGS.items():
-        alone = _timed_steps(1, steps, settings)[0]["s_per_step"]
-        pair = statistics.mean(r["s_per_step"] for r in _timed_steps(2, steps, settings))
-        out[f"{label}_alone_s_per_step"] = alone
-        out[f"{label}_two_procs_s_per_step"] = pair
-        out[f"{label}_slowdown_two_procs"] = pair / alone
-    for label in list(OPENMP_SETTINGS)[1:]:
-        out[f"{label}_over_default_alone"] = (out[f"{label}_alone_s_per_step"]
-                                              / out["openmp_default_alone_s_per_step"])
-    return out
 
 
 WORKERS_CHILD = r"""
@@ -341,6 +273,8 @@ def run_bench(parts: list[str], json_path: str | None = None, quick: bool = Fals
     if "policy" in parts:
         results["policy"] = bench_policy(quick)
     if "contention" in parts:
+        from vlarl.tools.contention import bench_contention
+
         results["contention"] = bench_contention(quick)
     if "pipeline" in parts:
         results["pipeline"] = bench_pipeline(quick)

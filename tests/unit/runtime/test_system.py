@@ -1,5 +1,4 @@
-"""vlarl.runtime.system: the OpenMP settings every command starts with, and the peak memory of
-a process tree (real child processes)."""
+"""vlarl.runtime.system: the peak memory of a process tree (real child processes)."""
 
 from __future__ import annotations
 
@@ -9,23 +8,6 @@ import sys
 import time
 
 from vlarl.runtime.system import tree_peak_rss_mb
-
-SHOW = ("from vlarl.cli import main; main([]); import os; "
-        "print(os.environ.get('OMP_WAIT_POLICY'))")
-
-
-def _run(env_extra: dict[str, str]) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "VLARL_SHARED_CORES")}
-    env.update(env_extra)
-    out = subprocess.run([sys.executable, "-c", SHOW], capture_output=True, text=True, env=env,
-                         timeout=60, check=True)
-    return out.stdout.strip().splitlines()[-1]
-
-
-def test_shared_cores_switch_sets_passive_openmp_unless_the_user_chose():
-    assert _run({}) == "None"  # alone: OpenMP's default (PASSIVE costs 1.53x on a GRPO update)
-    assert _run({"VLARL_SHARED_CORES": "1"}) == "PASSIVE"
-    assert _run({"VLARL_SHARED_CORES": "1", "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
 
 
 def test_tree_peak_rss_counts_a_child_that_held_300_mb():
