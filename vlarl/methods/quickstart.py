@@ -12,7 +12,6 @@ on top); ``--section.field value`` overrides apply to every stage.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -67,9 +66,12 @@ class _Stages:
                 print(f"[quickstart] {name}: cached ({done.get('seconds', 0):.0f} s when run)")
                 self.timings[name] = 0.0
                 return done["result"]
+        from vlarl.runtime.threads import stage_threads
+
         print(f"[quickstart] {name} ...", flush=True)
         t0 = time.perf_counter()
-        result = fn()
+        with stage_threads(name):  # torch threads per free core at the stage's start
+            result = fn()
         dt = time.perf_counter() - t0
         self.timings[name] = dt
         tmp = marker.with_suffix(".tmp")
@@ -85,7 +87,6 @@ def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool 
     from vlarl.eval.evaluate import run_eval
     from vlarl.methods.distill import run_distill
     from vlarl.methods.sft import describe, run_sft
-    from vlarl.runtime.threads import inference_threads
     from vlarl.trainer import train
 
     cfg = _recipe(smoke, extra or [])
@@ -138,15 +139,16 @@ def run_quickstart(smoke: bool = False, run_dir: str | None = None, force: bool 
 
     def _eval() -> dict:
         envs: dict = {}  # the sampled evaluation reuses the greedy one's env workers
-        # one torch thread, as `vlarl eval` takes (vlarl/runtime/threads.py)
-        with inference_threads(), contextlib.ExitStack() as stack:
-            stack.callback(lambda: [env.close() for env in envs.values()])
+        try:
             report = run_eval([base, rl, student], cfg, out, envs=envs)
             # RL trains the policy it samples from (temperature policy.temperature): evaluate
             # that one too, base and RL on the first split, the same seeds, paired
             sampled_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(
                 cfg.eval, deterministic=False, splits=cfg.eval.splits[:1]))
             sampled = run_eval([base, rl], sampled_cfg, out / "sampled", envs=envs)
+        finally:
+            for env in envs.values():
+                env.close()
         return {"results": [{k: r[k] for k in keys} for r in report["results"]],
                 "sampled": [{**{k: r[k] for k in keys}, "sampled": True}
                             for r in sampled["results"]]}

@@ -1,4 +1,4 @@
-"""How many intra-op threads each command's torch gets, decided once at start-up.
+"""How many intra-op threads each command's torch gets: one per core left free at its start.
 
 torch gives every process one OpenMP thread per core, and OpenMP's idle threads spin before
 they sleep. Alone that is the fastest setting; beside a second torch process on the same
@@ -15,15 +15,16 @@ SFT step, batch 16          5.6x                1.14x (1.46x       1.12x (1.49x
                                                 slower alone)      slower alone)
 ==========================  ==================  =================  ==================
 
-Hence :func:`plan_threads`:
-
-* ``VLARL_TORCH_THREADS=N`` wins; a user's (or torchrun's) ``OMP_NUM_THREADS`` is left alone;
-* inference commands (eval, collect, ...: small-batch forwards) take 1 thread: as fast alone,
-  and no 11.7x beside another job;
-* training commands take ``cores // local processes`` (alone: the fastest), or, when other
-  processes already keep the cores busy at start, the cores left free (1 on a busy 2-core
-  machine), and say so on stderr. ``VLARL_SHARED_CORES=1`` asks for that share without
-  measuring (and sets ``OMP_WAIT_POLICY=PASSIVE``).
+And ``vlarl eval`` of the quickstart's SFT base (16 episodes, 8 env workers) beside an SFT
+run: 24.6 policy actions/s with 2 threads, 176.5 with 1; alone 346.5 and 264.1
+(docs/experiments/2026-12-07-threads.md). One thread is the better bet beside another job, two
+alone, so :func:`plan_threads` gives a command one thread per core that no other process
+keeps busy when it starts (measured over a quarter second), per local process under
+torchrun / mpirun, and says on stderr when it took fewer than the cores. The quickstart
+decides again at each stage. ``VLARL_TORCH_THREADS=N`` sets the count for any command (a job
+that another starts beside later keeps its count); a user's (or torchrun's)
+``OMP_NUM_THREADS`` is left to torch; ``VLARL_SHARED_CORES=1`` takes half the cores without
+measuring and sets ``OMP_WAIT_POLICY=PASSIVE``.
 
 Env worker processes always take one thread each (:mod:`vlarl.envs.vector`).
 """
@@ -39,16 +40,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 SHARED_CORES_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-"""What ``VLARL_SHARED_CORES=1`` sets before torch is imported (unless the user set it): for a
-command that runs beside another job on the same cores. Alone ``PASSIVE`` costs 1.27-1.39x on
-SFT steps and 1.53x on the quickstart's GRPO update, so it is not the default
-(docs/bench/2026-12-06-cpu2-contention.json)."""
+"""What ``VLARL_SHARED_CORES=1`` sets before torch is imported (unless the user set it). Alone
+``PASSIVE`` costs 1.27-1.46x on SFT steps and 1.53x on the quickstart's GRPO update, so it is
+not the default (docs/bench/2026-12-06-cpu2-contention.json)."""
 
-INFERENCE_COMMANDS = frozenset({"eval", "collect", "diagnose", "drift", "demo", "expert"})
-"""Commands whose torch work is small-batch inference: one intra-op thread each."""
-
-TRAINING_COMMANDS = frozenset({"train", "sft", "ire", "distill", "quickstart", "rldg"})
-"""Commands that train: one thread per free core (per local process)."""
+TORCH_COMMANDS = frozenset({"train", "sft", "ire", "distill", "quickstart", "rldg", "eval",
+                            "collect", "diagnose", "drift", "demo", "expert"})
+"""Commands whose own process runs torch work (``bench`` sets threads per measurement)."""
 
 LOCAL_SIZE_VARS = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
 """How launchers (torchrun, Open MPI, MPICH) tell a process how many ranks share its machine."""
@@ -61,13 +59,18 @@ class ThreadPlan:
     torch_threads: int | None
     reason: str
     shared: bool = False
-    """True when other processes kept the cores busy at start (or ``VLARL_SHARED_CORES=1``)."""
+    """True when other processes kept cores busy at start (or ``VLARL_SHARED_CORES=1``)."""
+
+    @property
+    def automatic(self) -> bool:
+        """Chosen by the rule (not set by the user): the quickstart re-decides per stage."""
+        return self.torch_threads is not None and self.reason != "VLARL_TORCH_THREADS"
 
 
 def plan_threads(command: str, env: Mapping[str, str], cores: int, busy_cores: float = 0.0
                  ) -> ThreadPlan:
     """Pure: the thread plan of ``command`` given the environment variables ``env``, the
-    ``cores`` this process may run on and how many of them other processes kept busy."""
+    ``cores`` this process may run on and how many cores other processes kept busy."""
     if env.get("VLARL_TORCH_THREADS", "") != "":
         raw = env["VLARL_TORCH_THREADS"]
         try:
@@ -80,9 +83,7 @@ def plan_threads(command: str, env: Mapping[str, str], cores: int, busy_cores: f
         return ThreadPlan(n, "VLARL_TORCH_THREADS")
     if "OMP_NUM_THREADS" in env:
         return ThreadPlan(None, "OMP_NUM_THREADS set by the user or the launcher")
-    if command in INFERENCE_COMMANDS:
-        return ThreadPlan(1, "inference command: one thread")
-    if command not in TRAINING_COMMANDS:
+    if command not in TORCH_COMMANDS:
         return ThreadPlan(None, f"{command}: torch's default")
     local = next((int(env[k]) for k in LOCAL_SIZE_VARS if env.get(k, "").isdigit()), 1)
     per_process = max(1, cores // max(1, local))
@@ -90,13 +91,13 @@ def plan_threads(command: str, env: Mapping[str, str], cores: int, busy_cores: f
         return ThreadPlan(max(1, per_process // 2), "VLARL_SHARED_CORES=1", shared=True)
     free = max(1, min(per_process, round((cores - busy_cores) / max(1, local))))
     if free < per_process:
-        return ThreadPlan(free, f"{busy_cores:.1f} of {cores} cores busy at start", shared=True)
+        return ThreadPlan(free, f"{busy_cores:.1f} of {cores} cores busy", shared=True)
     return ThreadPlan(per_process, f"{cores} cores / {local} local process(es)")
 
 
 def busy_cores(interval_s: float = 0.25) -> float:
     """Cores kept busy by all processes over ``interval_s`` (``/proc/stat``; 0.0 where it is
-    unreadable). Called at start-up, before this process does any work of its own."""
+    unreadable). Called before this process does work of its own."""
     def sample() -> tuple[int, int]:
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
@@ -121,6 +122,18 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _plan_now(command: str) -> ThreadPlan:
+    measured = ("OMP_NUM_THREADS" not in os.environ and not os.environ.get("VLARL_TORCH_THREADS")
+                and command in TORCH_COMMANDS)
+    return plan_threads(command, os.environ, usable_cores(), busy_cores() if measured else 0.0)
+
+
+def _say(command: str, plan: ThreadPlan) -> None:
+    if plan.shared and plan.reason != "VLARL_SHARED_CORES=1":
+        print(f"vlarl {command}: {plan.reason}: torch uses {plan.torch_threads} thread(s) "
+              "(VLARL_TORCH_THREADS=N sets it)", file=sys.stderr)
+
+
 _PLAN: ThreadPlan | None = None
 """The plan :func:`configure_threads` applied in this process."""
 
@@ -128,40 +141,36 @@ _PLAN: ThreadPlan | None = None
 def configure_threads(command: str | None = None) -> ThreadPlan:
     """Apply the plan of ``command`` before torch is imported: ``OMP_NUM_THREADS`` (children
     such as DataLoader workers inherit it), ``torch.set_num_threads`` if torch is already in,
-    and with ``VLARL_SHARED_CORES=1`` :data:`SHARED_CORES_ENV` where unset. A shared start is
-    said on stderr."""
+    and with ``VLARL_SHARED_CORES=1`` :data:`SHARED_CORES_ENV` where unset."""
+    global _PLAN
     if os.environ.get("VLARL_SHARED_CORES", "") not in ("", "0"):
         for k, v in SHARED_CORES_ENV.items():
             os.environ.setdefault(k, v)
-    if command not in INFERENCE_COMMANDS | TRAINING_COMMANDS:
-        return ThreadPlan(None, "no torch work")
-    measured = (command in TRAINING_COMMANDS and "OMP_NUM_THREADS" not in os.environ
-                and not os.environ.get("VLARL_TORCH_THREADS"))
-    plan = plan_threads(command, os.environ, usable_cores(), busy_cores() if measured else 0.0)
-    global _PLAN
-    _PLAN = plan
+    plan = _plan_now(command or "")
     if plan.torch_threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(plan.torch_threads)
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(plan.torch_threads)
-    if plan.shared and plan.reason != "VLARL_SHARED_CORES=1":
-        print(f"vlarl {command}: {plan.reason}: torch uses {plan.torch_threads} thread(s) "
-              "(VLARL_TORCH_THREADS=N overrides)", file=sys.stderr)
+    _PLAN = plan
+    _say(command or "", plan)
     return plan
 
 
 @contextlib.contextmanager
-def inference_threads() -> Iterator[None]:
-    """An inference stage inside a training command (the quickstart's evaluation): one
-    intra-op thread, as the inference commands take, unless the user chose a count
-    (``VLARL_TORCH_THREADS``, ``OMP_NUM_THREADS``); the previous count is restored after."""
-    import torch
-
-    if _PLAN is None or _PLAN.torch_threads is None or _PLAN.reason == "VLARL_TORCH_THREADS":
+def stage_threads(stage: str) -> Iterator[None]:
+    """One stage of a chained command (the quickstart): the rule applied again at the stage's
+    start (another job may have started or ended since), the previous count restored after.
+    Nothing changes when the user chose the count or :func:`configure_threads` did not run."""
+    if _PLAN is None or not _PLAN.automatic:
         yield
         return
+    import torch
+
+    plan = plan_threads("quickstart", {k: v for k, v in os.environ.items()
+                                       if k != "OMP_NUM_THREADS"}, usable_cores(), busy_cores())
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(plan.torch_threads or before)
+    _say(f"quickstart {stage}", plan)
     try:
         yield
     finally:
