@@ -122,10 +122,12 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _plan_now(command: str) -> ThreadPlan:
-    measured = ("OMP_NUM_THREADS" not in os.environ and not os.environ.get("VLARL_TORCH_THREADS")
+def _plan_now(command: str, env: Mapping[str, str]) -> ThreadPlan:
+    """:func:`plan_threads` with this machine's cores, measuring the busy ones only when the
+    rule needs them."""
+    measured = ("OMP_NUM_THREADS" not in env and not env.get("VLARL_TORCH_THREADS")
                 and command in TORCH_COMMANDS)
-    return plan_threads(command, os.environ, usable_cores(), busy_cores() if measured else 0.0)
+    return plan_threads(command, env, usable_cores(), busy_cores() if measured else 0.0)
 
 
 def _say(command: str, plan: ThreadPlan) -> None:
@@ -146,7 +148,7 @@ def configure_threads(command: str | None = None) -> ThreadPlan:
     if os.environ.get("VLARL_SHARED_CORES", "") not in ("", "0"):
         for k, v in SHARED_CORES_ENV.items():
             os.environ.setdefault(k, v)
-    plan = _plan_now(command or "")
+    plan = _plan_now(command or "", os.environ)
     if plan.torch_threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(plan.torch_threads)
         if "torch" in sys.modules:
@@ -166,8 +168,8 @@ def stage_threads(stage: str) -> Iterator[None]:
         return
     import torch
 
-    plan = plan_threads("quickstart", {k: v for k, v in os.environ.items()
-                                       if k != "OMP_NUM_THREADS"}, usable_cores(), busy_cores())
+    # OMP_NUM_THREADS is the start's own plan, not a user's choice: plan without it
+    plan = _plan_now("quickstart", {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})
     before = torch.get_num_threads()
     torch.set_num_threads(plan.torch_threads or before)
     _say(f"quickstart {stage}", plan)

@@ -16,7 +16,8 @@ measured in the same run (medians over repeats):
   Linux) vs ``spawn``;
 * contention: SFT steps and greedy act (an eval step) of the tiny token VLA in one process
   alone vs two processes at once, with torch's default threads, OpenMP's ``PASSIVE`` wait
-  policy and one intra-op thread (the settings :mod:`vlarl.runtime.threads` chooses from; :mod:`vlarl.tools.contention`).
+  policy and one intra-op thread (:mod:`vlarl.tools.contention`; the settings
+  :mod:`vlarl.runtime.threads` chooses from).
 """
 
 from __future__ import annotations
