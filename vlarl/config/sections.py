@@ -17,7 +17,15 @@ class EnvConfig:
     split: str = "train"
     """Named variant of the task: ``train`` (in-distribution) or an OOD split (``vlarl.envs.SPLITS``)."""
     num_envs: int = 2
-    """Parallel envs N (CPU: one worker process each; GPU: one batched ManiSkill env)."""
+    """Parallel envs N (CPU: worker processes, see ``num_workers``; GPU: one batched ManiSkill
+    env)."""
+    num_workers: int = 0
+    """CPU backend: worker processes the N envs are spread over, in contiguous blocks that each
+    worker steps in turn; 0 = one per core the command was given (its torch threads: the cores
+    free at its start, per rank under a launcher), at most N.
+    Results do not depend on it (env i keeps its seeds and its own simulator). A worker costs
+    ~0.5 GB and ~10 s of CPU at its start (SAPIEN computes its BRDF lookup table on the
+    software renderer), and more workers than cores step no faster (``vlarl bench workers``)."""
     backend: Literal["auto", "cpu", "gpu", "inline"] = "auto"
     """``gpu``: physx_cuda batched env; ``cpu``: worker processes; ``inline``: the batched
     ManiSkill env in this process (num_envs=1 on CPU); ``auto``: gpu if CUDA else cpu."""
@@ -40,7 +48,7 @@ class EnvConfig:
     seed s gives the same initial state in every batch position and for every ``num_envs``
     (a batched ``physx_cuda`` reset draws the whole batch from its first seed). ``vlarl eval``
     switches it on, so paired comparisons hold on GPU; it costs one render per env and reset.
-    CPU workers hold one env each and are exact already."""
+    CPU workers reset each env alone and are exact already."""
     privileged_state: bool = False
     """Also return the simulator's full state (``Obs.privileged``: ManiSkill's ``get_state()``
     - every actor's pose and velocity, the robot's root pose, qpos, qvel - plus the episode's

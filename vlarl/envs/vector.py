@@ -1,17 +1,20 @@
-"""The CPU vector backend: one worker process per env.
+"""The CPU vector backend: worker processes that hold the envs.
 
-``physx_cpu`` refuses ``num_envs > 1``, so CPU parallelism is one process per
-env, each running the in-process backend (``ManiSkillVecEnv``, ``num_envs=1``): the
-chunked stepping, rendering policy and episode bookkeeping are literally the same code
-as on the GPU; only the device differs. Workers are started together and every receive
-polls with a liveness check, so a worker that raises sends its traceback and a worker that
-dies (killed, segfault) raises here instead of hanging.
+``physx_cpu`` refuses ``num_envs > 1``, so CPU parallelism is processes: each env is its own
+in-process backend (``ManiSkillVecEnv``, ``num_envs=1``; the chunked stepping, rendering
+policy and episode bookkeeping are literally the same code as on the GPU) and each worker
+process holds one env or a contiguous block of them (``env.num_workers``), stepping its block
+in order. Env i keeps seed stream ``seed + i`` and its own simulator wherever it lives, so the
+episodes do not depend on how the envs are spread over processes. Workers are started
+together and every receive polls with a liveness check, so a worker that raises sends its
+traceback and a worker that dies (killed, segfault) raises here instead of hanging.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import multiprocessing as mp
 import os
 import signal
@@ -37,8 +40,10 @@ class WorkerError(RuntimeError):
     """A worker raised (message holds its traceback) or died (message holds its exit code)."""
 
 
-def _worker(conn: Connection, cfg_dict: dict, index: int, child_env: dict[str, str]) -> None:
-    """Worker main loop: build one env, then serve ``(command, argument)`` requests."""
+def _worker(conn: Connection, cfg_dict: dict, indices: list[int],
+            child_env: dict[str, str]) -> None:
+    """Worker main loop: build the envs of global indices ``indices``, then serve
+    ``(command, local env, argument)`` requests in the order they arrive."""
     os.environ.update(child_env)  # before the env (and llvmpipe) starts, see worker_env
     torch.set_num_threads(1)  # two cores shared by N workers: avoid oversubscription
     # Ctrl-C reaches the whole process group: the parent decides when to stop (it checkpoints
@@ -47,26 +52,29 @@ def _worker(conn: Connection, cfg_dict: dict, index: int, child_env: dict[str, s
     try:
         from vlarl.envs.maniskill import ManiSkillVecEnv
 
-        cfg = EnvConfig(**{**cfg_dict, "num_envs": 1, "seed": cfg_dict["seed"] + index})
         # without CUDA, name the CPU renderer (ManiSkill's default asks for sapien_cuda and
         # warns in every worker that it fell back)
         render = None if torch.cuda.is_available() else "sapien_cpu"
-        env = ManiSkillVecEnv(cfg, sim_backend="physx_cpu", num_envs=1, render_backend=render)
-        conn.send(("ok", (env.action_dim, env.state_dim)))
+        envs = [ManiSkillVecEnv(EnvConfig(**{**cfg_dict, "num_envs": 1,
+                                             "seed": cfg_dict["seed"] + index}),
+                                sim_backend="physx_cpu", num_envs=1, render_backend=render)
+                for index in indices]
+        conn.send(("ok", (envs[0].action_dim, envs[0].state_dim)))
     except BaseException:  # noqa: BLE001  (any failure goes to the parent with its traceback)
         conn.send(("error", traceback.format_exc()))
         return
     while True:
         try:
-            cmd, arg = conn.recv()
+            cmd, j, arg = conn.recv()
         except EOFError:  # parent went away
             break
         try:
             if cmd == "close":
-                env.close()
+                for env in envs:
+                    env.close()
                 conn.send(("ok", None))
                 break
-            out: Any = getattr(env, cmd)(*arg)
+            out: Any = getattr(envs[j], cmd)(*arg)
             conn.send(("ok", out))
         except BaseException:  # noqa: BLE001  (the parent raises it; the worker keeps serving)
             conn.send(("error", traceback.format_exc()))
@@ -128,29 +136,59 @@ def _start_hint(ctx) -> str:
             "`if __name__ == \"__main__\":` there; the worker's traceback is above)")
 
 
+def auto_workers(num_envs: int, cores: int) -> int:
+    """``env.num_workers: 0``: one worker process per core the job was given, at most one per
+    env. A worker steps its envs in turn, so workers beyond the cores add start-up (~10 s of CPU
+    each) and memory (~0.5 GB each), not speed (docs/bench/2026-12-07-cpu2-env-workers.json)."""
+    return max(1, min(num_envs, cores))
+
+
+def auto_workers_here(num_envs: int) -> int:
+    """:func:`auto_workers` with the cores this process was given: its torch intra-op threads,
+    which every command sets from the cores free at its start, per local rank
+    (:mod:`vlarl.runtime.threads`), so one decision sizes both the policy and the simulators."""
+    return auto_workers(num_envs, torch.get_num_threads())
+
+
+def worker_blocks(num_envs: int, num_workers: int) -> list[range]:
+    """The global env indices each of ``num_workers`` worker processes holds: contiguous blocks
+    whose sizes differ by at most one."""
+    n = num_workers
+    if not 0 < n <= num_envs:
+        raise ValueError(f"env.num_workers={num_workers} must be in [1, env.num_envs={num_envs}]")
+    bounds = [num_envs * w // n for w in range(n + 1)]
+    return [range(a, b) for a, b in itertools.pairwise(bounds)]
+
+
 class CpuVecEnv(VecEnv):
-    """N worker processes, each one ``physx_cpu`` ManiSkill env; same semantics as inline."""
+    """Worker processes holding ``physx_cpu`` ManiSkill envs; same semantics as inline."""
 
     def __init__(self, cfg: EnvConfig, timeout_s: float = 600.0, start_method: str | None = None):
         self.cfg, self.task, self.split = cfg, cfg.task, cfg.split
         self.num_envs, self.max_episode_steps = cfg.num_envs, cfg.max_episode_steps
         self.timeout_s = timeout_s
         self._seeds = SeedStream(cfg.seed)
+        self._blocks = worker_blocks(cfg.num_envs,
+                                     cfg.num_workers or auto_workers_here(cfg.num_envs))
+        self._home = [(w, i - block.start) for w, block in enumerate(self._blocks) for i in block]
+        """env i -> (its worker, its index in that worker)"""
         ctx = _context(start_method)
         self._conns: list[Connection] = []
         self._procs: list[mp.process.BaseProcess] = []
         self._closed = False
-        for i in range(self.num_envs):
+        for w, block in enumerate(self._blocks):
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker,
-                               args=(child, dataclasses.asdict(cfg), i, worker_env()),
-                               name=f"vlarl-env-{i}", daemon=True)
+                               args=(child, dataclasses.asdict(cfg), list(block), worker_env()),
+                               name=f"vlarl-env-{w}", daemon=True)
             proc.start()
             child.close()
             self._conns.append(parent)
             self._procs.append(proc)
         try:
-            dims = self._receive("start")
+            deadline = time.monotonic() + self.timeout_s
+            with self._stop_all_on_error("start"):
+                dims = [self._recv_worker(w, deadline) for w in range(len(self._blocks))]
         except WorkerError as err:
             self.close()
             raise WorkerError(f"{err}{_start_hint(ctx)}") from err
@@ -160,8 +198,16 @@ class CpuVecEnv(VecEnv):
         self.action_dim, self.state_dim = dims[0]
 
     # ------------------------------------------------------------------ transport
-    def _recv(self, i: int, deadline: float) -> Any:
-        conn, proc = self._conns[i], self._procs[i]
+    def _worker_name(self, w: int, pid: bool = False) -> str:
+        block = self._blocks[w]
+        envs = "" if len(self._blocks) == self.num_envs else (
+            f"envs {block.start}-{block.stop - 1}, " if len(block) > 1 else f"env {block.start}, ")
+        pid_s = f"pid {self._procs[w].pid}, " if pid else ""
+        return f"env worker {w} ({pid_s}{envs}{self.task})"
+
+    def _recv_worker(self, w: int, deadline: float) -> Any:
+        """The next answer of worker ``w`` (answers come in the order of its requests)."""
+        conn, proc = self._conns[w], self._procs[w]
         while True:
             eof = False
             if conn.poll(POLL_S):
@@ -172,15 +218,15 @@ class CpuVecEnv(VecEnv):
                 else:
                     if status == "ok":
                         return payload
-                    raise WorkerError(f"env worker {i} ({self.task}) raised:\n{payload}")
+                    raise WorkerError(f"{self._worker_name(w)} raised:\n{payload}")
             if eof or not proc.is_alive():
                 if not eof and conn.poll(0):  # it answered just before exiting: read that
                     continue
                 proc.join(2.0)
-                raise WorkerError(f"env worker {i} (pid {proc.pid}, {self.task}) died with "
-                                  f"exit code {proc.exitcode}")
+                raise WorkerError(f"{self._worker_name(w, pid=True)} died with exit code "
+                                  f"{proc.exitcode}")
             if time.monotonic() > deadline:
-                raise WorkerError(f"env worker {i} ({self.task}) did not answer within "
+                raise WorkerError(f"{self._worker_name(w)} did not answer within "
                                   f"{self.timeout_s} s")
 
     def _call(self, cmd: str, args: list[tuple], envs: range | None = None) -> list[Any]:
@@ -188,17 +234,21 @@ class CpuVecEnv(VecEnv):
         return self._receive(cmd, envs)
 
     def _send(self, cmd: str, args: list[tuple], envs: range | None = None) -> None:
-        """Send ``cmd`` to the workers ``envs`` (all by default) without waiting."""
+        """Send ``cmd`` to the envs ``envs`` (all by default) without waiting."""
         if self._closed:
             raise RuntimeError("this CpuVecEnv is closed")
         with self._stop_all_on_error(cmd):
             for i, a in zip(envs or range(self.num_envs), args):
-                self._conns[i].send((cmd, a))
+                w, j = self._home[i]
+                self._conns[w].send((cmd, j, a))
 
     def _receive(self, cmd: str, envs: range | None = None) -> list[Any]:
+        """The answers of ``envs`` in env order: each worker answers its envs in the order they
+        were sent, and sends and receives both go in increasing env order."""
         deadline = time.monotonic() + self.timeout_s
         with self._stop_all_on_error(cmd):
-            return [self._recv(i, deadline) for i in envs or range(self.num_envs)]
+            return [self._recv_worker(self._home[i][0], deadline)
+                    for i in envs or range(self.num_envs)]
 
     @contextlib.contextmanager
     def _stop_all_on_error(self, cmd: str):
@@ -220,7 +270,7 @@ class CpuVecEnv(VecEnv):
         self.step_chunk_start(actions, reset_seeds, envs)
         return self.step_chunk_finish(envs)
 
-    supports_overlap = True  # each env is its own worker process
+    supports_overlap = True  # a worker answers its envs' requests in the order they came
     resets_each_env_alone = True
 
     def step_chunk_start(self, actions: torch.Tensor, reset_seeds: list[int] | None,
@@ -255,7 +305,7 @@ class CpuVecEnv(VecEnv):
         for conn, proc in zip(self._conns, self._procs):
             if proc.is_alive():
                 try:
-                    conn.send(("close", ()))
+                    conn.send(("close", 0, ()))
                 except (BrokenPipeError, OSError):
                     pass
         deadline = time.monotonic() + 5.0

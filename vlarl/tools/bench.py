@@ -11,8 +11,9 @@ measured in the same run (medians over repeats):
   with random actions and the same chunking (loop/sim), and vs raw per-step rendering;
 * pipeline: the quickstart's GRPO rollout with ``train.pipeline_groups`` 1, 2, 4 (the policy
   acting for one env group while the others step);
-* workers: start-up of the CPU backend's env workers (first and second start in one process,
-  2 and 8 workers) and the tree's memory, ``forkserver`` (preloaded imports, the default on
+* workers: start-up of the CPU backend's env workers (first and second start in one process),
+  the tree's memory and random-action steps/s; 8 envs in one worker each vs one worker per
+  core (``env.num_workers``); and 2 workers ``forkserver`` (preloaded imports, the default on
   Linux) vs ``spawn``;
 * contention: SFT steps and greedy act (an eval step) of the tiny token VLA in one process
   alone vs two processes at once, with torch's default threads, OpenMP's ``PASSIVE`` wait
@@ -219,12 +220,13 @@ def _bench_loop(quick: bool, decoding: str) -> dict:
 
 
 WORKERS_CHILD = r"""
-import json, sys, time
+import json, sys, time, torch
 from vlarl.config import load_config
 from vlarl.envs.vector import CpuVecEnv
 from vlarl.runtime.system import tree_peak_rss_mb
-method, n = sys.argv[1], int(sys.argv[2])
-cfg = load_config("recipes/cpu/quickstart.yaml", [f"--env.num_envs={n}"]).env
+method, n, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+cfg = load_config("recipes/cpu/quickstart.yaml", [f"--env.num_envs={n}",
+                                                   f"--env.num_workers={workers}"]).env
 out = {}
 for start in ("first", "second"):
     t0 = time.perf_counter()
@@ -233,27 +235,50 @@ for start in ("first", "second"):
     out[f"{start}_start_s"] = time.perf_counter() - t0
     if start == "first":
         out["tree_pss_mb"] = tree_peak_rss_mb()["tree_pss_now"]
+        gen, chunks = torch.Generator().manual_seed(0), 12
+        t0 = time.perf_counter()
+        for _ in range(chunks):
+            env.step_chunk(torch.rand(n, 4, env.action_dim, generator=gen) * 2 - 1)
+        out["steps_per_s"] = n * 4 * chunks / (time.perf_counter() - t0)
     env.close()
 print(json.dumps(out), flush=True)
 """
 
 
-def bench_workers(quick: bool = False) -> dict:
-    """Seconds from ``CpuVecEnv(...)`` to the first observations, the first and the second
-    time in a fresh process, and the tree's PSS with the workers up, per start method."""
+def _workers_child(method: str, n: int, workers: int) -> dict:
     root = Path(__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, "-c", WORKERS_CHILD, method, str(n), str(workers)],
+                         cwd=root, capture_output=True, text=True, timeout=600, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"bench workers ({method}, {n} envs, {workers} workers) failed:\n"
+                           f"{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def bench_workers(quick: bool = False) -> dict:
+    """Seconds from ``CpuVecEnv(...)`` to the first observations (the first and the second
+    time in a fresh process), the tree's PSS with the workers up and random-action steps/s
+    (chunks of 4): per start method with one env per worker, and for N envs in one worker per
+    env vs one per core (``env.num_workers``), forkserver."""
     out: dict = {}
-    for n in (2,) if quick else (2, 8):
-        for method in ("spawn", "forkserver"):
-            res = subprocess.run([sys.executable, "-c", WORKERS_CHILD, method, str(n)], cwd=root,
-                                 capture_output=True, text=True, timeout=600, check=False)
-            if res.returncode != 0:
-                raise RuntimeError(f"bench workers ({method}, {n}) failed:\n{res.stderr[-2000:]}")
-            for k, v in json.loads(res.stdout.strip().splitlines()[-1]).items():
-                out[f"{n}_workers.{method}.{k}"] = v
-        for k in ("first_start_s", "second_start_s", "tree_pss_mb"):
-            out[f"{n}_workers.spawn_over_forkserver.{k}"] = (out[f"{n}_workers.spawn.{k}"]
-                                                             / out[f"{n}_workers.forkserver.{k}"])
+    keys = ("first_start_s", "second_start_s", "tree_pss_mb", "steps_per_s")
+    for method in ("spawn", "forkserver"):
+        for k, v in _workers_child(method, 2, 2).items():
+            out[f"2_workers.{method}.{k}"] = v
+    for k in keys:
+        out[f"2_workers.spawn_over_forkserver.{k}"] = (out[f"2_workers.spawn.{k}"]
+                                                       / out[f"2_workers.forkserver.{k}"])
+    n = 4 if quick else 8
+    from vlarl.envs.vector import auto_workers_here
+
+    cores = auto_workers_here(n)
+    for label, workers in (("per_env", n), ("per_core", cores)):
+        for k, v in _workers_child("forkserver", n, workers).items():
+            out[f"{n}_envs.{label}.{k}"] = v
+        out[f"{n}_envs.{label}.workers"] = workers
+    for k in keys:
+        out[f"{n}_envs.per_env_over_per_core.{k}"] = (out[f"{n}_envs.per_env.{k}"]
+                                                      / out[f"{n}_envs.per_core.{k}"])
     return out
 
 
