@@ -93,7 +93,7 @@ def bench_env(task: str = "PickCube-v1", image_size: int = 64, steps: int = 48,
     chunks = sorted({vector_chunk, 8})
     counts = sorted({1, *workers})
     for w in counts:
-        venv = make_env(dataclasses.replace(cfg, backend="cpu", num_envs=w))
+        venv = make_env(dataclasses.replace(cfg, backend="cpu", num_envs=w, num_workers=w))
         try:
             for k in chunks:
                 out[f"cpu_{w}w_k{k}"] = vlarl_steps_per_s(venv, k, max(steps, 8 * k), repeats)

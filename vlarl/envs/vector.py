@@ -96,8 +96,10 @@ def worker_env() -> dict[str, str]:
 WORKER_PRELOAD = ["vlarl.envs.maniskill", "mani_skill.envs"]
 """Modules the forkserver imports once (torch, vlarl's env layer, ManiSkill's task registry,
 SAPIEN); each worker is forked from it with them imported. Importing creates no render device
-and no thread pool, so the fork is clean; the env itself is built in the worker (most of it
-is llvmpipe compiling the shaders of the first camera picture, ~4 s per worker here).
+and no thread pool, so the fork is clean; the envs themselves are built in the worker. Most
+of a worker's start is its first camera picture: SAPIEN computes its BRDF lookup table with a
+compute shader, ~10 s of one core on llvmpipe whatever the image size (``perf``: 95 % of the
+time in llvmpipe's JIT-compiled shader code); further envs in the same process take ~0.4 s.
 Measured on 2 cores (``vlarl bench workers``, docs/bench/2026-12-07-cpu2-workers.json):
 8 workers up in 33.3 s instead of 41.2 with spawn (1.24x; a second start in one process
 1.41x) and 3.89 GB tree PSS instead of 4.84."""
@@ -139,7 +141,7 @@ def _start_hint(ctx) -> str:
 def auto_workers(num_envs: int, cores: int) -> int:
     """``env.num_workers: 0``: one worker process per core the job was given, at most one per
     env. A worker steps its envs in turn, so workers beyond the cores add start-up (~10 s of CPU
-    each) and memory (~0.5 GB each), not speed (docs/bench/2026-12-07-cpu2-env-workers.json)."""
+    each) and memory (~0.5 GB each), not speed (docs/bench/2026-12-07-cpu2-worker-layout.json)."""
     return max(1, min(num_envs, cores))
 
 
