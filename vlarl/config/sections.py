@@ -21,11 +21,11 @@ class EnvConfig:
     env)."""
     num_workers: int = 0
     """CPU backend: worker processes the N envs are spread over, in contiguous blocks that each
-    worker steps in turn; 0 = one per core the command was given (its torch threads: the cores
-    free at its start, per rank under a launcher), at most N.
-    Results do not depend on it (env i keeps its seeds and its own simulator). A worker costs
-    ~0.5 GB and ~10 s of CPU at its start (SAPIEN computes its BRDF lookup table on the
-    software renderer), and more workers than cores step no faster (``vlarl bench workers``)."""
+    worker steps in turn; 0 = one per env. Results do not depend on it (env i keeps its seeds
+    and its own simulator). Each worker costs ~0.5 GB and ~10 s of one core at its start
+    (SAPIEN computes its BRDF lookup table on the software renderer): on 2 cores, 8 envs in 2
+    workers start 3x faster in 2.7x less memory than in 8, and step ~10 % slower in a GRPO
+    rollout (docs/experiments/2026-12-07-env-worker-start.md)."""
     backend: Literal["auto", "cpu", "gpu", "inline"] = "auto"
     """``gpu``: physx_cuda batched env; ``cpu``: worker processes; ``inline``: the batched
     ManiSkill env in this process (num_envs=1 on CPU); ``auto``: gpu if CUDA else cpu."""

@@ -50,7 +50,7 @@ def validate_env_config(cfg: EnvConfig) -> None:
             raise ValueError(f"env.{key}={v!r} must be an int > 0")
     w = cfg.num_workers
     if not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= cfg.num_envs:
-        raise ValueError(f"env.num_workers={w!r} must be 0 (one per core) or an int in "
+        raise ValueError(f"env.num_workers={w!r} must be 0 (one per env) or an int in "
                          f"[1, env.num_envs={cfg.num_envs}]")
 
 

@@ -138,20 +138,6 @@ def _start_hint(ctx) -> str:
             "`if __name__ == \"__main__\":` there; the worker's traceback is above)")
 
 
-def auto_workers(num_envs: int, cores: int) -> int:
-    """``env.num_workers: 0``: one worker process per core the job was given, at most one per
-    env. A worker steps its envs in turn, so workers beyond the cores add start-up (~10 s of CPU
-    each) and memory (~0.5 GB each), not speed (docs/bench/2026-12-07-cpu2-worker-layout.json)."""
-    return max(1, min(num_envs, cores))
-
-
-def auto_workers_here(num_envs: int) -> int:
-    """:func:`auto_workers` with the cores this process was given: its torch intra-op threads,
-    which every command sets from the cores free at its start, per local rank
-    (:mod:`vlarl.runtime.threads`), so one decision sizes both the policy and the simulators."""
-    return auto_workers(num_envs, torch.get_num_threads())
-
-
 def worker_blocks(num_envs: int, num_workers: int) -> list[range]:
     """The global env indices each of ``num_workers`` worker processes holds: contiguous blocks
     whose sizes differ by at most one."""
@@ -170,8 +156,7 @@ class CpuVecEnv(VecEnv):
         self.num_envs, self.max_episode_steps = cfg.num_envs, cfg.max_episode_steps
         self.timeout_s = timeout_s
         self._seeds = SeedStream(cfg.seed)
-        self._blocks = worker_blocks(cfg.num_envs,
-                                     cfg.num_workers or auto_workers_here(cfg.num_envs))
+        self._blocks = worker_blocks(cfg.num_envs, cfg.num_workers or cfg.num_envs)
         self._home = [(w, i - block.start) for w, block in enumerate(self._blocks) for i in block]
         """env i -> (its worker, its index in that worker)"""
         ctx = _context(start_method)

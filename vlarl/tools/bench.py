@@ -259,7 +259,7 @@ def bench_workers(quick: bool = False) -> dict:
     """Seconds from ``CpuVecEnv(...)`` to the first observations (the first and the second
     time in a fresh process), the tree's PSS with the workers up and random-action steps/s
     (chunks of 4): per start method with one env per worker, and for N envs in one worker per
-    env vs one per core (``env.num_workers``), forkserver."""
+    env (the default) vs one per core (``env.num_workers``), forkserver."""
     out: dict = {}
     keys = ("first_start_s", "second_start_s", "tree_pss_mb", "steps_per_s")
     for method in ("spawn", "forkserver"):
@@ -269,9 +269,9 @@ def bench_workers(quick: bool = False) -> dict:
         out[f"2_workers.spawn_over_forkserver.{k}"] = (out[f"2_workers.spawn.{k}"]
                                                        / out[f"2_workers.forkserver.{k}"])
     n = 4 if quick else 8
-    from vlarl.envs.vector import auto_workers_here
+    from vlarl.runtime.threads import usable_cores
 
-    cores = auto_workers_here(n)
+    cores = min(n, usable_cores())
     for label, workers in (("per_env", n), ("per_core", cores)):
         for k, v in _workers_child("forkserver", n, workers).items():
             out[f"{n}_envs.{label}.{k}"] = v

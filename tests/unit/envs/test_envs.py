@@ -21,7 +21,6 @@ from vlarl.envs.vector import (
     WORKER_RENDER_THREADS,
     CpuVecEnv,
     WorkerError,
-    auto_workers,
     worker_blocks,
     worker_env,
 )
@@ -199,26 +198,21 @@ def test_forkserver_workers_draw_what_spawned_workers_draw(vec):
         spawned.close()
 
 
-def test_worker_blocks_and_the_automatic_count():
+def test_worker_blocks():
     assert worker_blocks(8, 3) == [range(2), range(2, 5), range(5, 8)]
     assert worker_blocks(2, 2) == [range(1), range(1, 2)] and worker_blocks(5, 1) == [range(5)]
     with pytest.raises(ValueError, match=r"num_workers=3 must be in \[1, env.num_envs=2\]"):
         worker_blocks(2, 3)
-    # one worker per core given, at most one per env, at least one
-    assert [auto_workers(8, 2), auto_workers(1, 2), auto_workers(8, 16), auto_workers(8, 1),
-            auto_workers(8, 0)] == [2, 1, 8, 1, 1]
 
 
 @pytest.mark.slow
 def test_envs_sharing_a_worker_draw_what_one_env_per_worker_draws(vec):
     """Two envs in one worker process step in turn and give bit-identical episodes to one env
-    per worker, also with each chunk split over two requests as the overlap splits it; the
-    default layout is one worker per torch thread; a dead worker is named with its envs."""
+    per worker (the default), also with each chunk split over two requests as the overlap
+    splits it; a dead shared worker is named with its envs."""
     import dataclasses
 
-    assert len(vec.pids) == auto_workers(2, torch.get_num_threads())  # num_workers 0
-    other = CpuVecEnv(dataclasses.replace(vec.cfg, num_workers=3 - len(vec.pids)))
-    per_env, shared = (vec, other) if len(vec.pids) == 2 else (other, vec)
+    per_env, shared = vec, CpuVecEnv(dataclasses.replace(vec.cfg, num_workers=1))
     try:
         assert len(per_env.pids) == 2 and len(shared.pids) == 1
         a, b = per_env.reset([3, 4]), shared.reset([3, 4])
@@ -236,12 +230,11 @@ def test_envs_sharing_a_worker_draw_what_one_env_per_worker_draws(vec):
                          (sa.done, torch.cat([first.done, second.done]))):
                 assert torch.equal(x, y), k
         assert sa.info["elapsed_steps"].tolist() == [20, 20]  # no episode ended: 4 chunks of 5
-        os.kill(other.pids[0], signal.SIGKILL)
-        envs = "envs 0-1, " if other is shared else ""
-        with pytest.raises(WorkerError, match=rf"env worker 0 \(pid \d+, {envs}PickCube-v1\) died"):
-            other.step_chunk(torch.zeros(2, 1, 7))
+        os.kill(shared.pids[0], signal.SIGKILL)
+        with pytest.raises(WorkerError, match=r"env worker 0 \(pid \d+, envs 0-1, PickCube-v1\) died"):
+            shared.step_chunk(torch.zeros(2, 1, 7))
     finally:
-        other.close()
+        shared.close()
 
 
 def test_worker_render_threads_default_unless_the_user_set_them(monkeypatch):
