@@ -141,10 +141,9 @@ def _start_hint(ctx) -> str:
 def worker_blocks(num_envs: int, num_workers: int) -> list[range]:
     """The global env indices each of ``num_workers`` worker processes holds: contiguous blocks
     whose sizes differ by at most one."""
-    n = num_workers
-    if not 0 < n <= num_envs:
+    if not 0 < num_workers <= num_envs:
         raise ValueError(f"env.num_workers={num_workers} must be in [1, env.num_envs={num_envs}]")
-    bounds = [num_envs * w // n for w in range(n + 1)]
+    bounds = [num_envs * w // num_workers for w in range(num_workers + 1)]
     return [range(a, b) for a, b in itertools.pairwise(bounds)]
 
 
