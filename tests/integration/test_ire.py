@@ -144,7 +144,7 @@ def _ire_args(out: Path, demos: Path) -> list[str]:
     return ["ire", "--ire.output_dir", str(out), "--ire.rounds", "2", "--ire.rl_updates", "2",
             "--ire.sft_steps", "3", "--data.dataset_dir", str(demos),
             "--env.task", "PushCube-v1", "--env.image_size", "32", "--env.num_envs", "2",
-            "--env.backend", "cpu", "--env.max_episode_steps", "8", "--policy.chunk_size", "4",
+            "--env.backend", "inline", "--env.max_episode_steps", "8", "--policy.chunk_size", "4",
             "--policy.value_head", "false", "--algo.name", "grpo", "--algo.num_generations", "2",
             "--algo.num_mini_batches", "1", "--algo.num_ppo_epochs", "1",
             "--train.rollout_steps", "2", "--train.learning_rate", "1e-3",

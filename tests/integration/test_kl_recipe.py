@@ -22,6 +22,7 @@ def test_two_task_base_then_grpo_with_scheduled_kl_then_the_other_task(tmp_path,
 
     monkeypatch.setenv("VLARL_CACHE", str(tmp_path / "cache"))
     tiny = ["--env.image_size", "32", "--env.max_episode_steps", "25", "--env.num_envs", "2",
+            "--env.backend", "inline",
             "--algo.num_generations", "2", "--data.num_episodes", "1", "--data.num_workers", "1",
             "--sft.output_dir", str(tmp_path / "sft")]
     cfg = load_config("recipes/cpu/kl_forgetting.yaml", tiny)

@@ -17,8 +17,8 @@ class EnvConfig:
     split: str = "train"
     """Named variant of the task: ``train`` (in-distribution) or an OOD split (``vlarl.envs.SPLITS``)."""
     num_envs: int = 2
-    """Parallel envs N (CPU: worker processes, see ``num_workers``; GPU: one batched ManiSkill
-    env)."""
+    """Parallel envs N (CPU: one simulator each, in worker processes or, with ``backend:
+    inline``, in this process; GPU: one batched ManiSkill env)."""
     num_workers: int = 0
     """CPU backend: worker processes the N envs are spread over, in contiguous blocks that each
     worker steps in turn; 0 = one per env. Results do not depend on it (env i keeps its seeds
@@ -27,8 +27,10 @@ class EnvConfig:
     workers start 3x faster in 2.7x less memory than in 8, and step ~10 % slower in a GRPO
     rollout (docs/experiments/2026-12-07-env-worker-start.md)."""
     backend: Literal["auto", "cpu", "gpu", "inline"] = "auto"
-    """``gpu``: physx_cuda batched env; ``cpu``: worker processes; ``inline``: the batched
-    ManiSkill env in this process (num_envs=1 on CPU); ``auto``: gpu if CUDA else cpu."""
+    """``gpu``: physx_cuda batched env; ``cpu``: worker processes; ``inline``: this process (on
+    GPU the batched env; on CPU the N simulators stepped in turn: no parallelism, but one
+    renderer start (~10 s of one core on the software renderer) for every env set the process
+    builds, where each worker pays its own); ``auto``: gpu if CUDA else cpu."""
     image_size: int = 64
     """Square camera resolution in pixels."""
     control_mode: str = "pd_ee_delta_pose"

@@ -183,7 +183,7 @@ def _collect_demos(cfg: Config, out: Path, force: bool) -> Path:
         _PolicyExpert(cfg.data.expert, n)
     # the experts read one simulator each: a worker process per env (cpu), or this process
     env_cfg = dataclasses.replace(
-        cfg.env, num_envs=n, backend="inline" if n == 1 else "cpu",
+        cfg.env, num_envs=n, num_workers=0, backend="inline" if n == 1 else "cpu",
         privileged_state=cfg.env.privileged_state or expert.needs_privileged_state)
     rows: dict[str, list] = {}
     ep_seed = [cfg.data.seed + i for i in range(n)]

@@ -4,8 +4,10 @@
 milliseconds, before any process or simulator starts), then picks a backend:
 
 * ``gpu``    - one ``physx_cuda`` ManiSkill env batching all N envs (``maniskill.py``);
-* ``inline`` - the same class in this process (``num_envs=1`` with ``physx_cpu`` on CPU);
-* ``cpu``    - one worker process per env (forkserver on Linux), each running the inline class (``vector.py``);
+* ``inline`` - this process: on GPU that class; on CPU one ``physx_cpu`` simulator per env,
+  stepped in turn (``block.py``): no parallelism, one renderer start for every env set;
+* ``cpu``    - worker processes (forkserver on Linux), one per env or ``env.num_workers``
+  blocks, each holding its envs as ``block.py`` builds them (``vector.py``);
 * ``auto``   - ``gpu`` if CUDA is available, else ``cpu``.
 
 Only this package imports ManiSkill / SAPIEN / gymnasium, and only lazily.
@@ -52,6 +54,10 @@ def validate_env_config(cfg: EnvConfig) -> None:
     if not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= cfg.num_envs:
         raise ValueError(f"env.num_workers={w!r} must be 0 (one per env) or an int in "
                          f"[1, env.num_envs={cfg.num_envs}]")
+    if w and cfg.backend == "inline":
+        raise ValueError(f"env.num_workers={w} spreads the envs over worker processes, but "
+                         "env.backend='inline' holds them in this process: set "
+                         "env.num_workers=0 or env.backend=cpu")
 
 
 def resolve_backend(cfg: EnvConfig) -> str:
@@ -62,9 +68,6 @@ def resolve_backend(cfg: EnvConfig) -> str:
     if backend == "gpu" and not _cuda():
         raise ValueError("env.backend='gpu' needs CUDA, which torch does not see; "
                          "allowed here: ['auto', 'cpu', 'inline']")
-    if backend == "inline" and cfg.num_envs > 1 and not _cuda():
-        raise ValueError(f"env.backend='inline' without CUDA runs physx_cpu, which holds one env; "
-                         f"got env.num_envs={cfg.num_envs}: use backend='cpu' or num_envs=1")
     return backend
 
 
@@ -76,6 +79,10 @@ def make_env(cfg: EnvConfig) -> VecEnv:
         from vlarl.envs.vector import CpuVecEnv
 
         return CpuVecEnv(cfg)
+    if backend == "inline" and cfg.num_envs > 1 and not _cuda():
+        from vlarl.envs.block import BlockVecEnv
+
+        return BlockVecEnv(cfg)
     from vlarl.envs.maniskill import ManiSkillVecEnv
 
     if backend == "gpu" or _cuda():

@@ -50,15 +50,9 @@ def _worker(conn: Connection, cfg_dict: dict, indices: list[int],
     # first, see vlarl.runtime.preemption) and closes the workers; they must not die on SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        from vlarl.envs.maniskill import ManiSkillVecEnv
+        from vlarl.envs.block import build_block
 
-        # without CUDA, name the CPU renderer (ManiSkill's default asks for sapien_cuda and
-        # warns in every worker that it fell back)
-        render = None if torch.cuda.is_available() else "sapien_cpu"
-        envs = [ManiSkillVecEnv(EnvConfig(**{**cfg_dict, "num_envs": 1,
-                                             "seed": cfg_dict["seed"] + index}),
-                                sim_backend="physx_cpu", num_envs=1, render_backend=render)
-                for index in indices]
+        envs = build_block(EnvConfig(**cfg_dict), indices)
         conn.send(("ok", (envs[0].action_dim, envs[0].state_dim)))
     except BaseException:  # noqa: BLE001  (any failure goes to the parent with its traceback)
         conn.send(("error", traceback.format_exc()))

@@ -64,7 +64,7 @@ def reset_layouts(env_cfg, seeds: list[int], desc: str = "grounding scenes"
 
     from vlarl.envs import make_env
 
-    env = make_env(dataclasses.replace(env_cfg, num_envs=1, backend="inline"))
+    env = make_env(dataclasses.replace(env_cfg, num_envs=1, num_workers=0, backend="inline"))
     obs, layout = [], []
     try:
         for s in tqdm(seeds, desc=desc, unit="scene", disable=len(seeds) < 50):

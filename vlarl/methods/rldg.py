@@ -57,7 +57,7 @@ def scripted_state_data(cfg: Config) -> tuple[Obs, torch.Tensor, dict]:
     from vlarl.envs import make_env
 
     k = cfg.policy.chunk_size
-    env_cfg = dataclasses.replace(cfg.env, num_envs=1, backend="inline", obs_mode="state",
+    env_cfg = dataclasses.replace(cfg.env, num_envs=1, num_workers=0, backend="inline", obs_mode="state",
                                   privileged_state=True)
     seeds = list(range(cfg.data.seed, cfg.data.seed + cfg.data.num_episodes))
     obs_rows: list[Obs] = []

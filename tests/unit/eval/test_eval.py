@@ -19,7 +19,7 @@ SEED0 = 1_000_000
 
 def _cfg(tmp: Path, **eval_kw) -> Config:
     cfg = Config()
-    cfg.env = EnvConfig(**ENV, num_envs=2, backend="cpu")
+    cfg.env = EnvConfig(**ENV, num_envs=2, backend="inline")
     cfg.eval.num_episodes = eval_kw.pop("num_episodes", 3)
     cfg.eval.seed = SEED0
     cfg.eval.video_episodes = eval_kw.pop("video_episodes", 0)
@@ -83,25 +83,25 @@ def checkpoint(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def cpu_env():
+def two_envs():
     from vlarl.envs import make_env
 
-    env = make_env(EnvConfig(**ENV, num_envs=2, backend="cpu"))
+    env = make_env(EnvConfig(**ENV, num_envs=2, backend="inline"))
     yield env
     env.close()
 
 
 @pytest.mark.slow
-def test_evaluate_policy_schedule_free(checkpoint, cpu_env):
+def test_evaluate_policy_schedule_free(checkpoint, two_envs):
     """3 seeds on 2 envs: env 0 auto-resets into seed 3 or env 1 does, the other idles."""
     from vlarl.policies import load_policy
 
     policy = load_policy(checkpoint)
     seeds = [SEED0, SEED0 + 1, SEED0 + 2]
-    check_compatible(policy, cpu_env, checkpoint)
-    a = evaluate_policy(policy, cpu_env, seeds, video_episodes=1)
+    check_compatible(policy, two_envs, checkpoint)
+    a = evaluate_policy(policy, two_envs, seeds, video_episodes=1)
     # The third seed alone, from a fresh reset of env 0 instead of an auto-reset.
-    c = evaluate_policy(policy, cpu_env, seeds[2:])
+    c = evaluate_policy(policy, two_envs, seeds[2:])
     assert [e["seed"] for e in a] == seeds
     assert [e["seed_index"] for e in a] == [0, 1, 2]
     key = ("seed", "success_once", "success_at_end", "return", "length", "instruction")
@@ -114,24 +114,24 @@ def test_evaluate_policy_schedule_free(checkpoint, cpu_env):
 
 
 @pytest.mark.slow
-def test_action_dim_mismatch_named(checkpoint, cpu_env):
+def test_action_dim_mismatch_named(checkpoint, two_envs):
     from vlarl.policies import load_policy
 
     wrong = load_policy(checkpoint, action_dim=4)
     with pytest.raises(ValueError, match="action_dim=4.*expects action_dim=7"):
-        check_compatible(wrong, cpu_env, checkpoint)
+        check_compatible(wrong, two_envs, checkpoint)
 
 
 @pytest.mark.slow
-def test_state_size_mismatch_named(checkpoint, cpu_env):
+def test_state_size_mismatch_named(checkpoint, two_envs):
     """policy.state_sizes (SFT writes the demos' lengths) against PickCube's 20-value state."""
     from vlarl.policies import load_policy
 
-    check_compatible(load_policy(checkpoint, state_sizes=[20]), cpu_env, checkpoint)
+    check_compatible(load_policy(checkpoint, state_sizes=[20]), two_envs, checkpoint)
     wrong = load_policy(checkpoint, state_sizes=[9, 16])
     with pytest.raises(ValueError, match=r"env 'PickCube-v1' gives a state of 20 values, and the "
                                          r"policy was trained on states of 9 or 16 values"):
-        check_compatible(wrong, cpu_env, checkpoint)
+        check_compatible(wrong, two_envs, checkpoint)
 
 
 @pytest.mark.slow
