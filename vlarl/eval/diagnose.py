@@ -115,7 +115,7 @@ def run_diagnose(cfg, out_dir: str | Path | None = None) -> dict:
     ``cfg.eval.seed .. + cfg.eval.num_episodes`` and write the report (module docstring).
     Envs are built one split at a time and closed before the next (memory on small machines)."""
     from vlarl.config import to_dict
-    from vlarl.envs import make_env
+    from vlarl.envs import remake_env
     from vlarl.eval.evaluate import (
         aggregate,
         check_compatible,
@@ -137,16 +137,21 @@ def run_diagnose(cfg, out_dir: str | Path | None = None) -> dict:
     sha = checkpoint_sha256(ckpt, exclude=out)
     policy = load_policy(ckpt)
     per_split: dict[str, dict] = {}
-    for split in splits:
-        t0 = time.perf_counter()
-        with make_env(dataclasses.replace(cfg.env, split=split,
-                                          privileged_state=needs_privileged_env(policy, cfg.env))) as env:
+    env = None  # one env set, rebuilt per split in the same worker processes
+    try:
+        for split in splits:
+            t0 = time.perf_counter()
+            env = remake_env(env, dataclasses.replace(
+                cfg.env, split=split, privileged_state=needs_privileged_env(policy, cfg.env)))
             check_compatible(policy, env, ckpt)
             eps = evaluate_policy(policy, env, seeds, cfg.eval.deterministic)
-        per_split[split] = {**aggregate(eps), "episodes": list(eps),
-                            "wall_s": time.perf_counter() - t0}
-        print(f"diagnose {split}: {per_split[split]['successes']}/{len(eps)} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            per_split[split] = {**aggregate(eps), "episodes": list(eps),
+                                "wall_s": time.perf_counter() - t0}
+            print(f"diagnose {split}: {per_split[split]['successes']}/{len(eps)} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    finally:
+        if env is not None:
+            env.close()
     train, rows = diagnose_rows({s: [e["success_once"] for e in r["episodes"]]
                                  for s, r in per_split.items()})
     report = {"vlarl_version": vlarl_version(), "git_commit": git_commit(),

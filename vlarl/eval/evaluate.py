@@ -190,6 +190,9 @@ def run_eval(checkpoints: list[str], cfg, out_dir: str | Path | None = None,
     made here are added to it and left open, and a later ``run_eval`` with the same dict and
     env config reuses them instead of starting new worker processes (every episode starts
     from its own seeded reset, so reuse does not change results). None: made and closed here.
+    One env set per ``privileged`` value is held at a time: the next split's envs are rebuilt
+    in the same worker processes (``vlarl.envs.remake_env``), so an evaluation of S splits
+    starts its workers once and holds 1/S of the memory it would with every split's set open.
     """
 
     checkpoints = [str(c) for c in checkpoints]
@@ -210,7 +213,7 @@ def run_eval(checkpoints: list[str], cfg, out_dir: str | Path | None = None,
 
 def _run_eval(checkpoints: list[str], cfg, out: Path, envs: dict) -> dict:
     from vlarl.config import to_dict
-    from vlarl.envs import make_env
+    from vlarl.envs import remake_env
     from vlarl.eval.report import checkpoint_sha256, vlarl_version
     from vlarl.eval.stats import paired_comparison
     from vlarl.policies import load_policy
@@ -226,8 +229,10 @@ def _run_eval(checkpoints: list[str], cfg, out: Path, envs: dict) -> dict:
             policy.cfg = dataclasses.replace(policy.cfg, point_estimate=cfg.eval.point_estimate)
         priv = needs_privileged_env(policy, cfg.env)
         for split in cfg.eval.splits:
-            if (split, priv) not in envs:
-                envs[split, priv] = make_env(dataclasses.replace(  # seed s: one state
+            if (split, priv) not in envs:  # one env set at a time: rebuilt in its workers
+                held = next((k for k in envs if k[1] == priv), None)
+                envs[split, priv] = remake_env(envs.pop(held) if held else None,
+                                               dataclasses.replace(  # seed s: one state
                     cfg.env, split=split, privileged_state=priv, reset_each_env=True))
             env = envs[split, priv]
             check_compatible(policy, env, ck)

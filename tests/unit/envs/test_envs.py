@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from vlarl.config import EnvConfig
-from vlarl.envs import SPLITS, TASKS, check_env, instruction, make_env
+from vlarl.envs import SPLITS, TASKS, check_env, instruction, make_env, remake_env
 from vlarl.envs.vector import (
     WORKER_RENDER_THREADS,
     CpuVecEnv,
@@ -210,8 +210,9 @@ def test_worker_blocks():
 def test_envs_sharing_a_worker_draw_what_one_env_per_worker_draws(vec):
     """Two envs in one worker process step in turn and give bit-identical episodes to one env
     per worker (the default), also with each chunk split over two requests as the overlap
-    splits it, and so do the two envs held in this process (``backend: inline`` on CPU); a
-    dead shared worker is named with its envs."""
+    splits it, and so do the two envs held in this process (``backend: inline`` on CPU); the
+    worker rebuilds its envs for the next split without a new start; a dead shared worker is
+    named with its envs."""
     import dataclasses
 
     per_env, shared = vec, CpuVecEnv(dataclasses.replace(vec.cfg, num_workers=1))
@@ -237,6 +238,18 @@ def test_envs_sharing_a_worker_draw_what_one_env_per_worker_draws(vec):
                 assert torch.equal(x, y) and torch.equal(x, z), k
         assert sa.info["elapsed_steps"].tolist() == [20, 20]  # no episode ended: 4 chunks of 5
         assert torch.equal(per_env.expert_actions(), here.expert_actions())
+        # the next split in the same worker: fresh simulators, renderer already up
+        worker, pid = psutil.Process(shared.pids[0]), shared.pids[0]
+        cpu = sum(worker.cpu_times()[:2])
+        ood = dataclasses.replace(vec.cfg, split="unseen_color", num_workers=1)
+        assert remake_env(shared, ood) is shared and shared.pids == [pid]
+        assert sum(worker.cpu_times()[:2]) - cpu < 4.0  # a new worker: ~10 s
+        here = remake_env(here, dataclasses.replace(ood, backend="inline", num_workers=0))
+        a, c = shared.reset([3, 4]), here.reset([3, 4])
+        assert shared.split == "unseen_color" and torch.equal(a.images, c.images)
+        assert not torch.equal(a.images, b.images)  # another cube colour
+        with pytest.raises(ValueError, match="rebuild keeps the worker layout"):
+            shared.rebuild(dataclasses.replace(ood, num_workers=2))
         os.kill(shared.pids[0], signal.SIGKILL)
         with pytest.raises(WorkerError, match=r"env worker 0 \(pid \d+, envs 0-1, PickCube-v1\) died"):
             shared.step_chunk(torch.zeros(2, 1, 7))

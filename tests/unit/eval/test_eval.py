@@ -151,6 +151,10 @@ def test_run_eval_reuses_the_callers_envs(checkpoint, tmp_path):
         assert list(envs.values()) == [env]
         assert first["results"][0]["episodes"] == again["results"][0]["episodes"]
         assert env.reset([SEED0]).state.shape[0] == 1  # still open
+        cfg.eval.splits = ["train", "unseen_color"]  # one env set at a time: the next split's
+        two = run_eval([checkpoint], cfg, tmp_path / "c", envs=envs)  # replaces the train one
+        assert list(envs) == [("unseen_color", False)] and envs["unseen_color", False].split == "unseen_color"
+        assert two["results"][0]["episodes"] == again["results"][0]["episodes"]
     finally:
         for e in envs.values():
             e.close()
