@@ -220,7 +220,7 @@ def _bench_loop(quick: bool, decoding: str) -> dict:
 
 
 WORKERS_CHILD = r"""
-import json, sys, time, torch
+import dataclasses, json, sys, time, torch
 from vlarl.config import load_config
 from vlarl.envs.vector import CpuVecEnv
 from vlarl.runtime.system import tree_peak_rss_mb
@@ -240,6 +240,10 @@ for start in ("first", "second"):
         for _ in range(chunks):
             env.step_chunk(torch.rand(n, 4, env.action_dim, generator=gen) * 2 - 1)
         out["steps_per_s"] = n * 4 * chunks / (time.perf_counter() - t0)
+        t0 = time.perf_counter()  # an evaluation's next split, in the same workers
+        env.rebuild(dataclasses.replace(cfg, split="unseen_color"))
+        env.reset(list(range(n)))
+        out["next_split_s"] = time.perf_counter() - t0
     env.close()
 print(json.dumps(out), flush=True)
 """
@@ -257,11 +261,12 @@ def _workers_child(method: str, n: int, workers: int) -> dict:
 
 def bench_workers(quick: bool = False) -> dict:
     """Seconds from ``CpuVecEnv(...)`` to the first observations (the first and the second
-    time in a fresh process), the tree's PSS with the workers up and random-action steps/s
-    (chunks of 4): per start method with one env per worker, and for N envs in one worker per
+    time in a fresh process), seconds to rebuild the envs for another split in the running
+    workers (``CpuVecEnv.rebuild``, as an evaluation's next split), the tree's PSS with the
+    workers up and random-action steps/s (chunks of 4): per start method with one env per worker, and for N envs in one worker per
     env (the default) vs one per core (``env.num_workers``), forkserver."""
     out: dict = {}
-    keys = ("first_start_s", "second_start_s", "tree_pss_mb", "steps_per_s")
+    keys = ("first_start_s", "second_start_s", "next_split_s", "tree_pss_mb", "steps_per_s")
     for method in ("spawn", "forkserver"):
         for k, v in _workers_child(method, 2, 2).items():
             out[f"2_workers.{method}.{k}"] = v
@@ -276,6 +281,8 @@ def bench_workers(quick: bool = False) -> dict:
         for k, v in _workers_child("forkserver", n, workers).items():
             out[f"{n}_envs.{label}.{k}"] = v
         out[f"{n}_envs.{label}.workers"] = workers
+        out[f"{n}_envs.{label}.new_workers_over_rebuild"] = (
+            out[f"{n}_envs.{label}.second_start_s"] / out[f"{n}_envs.{label}.next_split_s"])
     for k in keys:
         out[f"{n}_envs.per_env_over_per_core.{k}"] = (out[f"{n}_envs.per_env.{k}"]
                                                       / out[f"{n}_envs.per_core.{k}"])
