@@ -104,7 +104,7 @@ def remake_env(env: VecEnv | None, cfg: EnvConfig) -> VecEnv:
     if env is not None and resolve_backend(cfg) == "cpu":
         from vlarl.envs.vector import CpuVecEnv, worker_blocks
 
-        if isinstance(env, CpuVecEnv) and env.num_envs == cfg.num_envs and \
+        if isinstance(env, CpuVecEnv) and \
                 env.blocks == worker_blocks(cfg.num_envs, cfg.num_workers or cfg.num_envs):
             env.rebuild(cfg)
             return env

@@ -31,6 +31,7 @@ cameras (ManiSkill ``obs_mode="state_dict"``; nothing is rendered): images are e
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
 
@@ -46,11 +47,8 @@ from vlarl.types import ChunkStep, Obs
 
 CAMERA = "base_camera"
 
-_CPU_RENDERER: list = []
-"""The process's kept CPU render system (see :func:`keep_cpu_renderer`)."""
-
-
-def keep_cpu_renderer() -> None:
+@functools.cache
+def keep_cpu_renderer():
     """Keep SAPIEN's CPU render engine alive for the rest of this process.
 
     SAPIEN shares one render engine per device among the live render systems and frees it with
@@ -60,10 +58,9 @@ def keep_cpu_renderer() -> None:
     grounding scenes, a test session) recomputes it. Measured on 2 cores (PushCube-v1, 32 px,
     build + reset + close, three times in one process): 15.0 / 12.3 / 11.3 s without, 11.8 /
     0.39 / 0.37 s with an empty ``RenderSystem`` kept, same peak RSS (783 MB)."""
-    if not _CPU_RENDERER:
-        import sapien
+    import sapien
 
-        _CPU_RENDERER.append(sapien.render.RenderSystem(sapien.Device("cpu")))
+    return sapien.render.RenderSystem(sapien.Device("cpu"))  # held by the cache
 
 
 @contextlib.contextmanager
