@@ -6,7 +6,8 @@ runs one episode, so column n of the buffer *is* episode n.
 
 Implementation details (TRL GRPOTrainer / DAPO / SimpleVLA-RL):
 
-1. Outcome per episode = ``success_once`` (0/1) + ``shaping_coef`` * episode return.
+1. Outcome per episode = ``success_once`` (0/1) + ``shaping_coef`` * its dense rewards, summed
+   or their per-step maximum (``shaping``).
 2. Group advantages: ``grpo`` (mean/std normalised) or ``rloo`` (leave-one-out baseline);
    each episode's advantage is broadcast to all its valid decisions.
 3. Dynamic sampling: groups whose outcomes are all equal are left out of the update.
@@ -28,11 +29,25 @@ from vlarl.policies.base import Policy
 from vlarl.rollout import Batch, RolloutBuffer
 
 
-def episode_outcomes(buffer: RolloutBuffer, shaping_coef: float = 0.0) -> torch.Tensor:
-    """float ``[N]``: success at any valid decision of env n's episode (+ shaped return)."""
+def episode_outcomes(buffer: RolloutBuffer, shaping_coef: float = 0.0,
+                     shaping: str = "return") -> torch.Tensor:
+    """float ``[N]``: success at any valid decision of env n's episode + ``shaping_coef`` x
+    its dense rewards, summed (``return``) or their per-step maximum (``max``)."""
     valid = buffer.valid
     success = (buffer.success_once & valid).any(dim=0).float()
-    return success + shaping_coef * (buffer.rewards * valid).sum(dim=0)
+    if shaping_coef == 0.0:
+        return success
+    if shaping == "return":
+        return success + shaping_coef * (buffer.rewards * valid).sum(dim=0)
+    if shaping != "max":
+        raise ValueError(f"shaping={shaping!r}: expected 'return' or 'max'")
+    if buffer.step_rewards is None:
+        raise ValueError("shaping='max' needs the per-step rewards of the buffer")
+    # Steps after an episode ended inside a chunk are padded with reward 0; dense rewards
+    # are >= 0 (ManiSkill's normalized_dense), so the pad never wins the max.
+    per_decision = buffer.step_rewards.amax(dim=2)
+    best = torch.where(valid, per_decision, torch.zeros_like(per_decision)).amax(dim=0)
+    return success + shaping_coef * best
 
 
 @ALGORITHMS.register("grpo")
@@ -52,6 +67,10 @@ class GRPO(Algorithm):
         if cfg.env.num_envs % G:
             raise ConfigError(f"env.num_envs={cfg.env.num_envs} must be divisible by "
                               f"algo.num_generations={G}")
+        if cfg.algo.shaping_coef and cfg.env.reward_mode == "sparse":
+            raise ConfigError(f"algo.shaping_coef={cfg.algo.shaping_coef} shapes with the env's "
+                              "dense rewards, but env.reward_mode='sparse' has none: set "
+                              "env.reward_mode normalized_dense (or dense), or shaping_coef 0")
 
     def process(self, buffer: RolloutBuffer, policy: Policy) -> dict[str, float]:
         """Group advantages into ``buffer.advantages`` and the training mask (in place)."""
@@ -59,7 +78,7 @@ class GRPO(Algorithm):
         if buffer.num_envs % G:
             raise ValueError(f"num_envs={buffer.num_envs} must be divisible by "
                              f"algo.num_generations={G}")
-        outcomes = episode_outcomes(buffer, cfg.shaping_coef)
+        outcomes = episode_outcomes(buffer, cfg.shaping_coef, cfg.shaping)
         adv = group_advantages(outcomes, G, self.mode, scale=cfg.scale_rewards)
         keep = dynamic_sampling_mask(outcomes, G) if cfg.dynamic_sampling \
             else torch.ones_like(outcomes, dtype=torch.bool)

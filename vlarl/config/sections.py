@@ -115,7 +115,13 @@ class AlgoConfig:
     dynamic_sampling: bool = True
     """GRPO: drop groups whose rollouts all succeed or all fail (DAPO / SimpleVLA-RL)."""
     shaping_coef: float = 0.0
-    """GRPO: weight of the env's dense return added to the 0/1 outcome reward."""
+    """GRPO: weight of the env's dense reward, reduced per ``shaping``, added to the 0/1
+    outcome reward."""
+    shaping: Literal["return", "max"] = "return"
+    """GRPO: how an episode's dense rewards become its shaping term: ``return`` sums them
+    (an episode that fails slowly collects more than one that succeeds fast when success ends
+    it), ``max`` takes the best per-step reward reached (progress: with ``normalized_dense``
+    a success is the maximum, 1, so no failure outranks it). docs/grpo.md."""
     loss_type: Literal["dapo", "grpo", "dr_grpo"] = "dapo"
     """GRPO/RLOO loss aggregation, TRL's ``GRPOConfig.loss_type`` with an episode as the
     completion and a decision (chunk) as its token: ``dapo`` = mean over every decision of the

@@ -56,6 +56,8 @@ def test_registry_names_and_classes():
     (["--algo.name", "rpd", "--env.num_envs", "2", "--train.rollout_steps", "4",
       "--algo.num_mini_batches", "2", "--algo.gradient_accumulation_steps", "3"],
      "minibatch size 4 must be divisible by algo.gradient_accumulation_steps=3"),
+    (["--algo.name", "grpo", "--env.num_envs", "8", "--algo.shaping_coef", "0.5"],
+     r"algo.shaping_coef=0.5 shapes with the env's dense rewards, but env.reward_mode='sparse'"),
 ])
 def test_each_algorithm_refuses_the_configs_it_cannot_run(overrides, needle):
     """The checks live with the algorithm (``check_config``); ``load_config`` stays torch-free
@@ -191,6 +193,27 @@ def test_grpo_process_broadcasts_group_advantages():
     torch.testing.assert_close(buf.advantages, expected.unsqueeze(0) * buf.valid)
     assert torch.equal(buf.train_mask[:, 4:], torch.zeros_like(buf.train_mask[:, 4:]))
     assert torch.equal(buf.train_mask[:, :4], buf.valid[:, :4])
+
+
+def test_shaping_by_return_and_by_max():
+    """Two envs, 3 decisions of 2 steps: env 0 succeeds at decision 1 (its episode ends, the
+    rest is padding), env 1 fails slowly. Summed, the slow failure outranks the success; by
+    the per-step maximum it cannot, and padding after the end is ignored."""
+    from vlarl.algorithms.grpo import episode_outcomes
+
+    buf = RolloutBuffer(3, 2, 2)
+    buf.step_rewards = torch.tensor([[[0.2, 0.5], [0.3, 0.3]],
+                                     [[1.0, 0.0], [0.4, 0.6]],
+                                     [[0.9, 0.9], [0.5, 0.5]]])
+    buf.rewards = buf.step_rewards.sum(dim=2)
+    buf.valid = torch.tensor([[True, True], [True, True], [False, True]])
+    buf.success_once = torch.tensor([[False, False], [True, False], [False, False]])
+    assert episode_outcomes(buf).tolist() == [1.0, 0.0]
+    assert episode_outcomes(buf, 1.0).tolist() == pytest.approx([2.7, 2.6])
+    assert episode_outcomes(buf, 0.5, "return").tolist() == pytest.approx([1.85, 1.3])
+    assert episode_outcomes(buf, 1.0, "max").tolist() == pytest.approx([2.0, 0.6])
+    with pytest.raises(ValueError, match="expected 'return' or 'max'"):
+        episode_outcomes(buf, 1.0, "mean")
 
 
 def test_grpo_update_raises_the_surrogate_of_good_actions():
