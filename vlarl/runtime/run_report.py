@@ -14,10 +14,10 @@ def skip_advice(metrics: dict) -> str | None:
     if not metrics.get("algo/skipped_update"):
         return None
     if metrics.get("algo/groups_kept", 1.0) == 0.0:  # group baselines (grpo, rloo) log it
-        return ("every group's rollouts all succeeded or all failed (algo/groups_kept 0), so no "
-                "advantage is non-zero; try a better SFT base, larger groups "
-                "(--algo.num_generations), or a dense reward (--env.reward_mode normalized_dense "
-                "--algo.shaping_coef 0.1)")
+        return ("every group's rollouts had equal outcomes (algo/groups_kept 0), so no "
+                "advantage is non-zero; rare while outcomes carry a progress term, common "
+                "without one: try larger groups (--algo.num_generations) or a progress term "
+                "(--env.reward_mode normalized_dense --algo.shaping_coef 1 --algo.shaping max)")
     return (f"too few training decisions ({metrics.get('algo/train_samples', 0):.0f}) for "
             "algo.num_mini_batches x algo.gradient_accumulation_steps; use more envs or "
             "rollout steps")
