@@ -113,7 +113,8 @@ class AlgoConfig:
     num_generations: int = 4
     """Group size G for GRPO/RLOO (TRL's name): rollouts from one initial state."""
     dynamic_sampling: bool = True
-    """GRPO: drop groups whose rollouts all succeed or all fail (DAPO / SimpleVLA-RL)."""
+    """GRPO: drop groups whose outcomes are all equal: all succeed or all fail, or with a
+    progress term (``shaping_coef``) all succeed (DAPO / SimpleVLA-RL)."""
     shaping_coef: float = 0.0
     """GRPO: weight of the env's dense reward, reduced per ``shaping``, added to the 0/1
     outcome reward."""
