@@ -87,7 +87,8 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
         "(transformers + peft + accelerate + ManiSkill3).")
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, help_ in HELP.items():
-        p = sub.add_parser(name, help=help_, description=help_,
+        # ``help`` is %-formatted by argparse (hence ``%%``), ``description`` is printed as is
+        p = sub.add_parser(name, help=help_, description=help_.replace("%%", "%"),
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog=_options_epilog(SECTIONS[name]) if full_help else None)
         if SECTIONS[name]:

@@ -279,7 +279,10 @@ def dataset_info(cfg: Config, features, episodes: int, frames: int, cams: int, s
 def write_dataset(out: Path, rows: dict[str, list], features, info: dict) -> None:
     """Write into ``<out>.tmp-<pid>`` and rename: a reader never sees a half-written dataset."""
     from datasets import Dataset
+    from datasets.utils import disable_progress_bars
 
+    if not os.environ.get("VLARL_VERBOSE"):  # its one-batch "Creating parquet" bar says nothing
+        disable_progress_bars()
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "meta").mkdir(parents=True)

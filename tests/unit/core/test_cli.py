@@ -42,6 +42,8 @@ def test_subcommand_help_lists_fields_with_docs():
     assert out.returncode == 0
     assert "--algo.epsilon" in out.stdout and "Lower clip range" in out.stdout
     assert "--train.num_updates" in out.stdout
+    out = _run(["eval", "--help"])  # the description is printed as written: "95% CIs", not "95%% CIs"
+    assert out.returncode == 0 and "with 95% CIs" in out.stdout and "%%" not in out.stdout
 
 
 def test_bad_key_fails_fast_naming_it():

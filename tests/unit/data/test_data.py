@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -147,3 +150,23 @@ def test_dataset_key_and_path(monkeypatch, tmp_path: Path) -> None:
     assert dataset_path(a) == tmp_path / "datasets" / dataset_key(a)
     a.data.dataset_dir = str(tmp_path / "mine")
     assert dataset_path(a) == tmp_path / "mine"
+
+
+WRITE = ("import sys; from datasets import Features, Value; "
+         "from pathlib import Path; from vlarl.data.collect import write_dataset; "
+         "write_dataset(Path(sys.argv[1]), {'a': [1, 2]}, Features({'a': Value('int64')}), {})")
+
+
+def test_writing_a_dataset_prints_no_library_bar_unless_verbose(tmp_path):
+    """The datasets library's one-batch "Creating parquet" bar is library noise on every
+    `vlarl collect`; VLARL_VERBOSE=1 shows it again. The dataset is written either way."""
+
+    def stderr(extra: dict, out: str) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "VLARL_VERBOSE"}
+        env.update(extra)
+        return subprocess.run([sys.executable, "-c", WRITE, str(tmp_path / out)], env=env,
+                              capture_output=True, text=True, timeout=120, check=True).stderr
+
+    assert "Creating parquet" not in stderr({}, "a")
+    assert "Creating parquet" in stderr({"VLARL_VERBOSE": "1"}, "b")
+    assert (tmp_path / "a" / "data").is_dir() and (tmp_path / "a" / INFO_FILE).is_file()
