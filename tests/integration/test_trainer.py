@@ -133,6 +133,17 @@ def test_exact_resume_after_kill_9_mid_update(reference_run, tmp_path):
     _assert_same_state(_final(out), _final(reference_run))
 
 
+def test_in_training_evaluation_leaves_what_the_run_learns_unchanged(reference_run, tmp_path):
+    """The reference evaluates after updates 3 and 6 on its training env; the same run without
+    evaluations ends in the same weights, optimizer, scheduler and RNG streams, so
+    ``train.eval_every`` can be changed without changing a run's result."""
+    from vlarl.trainer import train
+
+    out = tmp_path / "run"
+    train(_cfg(out, "--train.eval_every", "0"))
+    _assert_same_state(_final(out), _final(reference_run))
+
+
 def test_existing_run_dir_needs_resume_or_overwrite(reference_run):
     from vlarl.trainer import train
 

@@ -1,6 +1,6 @@
 """Learning curves from a run's ``metrics.jsonl``: when did training first reach a target?
 
-``time_to_target`` is what a speed-up has to be judged by (issue: a faster loop that learns
+``time_to_target`` is what a speed-up has to be judged by (a faster loop that learns
 less is not faster): env steps and wall time until the rollout success rate, smoothed over
 ``window`` updates, or the greedy in-training eval first reaches ``threshold``.
 """
