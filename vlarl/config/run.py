@@ -84,6 +84,11 @@ class Config:
             self._validate_train()
         if "eval" in read:
             positive("eval.num_episodes", self.eval.num_episodes)
+            if self.eval.temperature is not None:
+                positive("eval.temperature", self.eval.temperature)
+                if self.eval.deterministic:
+                    raise ConfigError(f"eval.temperature={self.eval.temperature} needs "
+                                      "eval.deterministic=false (a greedy evaluation samples nothing)")
         if "sft" in read:
             positive("sft.batch_size", self.sft.batch_size)
             positive("sft.state_noise", self.sft.state_noise, zero_ok=True)

@@ -270,6 +270,11 @@ class EvalConfig:
     point_estimate: Literal["mode", "mean"] | None = None
     """Override each token_vla checkpoint's ``policy.point_estimate`` for a deterministic
     evaluation (None: the checkpoint's own)."""
+    temperature: float | None = None
+    """Sampling temperature of each token_vla checkpoint for a sampled evaluation
+    (``deterministic: false``; None: the checkpoint's own ``policy.temperature``, the one its
+    rollouts used). Eval loads every checkpoint with its saved config, so ``policy.*`` options
+    do not reach it; this one does."""
     video_episodes: int = 0
     """Write mp4 videos of the first K episodes."""
     out: str | None = None

@@ -22,7 +22,8 @@ from vlarl.eval.stats import paired_comparison
 
 # settings that change what an episode is; eval.seed/num_episodes are checked via the seeds
 _EPISODE_KEYS = (("env", "image_size"), ("env", "control_mode"), ("env", "max_episode_steps"),
-                 ("env", "terminate_on_success"), ("env", "reward_mode"), ("eval", "deterministic"))
+                 ("env", "terminate_on_success"), ("env", "reward_mode"), ("eval", "deterministic"),
+                 ("eval", "temperature"))
 
 
 def load_report(path: str | Path) -> dict:

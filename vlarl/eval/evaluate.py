@@ -227,6 +227,8 @@ def _run_eval(checkpoints: list[str], cfg, out: Path, envs: dict) -> dict:
         policy = load_policy(ck)
         if cfg.eval.point_estimate and hasattr(policy.cfg, "point_estimate"):  # token VLAs'
             policy.cfg = dataclasses.replace(policy.cfg, point_estimate=cfg.eval.point_estimate)
+        if cfg.eval.temperature is not None and hasattr(policy.cfg, "temperature"):
+            policy.cfg = dataclasses.replace(policy.cfg, temperature=cfg.eval.temperature)
         priv = needs_privileged_env(policy, cfg.env)
         for split in cfg.eval.splits:
             if (split, priv) not in envs:  # one env set at a time: rebuilt in its workers

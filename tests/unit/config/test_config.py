@@ -36,6 +36,8 @@ def test_defaults_validate_and_overrides_apply(tmp_path):
     (["--data.extra_tasks", "PullCube-v1", "--data.expert", "/some/policy"], "data.expert"),
     (["--policy.lora_lm_head", "true", "--policy.name", "flow_vla"], "policy.lora_lm_head"),
     (["--policy.lora_lm_head", "true", "--policy.use_lora", "false"], "policy.lora_lm_head"),
+    (["--eval.temperature", "0.5"], "eval.deterministic=false"),  # greedy samples nothing
+    (["--eval.temperature", "0", "--eval.deterministic", "false"], "eval.temperature"),
 ])
 def test_bad_values_name_the_key(overrides, needle):
     t0 = time.perf_counter()

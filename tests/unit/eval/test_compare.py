@@ -55,6 +55,13 @@ def test_mismatched_episodes_are_errors_naming_the_setting(tmp_path):
         compare_reports([base, _report(tmp_path / "b", "x", {"train": [0] * 10}, seed0=2000)])
     with pytest.raises(ValueError, match="env.image_size differs: 64 .* vs 32"):
         compare_reports([base, _report(tmp_path / "c", "y", {"train": [0] * 10}, image_size=32)])
+    sampled = [_report(tmp_path / f"t{t}", f"t{t}", {"train": [0] * 10}) for t in (3, 5)]
+    for path, t in zip(sampled, (0.3, 0.5)):  # two sampled evaluations at other temperatures
+        data = json.loads((path / "report.json").read_text())
+        data["config"]["eval"] = {"deterministic": False, "temperature": t}
+        (path / "report.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="eval.temperature differs: 0.3 .* vs 0.5"):
+        compare_reports(sampled)
     with pytest.raises(FileNotFoundError, match="no eval report at"):
         compare_reports([base, tmp_path / "missing"])
     with pytest.raises(ValueError, match="no candidate result shares"):

@@ -160,6 +160,35 @@ def test_run_eval_reuses_the_callers_envs(checkpoint, tmp_path):
             e.close()
 
 
+def test_eval_temperature_reaches_token_checkpoints(tmp_path):
+    """``eval.temperature`` sets the sampler of a sampled evaluation (eval loads each
+    checkpoint with its saved config, so ``policy.temperature`` cannot): near 0 the sampled
+    episodes are the greedy ones, at the checkpoint's own 1.0 they are not."""
+    from vlarl.policies import TokenVLAConfig, build_policy
+
+    ck = str(tmp_path / "token")
+    build_policy(TokenVLAConfig(chunk_size=4, action_dim=7, temperature=1.0)).save_pretrained(ck)
+    cfg = _cfg(tmp_path, num_episodes=2)
+    cfg.env = EnvConfig(**ENV, num_envs=1, backend="inline", reward_mode="normalized_dense")
+    envs: dict = {}
+    try:
+        def episodes(out: str, **kw):
+            for k, v in kw.items():
+                setattr(cfg.eval, k, v)
+            return run_eval([ck], cfg, tmp_path / out, envs=envs)["results"][0]["episodes"]
+
+        greedy = episodes("greedy", deterministic=True, temperature=None)
+        own = episodes("own", deterministic=False, temperature=None)
+        cold = episodes("cold", deterministic=False, temperature=1e-6)
+    finally:
+        for e in envs.values():
+            e.close()
+    returns = [[e["return"] for e in eps] for eps in (greedy, own, cold)]
+    assert returns[2] == returns[0] and returns[1] != returns[0], returns
+    data = json.loads((tmp_path / "cold" / "report.json").read_text())
+    assert data["config"]["eval"]["temperature"] == 1e-6
+
+
 def test_run_eval_report_files(checkpoint, tmp_path, capsys):
     cfg = _cfg(tmp_path, num_episodes=3, video_episodes=1)
     cfg.env = EnvConfig(**ENV, num_envs=1, backend="inline")  # in-process: no worker start-up

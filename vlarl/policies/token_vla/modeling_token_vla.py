@@ -75,7 +75,6 @@ class TokenVLAPolicy(Policy):
         self.model = model
         self.processor = processor
         self.chunk_size, self.action_dim = cfg.chunk_size, cfg.action_dim
-        self.temperature = cfg.temperature
         text_cfg = self._base().config.get_text_config()
         tok = processor.tokenizer
         # Batched decoding appends tokens at the end of every row: the padding goes in front
@@ -238,7 +237,7 @@ class TokenVLAPolicy(Policy):
     def _masked_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits restricted to the action ids, in fp32, divided by the temperature."""
         ids = slice(self.action_start, self.action_start + self.cfg.action_bins)
-        return logits[..., ids].float() / self.temperature
+        return logits[..., ids].float() / self.cfg.temperature
 
     def _values(self, hidden: torch.Tensor | None, mask: torch.Tensor,
                 obs: Obs) -> torch.Tensor | None:
