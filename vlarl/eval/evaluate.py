@@ -14,6 +14,7 @@ and optional ``videos/*.mp4`` (see :func:`run_eval`).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -176,6 +177,17 @@ def needs_privileged_env(policy, env_cfg) -> bool:
     return env_cfg.privileged_state or bool(getattr(policy, "needs_privileged_state", False))
 
 
+def _note_ignored_sampler(cfg, policy: Policy, ck: str) -> None:
+    """Say on stderr when the run config's ``policy.temperature`` / ``point_estimate`` differ
+    from what a loaded checkpoint uses: eval keeps each checkpoint's saved policy config, and a
+    ``--policy.temperature`` meant for the evaluation would otherwise pass unnoticed."""
+    for key in ("temperature", "point_estimate"):
+        want, used = getattr(cfg.policy, key, None), getattr(policy.cfg, key, None)
+        if want is not None and used is not None and want != used and getattr(cfg.eval, key) is None:
+            print(f"vlarl eval: {ck} samples with its saved policy.{key}={used!r}, not the run "
+                  f"config's {want!r} (set --eval.{key} to override it)", file=sys.stderr)
+
+
 def run_eval(checkpoints: list[str], cfg, out_dir: str | Path | None = None,
              envs: dict | None = None) -> dict:
     """Evaluate every checkpoint on every split of ``cfg.eval.splits`` and write the report.
@@ -229,6 +241,7 @@ def _run_eval(checkpoints: list[str], cfg, out: Path, envs: dict) -> dict:
             policy.cfg = dataclasses.replace(policy.cfg, point_estimate=cfg.eval.point_estimate)
         if cfg.eval.temperature is not None and hasattr(policy.cfg, "temperature"):
             policy.cfg = dataclasses.replace(policy.cfg, temperature=cfg.eval.temperature)
+        _note_ignored_sampler(cfg, policy, ck)
         priv = needs_privileged_env(policy, cfg.env)
         for split in cfg.eval.splits:
             if (split, priv) not in envs:  # one env set at a time: rebuilt in its workers

@@ -160,7 +160,7 @@ def test_run_eval_reuses_the_callers_envs(checkpoint, tmp_path):
             e.close()
 
 
-def test_eval_temperature_reaches_token_checkpoints(tmp_path):
+def test_eval_temperature_reaches_token_checkpoints(tmp_path, capsys):
     """``eval.temperature`` sets the sampler of a sampled evaluation (eval loads each
     checkpoint with its saved config, so ``policy.temperature`` cannot): near 0 the sampled
     episodes are the greedy ones, at the checkpoint's own 1.0 they are not."""
@@ -178,7 +178,10 @@ def test_eval_temperature_reaches_token_checkpoints(tmp_path):
             return run_eval([ck], cfg, tmp_path / out, envs=envs)["results"][0]["episodes"]
 
         greedy = episodes("greedy", deterministic=True, temperature=None)
+        cfg.policy.temperature = 0.3  # as `vlarl eval --policy.temperature 0.3` would: said, not used
         own = episodes("own", deterministic=False, temperature=None)
+        assert "samples with its saved policy.temperature=1.0, not the run config's 0.3 (set " \
+            "--eval.temperature" in capsys.readouterr().err
         cold = episodes("cold", deterministic=False, temperature=1e-6)
     finally:
         for e in envs.values():
