@@ -41,6 +41,9 @@ def test_skipped_updates_are_explained_once_then_counted(capsys):
     skipped = {"algo/skipped_update": 1.0, "algo/groups_kept": 0.0, "rollout/success_rate": 0.0}
     assert skip_advice({"algo/optimizer_steps": 4.0}) is None
     assert "num_generations" in skip_advice(skipped)
+    assert "progress term" in skip_advice(skipped)
+    won = skip_advice({**skipped, "rollout/success_rate": 1.0})  # groups of successes only
+    assert "every rollout succeeded" in won and "progress term" not in won
     assert "rollout steps" in skip_advice({"algo/skipped_update": 1.0, "algo/train_samples": 3})
     report = RunReport()
     said = [report.add(u, skipped) for u in range(1, 31)]

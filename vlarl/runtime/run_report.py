@@ -14,6 +14,11 @@ def skip_advice(metrics: dict) -> str | None:
     if not metrics.get("algo/skipped_update"):
         return None
     if metrics.get("algo/groups_kept", 1.0) == 0.0:  # group baselines (grpo, rloo) log it
+        if metrics.get("rollout/success_rate") == 1.0:  # a good policy: groups of successes
+            return ("every rollout succeeded (rollout/success_rate 1), so every group's "
+                    "outcomes are equal and no advantage is non-zero; common once the policy "
+                    "succeeds most of the time: larger groups (--algo.num_generations) or a "
+                    "harder split give the groups failures to rank")
         return ("every group's rollouts had equal outcomes (algo/groups_kept 0), so no "
                 "advantage is non-zero; rare while outcomes carry a progress term, common "
                 "without one: try larger groups (--algo.num_generations) or a progress term "
