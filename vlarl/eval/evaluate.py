@@ -177,15 +177,22 @@ def needs_privileged_env(policy, env_cfg) -> bool:
     return env_cfg.privileged_state or bool(getattr(policy, "needs_privileged_state", False))
 
 
-def _note_ignored_sampler(cfg, policy: Policy, ck: str) -> None:
-    """Say on stderr when the run config's ``policy.temperature`` / ``point_estimate`` differ
-    from what a loaded checkpoint uses: eval keeps each checkpoint's saved policy config, and a
-    ``--policy.temperature`` meant for the evaluation would otherwise pass unnoticed."""
-    for key in ("temperature", "point_estimate"):
-        want, used = getattr(cfg.policy, key, None), getattr(policy.cfg, key, None)
-        if want is not None and used is not None and want != used and getattr(cfg.eval, key) is None:
-            print(f"vlarl eval: {ck} samples with its saved policy.{key}={used!r}, not the run "
-                  f"config's {want!r} (set --eval.{key} to override it)", file=sys.stderr)
+def _apply_sampler_overrides(cfg, policy: Policy, ck: str) -> None:
+    """``eval.point_estimate`` / ``eval.temperature`` replace a token VLA checkpoint's own
+    (eval loads each checkpoint with its saved policy config). Without them, say on stderr
+    when the run config's ``policy.<key>`` differs from the checkpoint's for the decoding in
+    use: a ``--policy.temperature`` meant for the evaluation would otherwise pass unnoticed."""
+    key = "point_estimate" if cfg.eval.deterministic else "temperature"
+    for name in ("point_estimate", "temperature"):
+        if not hasattr(policy.cfg, name):  # not a token VLA
+            continue
+        override, used = getattr(cfg.eval, name), getattr(policy.cfg, name)
+        want = getattr(cfg.policy, name, None)
+        if override is not None:
+            policy.cfg = dataclasses.replace(policy.cfg, **{name: override})
+        elif name == key and want is not None and want != used:
+            print(f"vlarl eval: {ck} samples with its saved policy.{name}={used!r}, not the run "
+                  f"config's {want!r} (set --eval.{name} to override it)", file=sys.stderr)
 
 
 def run_eval(checkpoints: list[str], cfg, out_dir: str | Path | None = None,
@@ -237,11 +244,7 @@ def _run_eval(checkpoints: list[str], cfg, out: Path, envs: dict) -> dict:
     results: list[dict] = []
     for ck, label in zip(checkpoints, labels):
         policy = load_policy(ck)
-        if cfg.eval.point_estimate and hasattr(policy.cfg, "point_estimate"):  # token VLAs'
-            policy.cfg = dataclasses.replace(policy.cfg, point_estimate=cfg.eval.point_estimate)
-        if cfg.eval.temperature is not None and hasattr(policy.cfg, "temperature"):
-            policy.cfg = dataclasses.replace(policy.cfg, temperature=cfg.eval.temperature)
-        _note_ignored_sampler(cfg, policy, ck)
+        _apply_sampler_overrides(cfg, policy, ck)
         priv = needs_privileged_env(policy, cfg.env)
         for split in cfg.eval.splits:
             if (split, priv) not in envs:  # one env set at a time: rebuilt in its workers
